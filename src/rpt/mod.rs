@@ -1,0 +1,1 @@
+//! app_rpt knowledge: pure parsers for XStat, SawStat, link strings and VoterStatus.

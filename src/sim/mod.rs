@@ -1,0 +1,1 @@
+//! The app_rpt simulator: an AMI server that behaves like Asterisk + app_rpt.

@@ -1,0 +1,8 @@
+//! The live node model: the change vocabulary, the views readers get, and the engine that
+//! reconciles app_rpt events with XStat/SawStat polls.
+
+pub mod change;
+pub mod model;
+
+pub use change::{ChangeEvent, ChangeKind, Published};
+pub use model::{Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView};
