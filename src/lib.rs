@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod rpt;
 pub mod sim;
 pub mod state;
+pub mod config;

@@ -110,7 +110,7 @@ impl Frame {
 
     /// The first value of `key` (ASCII case-insensitive, as Asterisk matches headers).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.get_all(key).next()
+        self.headers().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
     }
 
     /// Every value of `key`, in order.

@@ -1,5 +1,9 @@
-//! The Asterisk Manager Interface: the wire codec and the supervised connection.
+//! The Asterisk Manager Interface: the wire codec, the reconnect ladder, and the supervised
+//! connection that everything else talks through.
 
+pub mod backoff;
 pub mod codec;
+pub mod connection;
 
 pub use codec::{Action, AmiCodec, CodecError, Frame, Incoming};
+pub use connection::{ActionError, AmiEvent, AmiHandle, ConnectError, ConnectionStatus, Reply};

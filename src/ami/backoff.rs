@@ -1,0 +1,92 @@
+//! The reconnect policy, in one place: retry at once, then `ami_retry_interval`, doubling
+//! up to `ami_retry_max` (0 s, 15 s, 30 s, 60 s, 60 s … by default), plus a little jitter
+//! so many daemons do not hammer one Asterisk in step. The ladder starts again from the
+//! bottom once a session has stayed up for `stable_after`.
+
+use std::time::Duration;
+
+/// Where a server is on the reconnect ladder.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    interval: Duration,
+    max: Duration,
+    jitter: f64,
+    /// Consecutive failed attempts (or short-lived sessions) since the last reset.
+    failures: u32,
+}
+
+impl Backoff {
+    /// A ladder with the given base interval, cap, and jitter fraction (0.1 = up to +10 %).
+    pub fn new(interval: Duration, max: Duration, jitter: f64) -> Backoff {
+        Backoff { interval, max: max.max(interval), jitter: jitter.clamp(0.0, 1.0), failures: 0 }
+    }
+
+    /// The wait before the next attempt, without jitter: 0, interval, 2×interval, … ≤ max.
+    pub fn base_delay(&self) -> Duration {
+        match self.failures {
+            0 => Duration::ZERO,
+            n => {
+                let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+                self.interval.checked_mul(factor).unwrap_or(self.max).min(self.max)
+            }
+        }
+    }
+
+    /// The wait before the next attempt (with jitter), and one more step up the ladder.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.base_delay();
+        self.failures = self.failures.saturating_add(1);
+        if base.is_zero() || self.jitter == 0.0 {
+            return base;
+        }
+        base.mul_f64(1.0 + rand::random::<f64>() * self.jitter)
+    }
+
+    /// How long a session must stay up for the ladder to start again from the bottom.
+    pub fn stable_after(&self) -> Duration {
+        self.max
+    }
+
+    /// Back to the bottom of the ladder (the next retry is immediate).
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder(b: &mut Backoff, n: usize) -> Vec<u64> {
+        (0..n).map(|_| b.next_delay().as_secs()).collect()
+    }
+
+    #[test]
+    fn default_ladder_is_0_15_30_60_60() {
+        let mut b = Backoff::new(Duration::from_secs(15), Duration::from_secs(60), 0.0);
+        assert_eq!(ladder(&mut b, 6), [0, 15, 30, 60, 60, 60]);
+        b.reset();
+        assert_eq!(ladder(&mut b, 2), [0, 15]);
+    }
+
+    #[test]
+    fn configured_values_and_jitter_bounds() {
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(10), 0.0);
+        assert_eq!(ladder(&mut b, 6), [0, 2, 4, 8, 10, 10]);
+        let mut j = Backoff::new(Duration::from_secs(10), Duration::from_secs(10), 0.1);
+        assert_eq!(j.next_delay(), Duration::ZERO);
+        for _ in 0..100 {
+            let d = j.next_delay();
+            assert!(d >= Duration::from_secs(10) && d <= Duration::from_secs(11), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn never_overflows() {
+        let mut b = Backoff::new(Duration::from_secs(15), Duration::from_secs(60), 0.0);
+        for _ in 0..100 {
+            b.next_delay();
+        }
+        assert_eq!(b.next_delay(), Duration::from_secs(60));
+    }
+}
