@@ -3,9 +3,15 @@
 //! Data flows one way: AMI sockets (`ami`) → state engine (`state`) → fan-out (WebSocket,
 //! metrics, Lua scripts, alerts). See `docs/architecture.md`.
 
+pub mod alerts;
 pub mod ami;
+pub mod app;
+pub mod astdb;
+pub mod config;
+pub mod control;
 pub mod metrics;
+pub mod poller;
 pub mod rpt;
+pub mod script;
 pub mod sim;
 pub mod state;
-pub mod config;

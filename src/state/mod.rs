@@ -3,6 +3,9 @@
 
 pub mod change;
 pub mod model;
+pub mod node;
+pub mod store;
 
 pub use change::{ChangeEvent, ChangeKind, Published};
 pub use model::{Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView};
+pub use store::{Replay, StateStore};

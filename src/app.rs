@@ -1,0 +1,25 @@
+//! The running daemon's shared parts, handed to the HTTP server and the Lua host.
+
+use std::sync::Arc;
+
+use crate::alerts::AlertHub;
+use crate::config::Config;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::script::ScriptRegistry;
+use crate::state::StateStore;
+
+/// Everything readers and commanders need. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub config: Arc<Config>,
+    /// The node model (read side) and the change stream.
+    pub state: StateStore,
+    /// Poll now, polling intervals, voter status, AMI sessions.
+    pub control: Control,
+    pub alerts: AlertHub,
+    pub scripts: ScriptRegistry,
+    pub metrics: Metrics,
+    /// Process start, ms since the Unix epoch.
+    pub started_ms: u64,
+}

@@ -1,0 +1,167 @@
+//! The shared read side of the node model.
+//!
+//! The state engine is the only writer. Readers (REST, WebSocket snapshots, Lua's
+//! `nexus.nodes()`) take a short read lock and get plain views; they never wait on AMI.
+//! Changes are published while the write lock is held, so a snapshot taken together with
+//! a subscription ([`StateStore::subscribe_with_snapshot`]) has no gap and no overlap, and
+//! the replay buffer serves clients resuming with `?since=SEQ`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::broadcast;
+
+use super::change::{ChangeEvent, Published};
+use super::model::NodeView;
+use super::node::NodeState;
+use crate::ami::ConnectionStatus;
+use crate::astdb::AstDb;
+
+/// Everything behind the lock.
+pub(crate) struct Model {
+    pub nodes: BTreeMap<String, NodeState>,
+    pub servers: BTreeMap<String, ConnectionStatus>,
+    /// Node names for link views.
+    pub astdb: Arc<AstDb>,
+    /// Sequence number of the last published change.
+    pub seq: u64,
+    replay: VecDeque<Arc<Published>>,
+    replay_cap: usize,
+}
+
+/// The shared model. Cheap to clone.
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<RwLock<Model>>,
+    tx: broadcast::Sender<Arc<Published>>,
+}
+
+/// What a resuming client gets.
+pub enum Replay {
+    /// Every change after the requested sequence number, in order.
+    Changes(Vec<Arc<Published>>),
+    /// The requested point is older than the buffer (or in the future): take a snapshot.
+    TooOld,
+}
+
+impl StateStore {
+    /// An empty model; `replay_cap` changes are kept for resuming clients, and the
+    /// broadcast channel holds `channel_cap` changes for slow subscribers.
+    pub fn new(replay_cap: usize, channel_cap: usize) -> StateStore {
+        let (tx, _) = broadcast::channel(channel_cap.max(16));
+        let model = Model {
+            nodes: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            astdb: Arc::new(AstDb::default()),
+            seq: 0,
+            replay: VecDeque::with_capacity(replay_cap.min(65_536)),
+            replay_cap: replay_cap.max(1),
+        };
+        StateStore { inner: Arc::new(RwLock::new(model)), tx }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Model> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every node, in node-id order.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let m = self.read();
+        let now = super::change::now_ms();
+        m.nodes.values().map(|n| n.view(now, &m.astdb)).collect()
+    }
+
+    /// One node.
+    pub fn node(&self, id: &str) -> Option<NodeView> {
+        let now = super::change::now_ms();
+        let m = self.read();
+        m.nodes.get(id).map(|n| n.view(now, &m.astdb))
+    }
+
+    /// The ids of every node.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.read().nodes.keys().cloned().collect()
+    }
+
+    /// The sequence number of the last change.
+    pub fn seq(&self) -> u64 {
+        self.read().seq
+    }
+
+    /// The status of every AMI server.
+    pub fn servers(&self) -> Vec<ConnectionStatus> {
+        self.read().servers.values().cloned().collect()
+    }
+
+    /// Subscribes to changes (from the next one on).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+        self.tx.subscribe()
+    }
+
+    /// A snapshot, its sequence number, and a subscription that starts right after it.
+    pub fn subscribe_with_snapshot(&self) -> (u64, Vec<NodeView>, broadcast::Receiver<Arc<Published>>) {
+        let m = self.read();
+        let now = super::change::now_ms();
+        let rx = self.tx.subscribe();
+        (m.seq, m.nodes.values().map(|n| n.view(now, &m.astdb)).collect(), rx)
+    }
+
+    /// The changes after `since`, if the buffer still holds all of them, with a
+    /// subscription that continues right after the last one.
+    pub fn replay_since(&self, since: u64) -> (Replay, broadcast::Receiver<Arc<Published>>) {
+        let m = self.read();
+        let rx = self.tx.subscribe();
+        if since > m.seq {
+            return (Replay::TooOld, rx);
+        }
+        if since == m.seq {
+            return (Replay::Changes(Vec::new()), rx);
+        }
+        let oldest = m.replay.front().map(|p| p.event.seq).unwrap_or(u64::MAX);
+        if since + 1 < oldest {
+            return (Replay::TooOld, rx);
+        }
+        let out = m.replay.iter().filter(|p| p.event.seq > since).cloned().collect();
+        (Replay::Changes(out), rx)
+    }
+}
+
+impl Model {
+    /// Numbers, records and broadcasts one change. Called with the write lock held.
+    pub(crate) fn publish(&mut self, tx: &broadcast::Sender<Arc<Published>>, mut event: ChangeEvent) -> Arc<Published> {
+        self.seq += 1;
+        event.seq = self.seq;
+        let p = Published::new(event);
+        if self.replay.len() >= self.replay_cap {
+            self.replay.pop_front();
+        }
+        self.replay.push_back(p.clone());
+        let _ = tx.send(p.clone());
+        p
+    }
+}
+
+impl StateStore {
+    /// Applies `f` to the model under the write lock; `f` publishes through the given
+    /// sender. Only the state engine calls this.
+    /// Records a node's polling interval (shown in the API).
+    pub(crate) fn set_poll_interval(&self, node: &str, d: std::time::Duration) {
+        if let Some(n) = self.write().nodes.get_mut(node) {
+            n.poll_interval = d;
+        }
+    }
+
+    /// Installs a new node database.
+    pub fn set_astdb(&self, db: Arc<AstDb>) {
+        self.write().astdb = db;
+    }
+
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R) -> R {
+        let mut m = self.write();
+        f(&mut m, &self.tx)
+    }
+}
