@@ -142,7 +142,10 @@ impl Published {
     pub fn new(event: ChangeEvent) -> Arc<Published> {
         let json = serde_json::to_string(&event).unwrap_or_else(|e| {
             // Serialising plain data cannot fail; keep the stream going if it ever does.
-            format!("{{\"seq\":{},\"kind\":\"{}\",\"error\":\"{e}\"}}", event.seq, event.kind)
+            format!(
+                "{{\"seq\":{},\"kind\":\"{}\",\"error\":\"{e}\"}}",
+                event.seq, event.kind
+            )
         });
         Arc::new(Published { event, json })
     }

@@ -143,7 +143,12 @@ pub struct NodeView {
 
 /// Formats seconds as app_rpt does: `HH:MM:SS`, hours not capped.
 pub fn format_elapsed(secs: u64) -> String {
-    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]
