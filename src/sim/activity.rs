@@ -267,7 +267,9 @@ impl Activity {
         let busy = self.wanted(&truth).audio;
         let mut candidates: Vec<(String, Option<String>)> = Vec::new();
         for (name, node) in truth.nodes.iter().filter(|(n, _)| !busy.contains(*n)) {
-            candidates.push((name.clone(), None));
+            // Voter receivers are the show: give their node's receiver more turns.
+            let turns = if node.voter.is_some() { 3 } else { 1 };
+            candidates.extend(std::iter::repeat_n((name.clone(), None), turns));
             for link in node
                 .links
                 .iter()

@@ -628,6 +628,73 @@ mod tests {
     }
 
     #[test]
+    fn wide_fields_run_into_the_next_column_and_peers_are_cut_at_30() {
+        let at = Instant::now();
+        let ip6 = "2001:db8:85a3:1234:5678:8a2e:370:7334";
+        let l = link(SimLink::allstar("12345678901", ip6, Direction::In), at);
+        assert_eq!(
+            xstat_conn(&l, at),
+            "12345678901".to_owned()
+                + "2001:db8:85a3:1234:5678:8a2e:3"
+                + "0           IN         00:00:00            ESTABLISHED         "
+        );
+    }
+
+    #[test]
+    fn pseudo_links_starting_with_zero_are_never_reported() {
+        let mut t = SimTruth::default();
+        let now = crate::sim::truth::Now {
+            at: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH,
+        };
+        t.add_node("1999", now, 1);
+        t.connect_link(
+            "1999",
+            SimLink::allstar("2000", "192.0.2.1", Direction::Out),
+            now,
+        );
+        t.connect_link("1999", SimLink::allstar("0123", "", Direction::In), now);
+        let xs = xstat(Era::Modern, None, "1999", &t.nodes["1999"], now.at);
+        let text = String::from_utf8_lossy(&xs);
+        assert!(!text.contains("0123"), "{text}");
+        assert!(text.contains("Var: RPT_ALINKS=1,2000TU\r\n"));
+        let ss = sawstat(Era::Modern, None, "1999", &t.nodes["1999"], now.at);
+        assert_eq!(
+            &ss[..],
+            b"Response: Success\r\nNode: 1999\r\nConn: 2000 0 -1 -1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn linked_nodes_lines_are_not_capped() {
+        let mut t = SimTruth::default();
+        let now = crate::sim::truth::Now {
+            at: Instant::now(),
+            wall: SystemTime::UNIX_EPOCH,
+        };
+        t.add_node("1999", now, 1);
+        let behind: Vec<(crate::state::model::Mode, String)> = (0..5000)
+            .map(|i| (crate::state::model::Mode::T, (100_000 + i).to_string()))
+            .collect();
+        let hub = SimLink::allstar("2000", "192.0.2.1", Direction::Out).with_remote_nodes(behind);
+        t.connect_link("1999", hub, now);
+        let xs = xstat(Era::Modern, None, "1999", &t.nodes["1999"], now.at);
+        let mut codec = crate::ami::AmiCodec::client(1 << 20);
+        let mut buf = bytes::BytesMut::from(&b"Asterisk Call Manager/11.0.0\r\n"[..]);
+        buf.extend_from_slice(&xs);
+        use tokio_util::codec::Decoder;
+        let _banner = codec.decode(&mut buf).expect("banner");
+        let Some(crate::ami::Incoming::Frame(f)) = codec.decode(&mut buf).expect("frame") else {
+            panic!("no frame");
+        };
+        assert!(f.get("LinkedNodes").is_some_and(|l| l.len() > 40_000));
+        assert!(
+            f.get_all("Var")
+                .any(|v| v.starts_with("RPT_LINKS=5001,T2000,T100000,"))
+        );
+    }
+
+    #[test]
     fn legacy_command_glues_the_marker_and_modern_splits_lines() {
         let legacy = command(Era::Legacy, Some("7"), true, "a\n\nb\n");
         assert_eq!(

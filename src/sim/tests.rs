@@ -1065,13 +1065,14 @@ async fn demo_network_and_activity_are_lively() {
     let stop = tokio_util::sync::CancellationToken::new();
     let task = spawn_activity(h.clone(), 7, stop.clone());
     let mut seen = std::collections::BTreeSet::new();
+    let mut voted = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
-        match timeout(Duration::from_secs(60), c.frame()).await {
-            Ok(f) => {
-                seen.insert(f.event().unwrap_or("").to_owned());
-            }
-            Err(_) => break,
+        if let Ok(f) = timeout(Duration::from_millis(500), c.frame()).await {
+            seen.insert(f.event().unwrap_or("").to_owned());
+        }
+        if let Some((Some(v), _)) = &h.truth().nodes["2001"].voter {
+            voted.insert(v.clone());
         }
     }
     stop.cancel();
@@ -1079,6 +1080,37 @@ async fn demo_network_and_activity_are_lively() {
     for name in ["RPT_TXKEYED", "RPT_RXKEYED", "RPT_ALINKS", "RPT_LINKS"] {
         assert!(seen.contains(name), "no {name} in {seen:?}");
     }
-    let voted_ever = h.truth().nodes["2001"].voter.is_some();
-    assert!(voted_ever);
+    assert!(
+        voted.len() >= 2,
+        "the voted receiver never changed: {voted:?}"
+    );
+    // Links came and went: the hub no longer has exactly its starting set.
+    let links: Vec<String> = h.truth().nodes["1999"]
+        .links
+        .iter()
+        .map(|l| l.name.clone())
+        .collect();
+    assert_ne!(
+        links,
+        ["3123456", "48335", "41522", "51234", "27339", "2000"]
+    );
+}
+
+#[tokio::test]
+async fn run_standalone_serves_until_cancelled() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let run = tokio::spawn(run_standalone(
+        addr,
+        SimConfig::default(),
+        true,
+        Some(1),
+        stop.clone(),
+    ));
+    stop.cancel();
+    run.await.expect("task").expect("clean stop");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    let err = run_standalone(busy, SimConfig::default(), false, None, stop).await;
+    assert!(err.is_err_and(|e| e.to_string().contains("cannot listen")));
 }
