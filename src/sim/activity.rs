@@ -38,58 +38,57 @@ pub fn demo_network(handle: &SimHandle) {
     for node in ["1999", "2000", "2001"] {
         handle.add_node(node);
     }
-    let h = handle;
-    let age = |secs: u64| Duration::from_secs(secs);
     // Oldest first: links are listed newest first.
-    local_pair(h, "2000", "1999", age(99_180));
-    local_pair(h, "2001", "2000", age(99_100));
+    local_pair(handle, "2000", "1999", Duration::from_secs(99_180));
+    local_pair(handle, "2001", "2000", Duration::from_secs(99_100));
+    for (link, age) in hub_links() {
+        let name = link.name.clone();
+        handle.connect_link("1999", link);
+        handle.backdate_link("1999", &name, Duration::from_secs(age));
+    }
+    handle.set_voter("2001", voter_receivers());
+    handle.set_variable("2000", "cpu_temp", "46.7");
+    handle.set_variable("2000", "cpu_up", "up 1 day, 3 hours");
+    sync_local_lists(handle);
+}
+
+/// The hub's remote links with their ages in seconds, oldest first.
+fn hub_links() -> [(SimLink, u64); 5] {
     let behind = vec![
         (Mode::T, "2530"),
         (Mode::T, "25333"),
         (Mode::T, "2546"),
         (Mode::R, "2547"),
     ];
-    let hub_links = [
-        (
-            SimLink::allstar("27339", "192.0.2.10", Direction::Out)
-                .with_reconnects(1)
-                .with_remote_nodes(behind),
-            18_753,
-        ),
-        (
-            SimLink::allstar("51234", "203.0.113.25", Direction::Out)
-                .with_mode(Mode::R)
-                .with_remote_nodes(vec![(Mode::T, "51235")]),
-            7_260,
-        ),
+    let big_hub = SimLink::allstar("27339", "192.0.2.10", Direction::Out)
+        .with_reconnects(1)
+        .with_remote_nodes(behind);
+    let monitored = SimLink::allstar("51234", "203.0.113.25", Direction::Out)
+        .with_mode(Mode::R)
+        .with_remote_nodes(vec![(Mode::T, "51235")]);
+    let local_monitor =
+        SimLink::allstar("48335", "198.51.100.44", Direction::In).with_mode(Mode::L);
+    [
+        (big_hub, 18_753),
+        (monitored, 7_260),
         (
             SimLink::allstar("41522", "198.51.100.7", Direction::In),
             2_841,
         ),
-        (
-            SimLink::allstar("48335", "198.51.100.44", Direction::In).with_mode(Mode::L),
-            1_205,
-        ),
+        (local_monitor, 1_205),
         (SimLink::echolink(ECHOLINK_USERS[0]), 135),
-    ];
-    for (link, secs) in hub_links {
-        let name = link.name.clone();
-        h.connect_link("1999", link);
-        h.backdate_link("1999", &name, age(secs));
-    }
-    h.set_voter(
-        "2001",
-        vec![
-            SimVoterReceiver::new("hilltop", "192.0.2.51:1667", 0)
-                .with_flags(&["Master", "ActiveMaster"]),
-            SimVoterReceiver::new("downtown", "192.0.2.52:1667", 0),
-            SimVoterReceiver::new("airport", "198.51.100.53:1667", 0),
-            SimVoterReceiver::new("harbor", "203.0.113.54:1667", 0).with_flags(&["Inactive"]),
-        ],
-    );
-    h.set_variable("2000", "cpu_temp", "46.7");
-    h.set_variable("2000", "cpu_up", "up 1 day, 3 hours");
-    sync_local_lists(h);
+    ]
+}
+
+/// The voter's receivers: a master site, two plain ones and one that is offline.
+fn voter_receivers() -> Vec<SimVoterReceiver> {
+    vec![
+        SimVoterReceiver::new("hilltop", "192.0.2.51:1667", 0)
+            .with_flags(&["Master", "ActiveMaster"]),
+        SimVoterReceiver::new("downtown", "192.0.2.52:1667", 0),
+        SimVoterReceiver::new("airport", "198.51.100.53:1667", 0),
+        SimVoterReceiver::new("harbor", "203.0.113.54:1667", 0).with_flags(&["Inactive"]),
+    ]
 }
 
 /// Links two nodes of this server (`from` dialled `to`), as app_rpt shows both ends.

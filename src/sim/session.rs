@@ -167,7 +167,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 self.write(batch).await
             }
             Wake::Request(Some(Ok(Incoming::Frame(frame)))) => {
-                let reply = self.session.handle(frame).await;
+                // A failed login sleeps a second: stay killable meanwhile.
+                let reply = tokio::select! {
+                    biased;
+                    _ = self.kill.cancelled() => return false,
+                    reply = self.session.handle(frame) => reply,
+                };
                 self.answer(reply).await
             }
             Wake::Request(Some(Ok(Incoming::Banner(_)))) => true,
