@@ -11,12 +11,16 @@
 //! passed through untouched, so one odd script variable never hides a node's links.
 
 mod links;
+mod rptstat;
+mod sawstat;
 mod xstat;
 
 #[cfg(test)]
 mod samples;
 
 pub use links::{ALink, parse_alinks, parse_linked_nodes, parse_links};
+pub use rptstat::{RptStat, parse_rptstat};
+pub use sawstat::{SawStatLink, parse_sawstat, parse_sawstat_line};
 pub use xstat::{XStat, XStatLink, parse_conn_line, parse_xstat};
 
 use crate::ami::Frame;
