@@ -13,6 +13,7 @@
 mod links;
 mod rptstat;
 mod sawstat;
+mod voter;
 mod xstat;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ mod samples;
 pub use links::{ALink, parse_alinks, parse_linked_nodes, parse_links};
 pub use rptstat::{RptStat, parse_rptstat};
 pub use sawstat::{SawStatLink, parse_sawstat, parse_sawstat_line};
+pub use voter::{VoterInstance, VoterReceiver, parse_voter_status};
 pub use xstat::{XStat, XStatLink, parse_conn_line, parse_xstat};
 
 use crate::ami::Frame;
