@@ -10,6 +10,7 @@
 //! the field. Free-form data (user `Var:` lines, unknown status flags, unknown headers) is
 //! passed through untouched, so one odd script variable never hides a node's links.
 
+mod events;
 mod links;
 mod rptstat;
 mod sawstat;
@@ -19,6 +20,7 @@ mod xstat;
 #[cfg(test)]
 mod samples;
 
+pub use events::{RptEvent, parse_event};
 pub use links::{ALink, parse_alinks, parse_linked_nodes, parse_links};
 pub use rptstat::{RptStat, parse_rptstat};
 pub use sawstat::{SawStatLink, parse_sawstat, parse_sawstat_line};
