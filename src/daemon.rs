@@ -77,6 +77,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if !automatic {
         tracing::info!("[POLLING] disable_link_poller is set: nodes are polled only on request");
     }
+    let (poll_req_tx, mut poll_req_rx) = mpsc::unbounded_channel::<String>();
     engine::spawn(EngineParts {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -84,6 +85,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ami: ami_rx,
         polls: poll_rx,
         automatic_polling: automatic,
+        poll_requests: Some(poll_req_tx),
         shutdown: shutdown.clone(),
     });
     let mut pollers = BTreeMap::new();
@@ -109,6 +111,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store.clone(),
         metrics.clone(),
     );
+    // Early polls the engine asks for (a link appeared through an event).
+    {
+        let (control, shutdown) = (control.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    req = poll_req_rx.recv() => match req {
+                        Some(node) => { let _ = control.poll_now(&node); }
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
     let alerts = AlertHub::new(
         &config.alerts,
         config.alert_webhooks.clone(),

@@ -39,12 +39,16 @@ pub struct EngineParts {
     /// Whether pollers run by themselves: nodes stay `stale` after a reconnect until the
     /// first poll. Without automatic polling a connected session is enough.
     pub automatic_polling: bool,
+    /// Where to ask for an early poll of a node (a link appeared through an event: its IP
+    /// and direction come only from XStat). Used only with automatic polling.
+    pub poll_requests: Option<mpsc::UnboundedSender<String>>,
     pub shutdown: CancellationToken,
 }
 
 /// Starts the engine task.
 pub fn spawn(parts: EngineParts) -> tokio::task::JoinHandle<()> {
     let mut engine = Engine::new(parts.store, parts.metrics, parts.automatic_polling);
+    engine.poll_requests = parts.poll_requests.filter(|_| parts.automatic_polling);
     engine.add_nodes(&parts.nodes);
     let (mut ami, mut polls, shutdown) = (parts.ami, parts.polls, parts.shutdown);
     tokio::spawn(async move {
@@ -69,6 +73,7 @@ pub struct Engine {
     automatic_polling: bool,
     /// Servers whose loss was already announced (no repeat per failed attempt).
     down_announced: BTreeMap<String, bool>,
+    poll_requests: Option<mpsc::UnboundedSender<String>>,
 }
 
 impl Engine {
@@ -78,6 +83,7 @@ impl Engine {
             metrics,
             automatic_polling,
             down_announced: BTreeMap::new(),
+            poll_requests: None,
         }
     }
 
@@ -133,24 +139,25 @@ impl Engine {
             }
         };
         let metrics = self.metrics.clone();
-        self.store.update(|m, tx| {
-            let Some(node_id) = route(m, server, &event) else {
-                return;
-            };
+        let new_link_on = self.store.update(|m, tx| {
+            let node_id = route(m, server, &event)?;
             let now = now_ms();
             let db = m.astdb.clone();
             let mut ch = Changes::new(now, &db);
-            let Some(node) = m.nodes.get_mut(&node_id) else {
-                return;
-            };
+            let node = m.nodes.get_mut(&node_id)?;
             apply_event(node, event, rx_seq, &mut ch);
             let n_links = node.links.len();
+            let new_link = ch.out.iter().any(|c| c.kind == ChangeKind::LinkConnected);
             publish_all(m, tx, &metrics, ch.out);
             metrics
                 .node_links
                 .with_label_values(&[&node_id])
                 .set(n_links as i64);
+            new_link.then_some(node_id)
         });
+        if let (Some(node), Some(req)) = (new_link_on, &self.poll_requests) {
+            let _ = req.send(node);
+        }
     }
 
     /// One poll result.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What is at the other end of a link (ami-app-rpt.md §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkKind {
     /// An AllStar node (decimal number).
@@ -35,7 +35,7 @@ impl LinkKind {
 }
 
 /// Link direction from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Direction {
     #[serde(rename = "IN")]
     In,
@@ -45,7 +45,7 @@ pub enum Direction {
 
 /// Link mode: `T` transceive, `R` receive-only (monitor), `C` connecting, `L` local
 /// monitor (present in XStat but absent from `RPT_ALINKS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Mode {
     T,
     R,
@@ -67,7 +67,7 @@ impl Mode {
 }
 
 /// Connection state from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LinkState {
     #[serde(rename = "ESTABLISHED")]
     Established,

@@ -162,3 +162,37 @@ pub fn gaps(attempts: &Arc<Mutex<Vec<tokio::time::Instant>>>) -> Vec<u64> {
         .map(|w| (w[1] - w[0]).as_secs_f64().round() as u64)
         .collect()
 }
+
+/// Starts the whole daemon against a simulator (HTTP on port 0, no scripts, no astdb).
+pub async fn start_daemon(
+    sim_addr: SocketAddr,
+    nodes: &[&str],
+    extra_yaml: &str,
+) -> allstar_nexus::daemon::Running {
+    let mut yaml = format!(
+        "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {SECRET}\n\
+         ami_retry_interval: 1s\nami_retry_max: 2s\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\nnodes:\n",
+        sim_addr.port()
+    );
+    for n in nodes {
+        yaml.push_str(&format!("  - node_id: {n}\n"));
+    }
+    yaml.push_str(extra_yaml);
+    let config =
+        allstar_nexus::config::Config::parse(&yaml, "test", None).expect("test config is valid");
+    allstar_nexus::daemon::start(config, CancellationToken::new())
+        .await
+        .expect("daemon starts")
+}
+
+/// Waits (up to 20 s) until `cond` holds, checking every 5 ms.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
