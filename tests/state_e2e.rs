@@ -428,7 +428,7 @@ async fn a_hub_with_500_links_is_handled() {
                 "1999",
                 SimLink::allstar(
                     format!("{}", 10_000 + i),
-                    &format!("10.0.{}.{}", i / 250, i % 250),
+                    format!("10.0.{}.{}", i / 250, i % 250),
                     dir,
                 ),
             );

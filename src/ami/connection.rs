@@ -696,8 +696,7 @@ impl Supervisor {
             f(st);
             out = Some(st.clone());
         });
-        let st = out.unwrap_or_else(|| self.shared.status.borrow().clone());
-        st
+        out.unwrap_or_else(|| self.shared.status.borrow().clone())
     }
 
     async fn publish(&self, st: ConnectionStatus) {
