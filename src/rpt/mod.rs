@@ -114,11 +114,8 @@ fn expect_success(frame: &Frame, reply: &'static str) -> Result<(), RptError> {
 
 /// Parses app_rpt's `HH:MM:SS` (hours not capped: `141:46:12`) into seconds.
 fn parse_hms(text: &str) -> Option<u64> {
-    let mut parts = text.split(':');
-    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
+    let (h, rest) = text.split_once(':')?;
+    let (m, s) = rest.split_once(':')?;
     let (h, m, s) = (
         parse_digits::<u64>(h)?,
         parse_digits::<u64>(m)?,
@@ -130,12 +127,16 @@ fn parse_hms(text: &str) -> Option<u64> {
     h.checked_mul(3600)?.checked_add(m * 60 + s)
 }
 
-/// Parses a non-empty run of ASCII digits (no sign, no blanks).
-fn parse_digits<T: std::str::FromStr>(text: &str) -> Option<T> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+/// Parses a non-empty run of ASCII digits (no sign, no blanks) that fits in `T`.
+fn parse_digits<T: TryFrom<u64>>(text: &str) -> Option<T> {
+    if text.is_empty() {
         return None;
     }
-    text.parse().ok()
+    let value = text.bytes().try_fold(0u64, |acc, b| {
+        let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+        acc.checked_mul(10)?.checked_add(digit)
+    })?;
+    T::try_from(value).ok()
 }
 
 /// Parses a keyed flag written by app_rpt (`RPT_TXKEYED`, `RPT_RXKEYED`): `1` or `0`,
