@@ -1,9 +1,9 @@
 //! app_rpt knowledge: pure parsers for XStat, SawStat, RptStat, VoterStatus, the link
 //! strings (`RPT_ALINKS`, `RPT_LINKS`, `LinkedNodes`) and the `RPT_*` events.
 //!
-//! Every function here works on an already decoded [`Frame`](crate::ami::Frame) or on one
-//! header value: no I/O, no clock, no state. The wire formats come from app_rpt's source
-//! and real captures, collected in `shared/reference/ami-app-rpt.md` (§2.2–2.8, §3, §4.4).
+//! Every function here works on an already decoded [`Frame`] or on one header value: no
+//! I/O, no clock, no state. The wire formats come from app_rpt's source and real
+//! captures, collected in `shared/reference/ami-app-rpt.md` (§2.2–2.8, §3, §4.4).
 //!
 //! Error policy: what app_rpt itself formats (a `Conn:` line, the link strings, a keyed
 //! flag) is validated, and a malformed value gives an [`RptError`] that names the line and
