@@ -189,6 +189,36 @@ mod tests {
         assert_eq!(err.to_string(), r#"RPT_RXKEYED value "yes" is not 0 or 1"#);
     }
 
+    mod no_panics {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Text near the real formats: digits, letters, separators, blanks, a non-ASCII char.
+        const NEAR: &str = "[0-9A-Z:.,()<> \t\\-=é]{0,120}";
+
+        proptest! {
+            #[test]
+            fn line_parsers_never_panic(text in NEAR, any_text in ".{0,80}") {
+                for t in [&text, &any_text] {
+                    let _ = parse_conn_line(t);
+                    let _ = parse_sawstat_line(t);
+                    let _ = parse_alinks(t);
+                    let _ = parse_links(t);
+                    let _ = parse_linked_nodes(t);
+                    let _ = parse_hms(t);
+                }
+            }
+
+            #[test]
+            fn conn_line_with_a_byte_cut_out_never_panics(cut in 0usize..100, len in 0usize..30) {
+                let line = "KC1FSZ-PORTAL2001:db8:85a3::8a2e:370:73341           IN         00:00:02            ESTABLISHED";
+                let end = (cut + len).min(line.len());
+                let mangled = format!("{}{}", &line[..cut.min(end)], &line[end..]);
+                let _ = parse_conn_line(&mangled);
+            }
+        }
+    }
+
     #[test]
     fn error_reply_names_the_message() {
         let frame = Frame::from_headers(&[
