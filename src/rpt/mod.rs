@@ -114,14 +114,10 @@ fn expect_success(frame: &Frame, reply: &'static str) -> Result<(), RptError> {
 
 /// Parses app_rpt's `HH:MM:SS` (hours not capped: `141:46:12`) into seconds.
 fn parse_hms(text: &str) -> Option<u64> {
-    let (h, rest) = text.split_once(':')?;
-    let (m, s) = rest.split_once(':')?;
-    let (h, m, s) = (
-        parse_digits::<u64>(h)?,
-        parse_digits::<u64>(m)?,
-        parse_digits::<u64>(s)?,
-    );
-    if m >= 60 || s >= 60 {
+    let mut parts = text.as_bytes().split(|&b| b == b':');
+    let mut next = || digits(parts.next()?);
+    let (h, m, s) = (next()?, next()?, next()?);
+    if parts.next().is_some() || m >= 60 || s >= 60 {
         return None;
     }
     h.checked_mul(3600)?.checked_add(m * 60 + s)
@@ -129,14 +125,17 @@ fn parse_hms(text: &str) -> Option<u64> {
 
 /// Parses a non-empty run of ASCII digits (no sign, no blanks) that fits in `T`.
 fn parse_digits<T: TryFrom<u64>>(text: &str) -> Option<T> {
-    if text.is_empty() {
+    T::try_from(digits(text.as_bytes())?).ok()
+}
+
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
         return None;
     }
-    let value = text.bytes().try_fold(0u64, |acc, b| {
+    bytes.iter().try_fold(0u64, |acc, &b| {
         let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
         acc.checked_mul(10)?.checked_add(digit)
-    })?;
-    T::try_from(value).ok()
+    })
 }
 
 /// Parses a keyed flag written by app_rpt (`RPT_TXKEYED`, `RPT_RXKEYED`): `1` or `0`,
