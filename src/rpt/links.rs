@@ -28,33 +28,46 @@ const LINKS_SENTINEL: &str = "R000000";
 
 /// Parses an `RPT_ALINKS` value.
 pub fn parse_alinks(value: &str) -> Result<Vec<ALink>, RptError> {
-    counted_entries("RPT_ALINKS", value)?
-        .filter(|entry| *entry != ALINKS_SENTINEL)
-        .map(parse_alink)
-        .collect()
+    let mut links = Vec::with_capacity(entry_capacity(value));
+    for entry in counted_entries("RPT_ALINKS", value)? {
+        if entry != ALINKS_SENTINEL {
+            links.push(parse_alink(entry)?);
+        }
+    }
+    Ok(links)
 }
 
 /// Parses an `RPT_LINKS` value. Entries without a mode letter get `mode: None`.
 pub fn parse_links(value: &str) -> Result<Vec<LinkedNode>, RptError> {
+    let mut nodes = Vec::with_capacity(entry_capacity(value));
     let entries = counted_entries("RPT_LINKS", value)?;
-    Ok(entries
-        .filter(|entry| *entry != LINKS_SENTINEL)
-        .map(mode_and_name)
-        .collect())
+    nodes.extend(
+        entries
+            .filter(|entry| *entry != LINKS_SENTINEL)
+            .map(mode_and_name),
+    );
+    Ok(nodes)
 }
 
 /// Parses a `LinkedNodes:` value (`T2000, T2001` or `<NONE>`), keeping duplicates in order.
 pub fn parse_linked_nodes(value: &str) -> Vec<LinkedNode> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     if value == "<NONE>" {
         return Vec::new();
     }
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty() && *entry != LINKS_SENTINEL)
-        .map(mode_and_name)
-        .collect()
+    let mut nodes = Vec::with_capacity(entry_capacity(value));
+    let entries = value.split(',').map(str::trim_ascii);
+    nodes.extend(
+        entries
+            .filter(|e| !e.is_empty() && *e != LINKS_SENTINEL)
+            .map(mode_and_name),
+    );
+    nodes
+}
+
+/// An upper bound on the entries of a comma-separated list (lists can hold thousands).
+fn entry_capacity(value: &str) -> usize {
+    memchr::memchr_iter(b',', value.as_bytes()).count() + 1
 }
 
 /// Checks the leading count of `<n>,entry,…` and yields the non-empty entries.
@@ -62,9 +75,9 @@ fn counted_entries<'a>(
     list: &'static str,
     value: &'a str,
 ) -> Result<impl Iterator<Item = &'a str>, RptError> {
-    let value = value.trim();
+    let value = value.trim_ascii();
     let (count, rest) = value.split_once(',').unwrap_or((value, ""));
-    let count = count.trim();
+    let count = count.trim_ascii();
     if !count.is_empty() && !count.bytes().all(|b| b.is_ascii_digit()) {
         let start = value.chars().take(40).collect();
         return Err(RptError::LinkCount {
@@ -75,7 +88,7 @@ fn counted_entries<'a>(
     }
     Ok(rest
         .split(',')
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|entry| !entry.is_empty()))
 }
 

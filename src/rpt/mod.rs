@@ -1,9 +1,9 @@
 //! app_rpt knowledge: pure parsers for XStat, SawStat, RptStat, VoterStatus, the link
 //! strings (`RPT_ALINKS`, `RPT_LINKS`, `LinkedNodes`) and the `RPT_*` events.
 //!
-//! Every function here works on an already decoded [`Frame`](crate::ami::Frame) or on one
-//! header value: no I/O, no clock, no state. The wire formats come from app_rpt's source
-//! and real captures, collected in `shared/reference/ami-app-rpt.md` (§2.2–2.8, §3, §4.4).
+//! Every function here works on an already decoded [`Frame`] or on one header value: no
+//! I/O, no clock, no state. The wire formats come from app_rpt's source and real
+//! captures, collected in `shared/reference/ami-app-rpt.md` (§2.2–2.8, §3, §4.4).
 //!
 //! Error policy: what app_rpt itself formats (a `Conn:` line, the link strings, a keyed
 //! flag) is validated, and a malformed value gives an [`RptError`] that names the line and
@@ -114,28 +114,28 @@ fn expect_success(frame: &Frame, reply: &'static str) -> Result<(), RptError> {
 
 /// Parses app_rpt's `HH:MM:SS` (hours not capped: `141:46:12`) into seconds.
 fn parse_hms(text: &str) -> Option<u64> {
-    let mut parts = text.split(':');
-    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let (h, m, s) = (
-        parse_digits::<u64>(h)?,
-        parse_digits::<u64>(m)?,
-        parse_digits::<u64>(s)?,
-    );
-    if m >= 60 || s >= 60 {
+    let mut parts = text.as_bytes().split(|&b| b == b':');
+    let mut next = || digits(parts.next()?);
+    let (h, m, s) = (next()?, next()?, next()?);
+    if parts.next().is_some() || m >= 60 || s >= 60 {
         return None;
     }
     h.checked_mul(3600)?.checked_add(m * 60 + s)
 }
 
-/// Parses a non-empty run of ASCII digits (no sign, no blanks).
-fn parse_digits<T: std::str::FromStr>(text: &str) -> Option<T> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+/// Parses a non-empty run of ASCII digits (no sign, no blanks) that fits in `T`.
+fn parse_digits<T: TryFrom<u64>>(text: &str) -> Option<T> {
+    T::try_from(digits(text.as_bytes())?).ok()
+}
+
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
         return None;
     }
-    text.parse().ok()
+    bytes.iter().try_fold(0u64, |acc, &b| {
+        let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+        acc.checked_mul(10)?.checked_add(digit)
+    })
 }
 
 /// Parses a keyed flag written by app_rpt (`RPT_TXKEYED`, `RPT_RXKEYED`): `1` or `0`,
@@ -186,6 +186,36 @@ mod tests {
         assert_eq!(parse_keyed("RPT_TXKEYED", " 0 "), Ok(false));
         let err = parse_keyed("RPT_RXKEYED", "yes").unwrap_err();
         assert_eq!(err.to_string(), r#"RPT_RXKEYED value "yes" is not 0 or 1"#);
+    }
+
+    mod no_panics {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Text near the real formats: digits, letters, separators, blanks, a non-ASCII char.
+        const NEAR: &str = "[0-9A-Z:.,()<> \t\\-=é]{0,120}";
+
+        proptest! {
+            #[test]
+            fn line_parsers_never_panic(text in NEAR, any_text in ".{0,80}") {
+                for t in [&text, &any_text] {
+                    let _ = parse_conn_line(t);
+                    let _ = parse_sawstat_line(t);
+                    let _ = parse_alinks(t);
+                    let _ = parse_links(t);
+                    let _ = parse_linked_nodes(t);
+                    let _ = parse_hms(t);
+                }
+            }
+
+            #[test]
+            fn conn_line_with_a_byte_cut_out_never_panics(cut in 0usize..100, len in 0usize..30) {
+                let line = "KC1FSZ-PORTAL2001:db8:85a3::8a2e:370:73341           IN         00:00:02            ESTABLISHED";
+                let end = (cut + len).min(line.len());
+                let mangled = format!("{}{}", &line[..cut.min(end)], &line[end..]);
+                let _ = parse_conn_line(&mangled);
+            }
+        }
     }
 
     #[test]

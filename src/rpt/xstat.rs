@@ -82,7 +82,10 @@ impl XStat {
 /// Parses an XStat reply (`Response: Success` required; `ActionID` may come first).
 pub fn parse_xstat(frame: &Frame) -> Result<XStat, RptError> {
     expect_success(frame, "XStat")?;
-    let mut x = XStat::default();
+    let mut x = XStat {
+        links: Vec::with_capacity(frame.get_all("Conn").count()),
+        ..XStat::default()
+    };
     for (key, value) in frame.headers() {
         absorb(&mut x, key, value)?;
     }
@@ -116,7 +119,7 @@ fn keyed_var(x: &XStat, name: &str) -> Result<Option<bool>, RptError> {
 
 /// Parses the text after `Conn: ` of an XStat reply (see the module doc for the rules).
 pub fn parse_conn_line(value: &str) -> Result<XStatLink, RptError> {
-    let line = value.trim_start().trim_end_matches(['\r', '\n']);
+    let line = value.trim_ascii_start().trim_end_matches(['\r', '\n']);
     match parse_fixed(line) {
         Some(link) => Ok(link),
         None => parse_anchored(line),
@@ -161,8 +164,13 @@ fn parse_fixed(line: &str) -> Option<XStatLink> {
 
 /// A left-justified field: its text, when the text starts the field and only spaces follow.
 fn padded(field: &str) -> Option<&str> {
-    let text = field.trim_end_matches(' ');
-    (!text.is_empty() && !text.contains(char::is_whitespace)).then_some(text)
+    let bytes = field.as_bytes();
+    let end = bytes
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(bytes.len());
+    let only_spaces_after = bytes[end..].iter().all(|&b| b == b' ');
+    (end > 0 && only_spaces_after).then(|| &field[..end])
 }
 
 /// The IP column's text, `None` for `(none)` and empty.
@@ -221,8 +229,7 @@ fn exact_reconnects(line: &str, dir_at: usize) -> Option<usize> {
 
 /// Blank-separated words with their byte offsets.
 fn word_positions(line: &str) -> impl Iterator<Item = (usize, &str)> {
-    line.split(char::is_whitespace)
-        .filter(|w| !w.is_empty())
+    line.split_ascii_whitespace()
         .map(move |w| (w.as_ptr() as usize - line.as_ptr() as usize, w))
 }
 
@@ -256,16 +263,16 @@ fn split_name_ip<'a>(
     trusted: bool,
     line: &str,
 ) -> Result<(&'a str, Option<&'a str>), RptError> {
-    let text = left.trim_end();
+    let text = left.trim_ascii_end();
     if text.is_empty() {
         return Err(bad_field("name", "", "a node name", line));
     }
     let padding = trusted.then_some(left.len() - text.len());
-    let (name, ip) = match text.split_once(char::is_whitespace) {
+    let (name, ip) = match text.split_once(|c: char| c.is_ascii_whitespace()) {
         Some((name, rest)) => (name, rest.trim()),
         None => split_glued(text, padding),
     };
-    if ip.contains(char::is_whitespace) {
+    if ip.contains(|c: char| c.is_ascii_whitespace()) {
         return Err(bad_field("peer IP", ip, "one address", line));
     }
     Ok((name, peer(ip)))

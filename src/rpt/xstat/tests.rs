@@ -567,3 +567,47 @@ fn non_ascii_text_does_not_panic() {
     .unwrap();
     assert_eq!(l.name, "Ünï");
 }
+
+mod layout_round_trip {
+    use super::*;
+    use crate::state::model::format_elapsed;
+    use proptest::prelude::*;
+
+    fn peer_ip() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("(none)".to_owned()),
+            any::<[u8; 4]>().prop_map(|[a, b, c, d]| format!("{a}.{b}.{c}.{d}")),
+            // 14 to 28 characters: shorter than, exactly, and longer than the column.
+            any::<[u16; 3]>().prop_map(|[a, b, c]| format!("2001:db8:{a:x}:{b:x}::{c:x}")),
+            any::<[u16; 4]>()
+                .prop_map(|[a, b, c, d]| format!("2a02:{a:x}:{b:x}:{c:x}:{d:x}:1:2:3")),
+        ]
+    }
+
+    proptest! {
+        /// Whatever overflows its column, printf's output reads back as what went in.
+        #[test]
+        fn printf_output_reads_back(
+            name in "[A-Z0-9][A-Z0-9-]{0,13}",
+            ip in peer_ip(),
+            reconnects in any::<u32>(),
+            outbound in any::<bool>(),
+            secs in 0u64..40_000_000,
+            established in any::<bool>(),
+        ) {
+            let dir = if outbound { "OUT" } else { "IN" };
+            let state = if established { "ESTABLISHED" } else { "CONNECTING" };
+            let line = conn(&name, &ip, reconnects, dir, &format_elapsed(secs), state);
+            let link = parse_conn_line(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let expected_ip = (!ip.is_empty() && ip != "(none)").then_some(ip.as_str());
+            prop_assert_eq!(link.name.as_str(), name.as_str(), "{:?}", line);
+            prop_assert_eq!(link.ip.as_deref(), expected_ip, "{:?}", line);
+            prop_assert_eq!(link.reconnects, reconnects);
+            prop_assert_eq!(link.direction, Some(if outbound { Direction::Out } else { Direction::In }));
+            prop_assert_eq!(link.connected_seconds, secs);
+            let expected_state = if established { LinkState::Established } else { LinkState::Connecting };
+            prop_assert_eq!(link.state, Some(expected_state));
+        }
+    }
+}
