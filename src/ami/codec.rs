@@ -8,15 +8,14 @@
 //! contain blank lines, legacy event values ending in a stray `\n` before the CRLF, and
 //! lines of hundreds of KB.
 //!
-//! Decoding is a single forward pass over the buffer: lines end at CRLF (bare LF only when
-//! the banner itself ended in bare LF), a frame ends at an empty line. The position reached
-//! is kept between calls, so bytes arriving in small pieces are never rescanned. A frame
-//! larger than `max_frame_bytes` is an error (the connection is reset and the error
-//! counted), never unbounded memory.
+//! Decoding finds the end of a frame with one SIMD scan for the empty line (`\r\n\r\n`;
+//! a legacy `\n\r\n` inside a line is not one) and copies the frame once; headers are
+//! split when read. Lines end at CRLF (bare LF only when the banner itself ended in bare
+//! LF, or on the server side). The position reached is kept between calls, so bytes
+//! arriving in small pieces are never rescanned. A frame larger than `max_frame_bytes` is
+//! an error (the connection is reset and the error counted), never unbounded memory.
 
-use std::ops::Range;
-
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Default cap on one frame: far above any real XStat/LinkedNodes reply.
@@ -50,13 +49,54 @@ pub enum Incoming {
 /// One AMI frame: ordered `Key: Value` headers (duplicates kept in order), plus, for a
 /// legacy `Response: Follows` reply, the raw command output.
 ///
-/// The text is held once; headers are ranges into it, so decoding allocates twice per
-/// frame whatever its size.
+/// The frame keeps its wire text (every line ending in CRLF) and splits it into headers
+/// when asked, so decoding is one scan for the blank line and one copy, whatever the
+/// frame holds. Values lose their leading blanks (as Asterisk reads them) and a legacy
+/// trailing `\n`; lines that are not `Key: Value` (`<NONE>`, XML) come back with an empty
+/// key and the whole line as value.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Frame {
-    text: String,
-    headers: Vec<(Range<u32>, Range<u32>)>,
-    body: Option<Range<u32>>,
+    text: Text,
+    body: Option<String>,
+}
+
+/// Frame text, shared with the read buffer it was decoded from (no copy).
+/// Invariant: always valid UTF-8 — every constructor validates or starts from a `String`.
+#[derive(Clone, PartialEq, Eq, Default)]
+struct Text(Bytes);
+
+impl Text {
+    /// Takes decoded bytes; bytes that are not UTF-8 (a Latin-1 callsign, line noise) are
+    /// replaced, which keeps the CRLF structure.
+    fn from_bytes(b: Bytes) -> Text {
+        // SIMD validation: several times faster than std's on long replies.
+        if simdutf8::basic::from_utf8(&b).is_ok() {
+            Text(b)
+        } else {
+            Text(Bytes::from(String::from_utf8_lossy(&b).into_owned()))
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // SAFETY: `Text` is only built from validated bytes (`from_bytes`) or from a
+        // `String` (`From<String>`), so the bytes are valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(Bytes::from(s))
+    }
+}
+
+fn push_line(text: &mut String, key: &str, value: &str) {
+    if !key.is_empty() {
+        text.push_str(key);
+        text.push_str(": ");
+    }
+    text.push_str(value);
+    text.push_str("\r\n");
 }
 
 impl std::fmt::Debug for Frame {
@@ -72,42 +112,97 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+/// Iterator over a frame's header lines.
+pub struct Headers<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        let bytes = self.text.as_bytes();
+        if self.pos >= bytes.len() {
+            return None;
+        }
+        let start = self.pos;
+        let (end, next) = crlf_line_end(bytes, start).unwrap_or((bytes.len(), bytes.len()));
+        self.pos = next;
+        Some(split_header(&self.text[start..end]))
+    }
+}
+
+/// End of the CRLF-terminated line starting at `from` (a bare LF inside is part of it):
+/// (content end, next line start).
+fn crlf_line_end(bytes: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut at = from;
+    loop {
+        let nl = at + memchr::memchr(b'\n', &bytes[at..])?;
+        if nl > from && bytes[nl - 1] == b'\r' {
+            return Some((nl - 1, nl + 1));
+        }
+        at = nl + 1;
+    }
+}
+
+/// Splits a line into a header: `Key: Value` (leading blanks of the value skipped, as
+/// Asterisk does; a legacy trailing `\n` dropped), or an empty key with the whole line
+/// when there is no `:` or the text before it is not a plausible header name.
+fn split_header(line: &str) -> (&str, &str) {
+    let b = line.as_bytes();
+    if let Some(colon) = memchr::memchr(b':', b) {
+        let key = &b[..colon];
+        if !key.is_empty()
+            && key
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            let value = line[colon + 1..]
+                .trim_start_matches(' ')
+                .trim_end_matches(['\n', '\r']);
+            return (&line[..colon], value);
+        }
+    }
+    ("", line.trim_end_matches(['\n', '\r']))
+}
+
 impl Frame {
     /// Builds a frame from headers (tests, the simulator, and pre-parsed data).
     pub fn from_headers<K: AsRef<str>, V: AsRef<str>>(headers: &[(K, V)]) -> Frame {
-        let mut frame = Frame::default();
+        let mut text = String::new();
         for (k, v) in headers {
-            frame.push(k.as_ref(), v.as_ref());
+            push_line(&mut text, k.as_ref(), v.as_ref());
         }
-        frame
+        Frame {
+            text: text.into(),
+            body: None,
+        }
     }
 
-    /// Appends one header.
+    /// Appends one header (an empty key appends `value` as a bare line).
     pub fn push(&mut self, key: &str, value: &str) {
-        let ks = self.text.len() as u32;
-        self.text.push_str(key);
-        let ke = self.text.len() as u32;
-        self.text.push_str(value);
-        let ve = self.text.len() as u32;
-        self.headers.push((ks..ke, ke..ve));
+        let mut text = self.text.as_str().to_owned();
+        push_line(&mut text, key, value);
+        self.text = text.into();
     }
 
-    /// Headers in wire order. Lines that are not `Key: Value` (such as `<NONE>`) have an
-    /// empty key and the whole line as value.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.headers
-            .iter()
-            .map(|(k, v)| (self.slice(k), self.slice(v)))
+    /// Headers in wire order.
+    pub fn headers(&self) -> Headers<'_> {
+        Headers {
+            text: self.text.as_str(),
+            pos: 0,
+        }
     }
 
     /// Number of header lines.
     pub fn len(&self) -> usize {
-        self.headers.len()
+        self.headers().count()
     }
 
     /// True for the empty frame (a bare CRLF, e.g. a VoterStatus reply with no match).
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.body.is_none()
+        self.text.0.is_empty() && self.body.is_none()
     }
 
     /// The first value of `key` (ASCII case-insensitive, as Asterisk matches headers).
@@ -126,7 +221,16 @@ impl Frame {
 
     /// The `Event:` name, when this frame is an event.
     pub fn event(&self) -> Option<&str> {
-        self.get("Event")
+        // Asterisk writes `Event:` first; fall back to a scan for hand-built frames.
+        match self.headers().next() {
+            Some((k, v)) if k.eq_ignore_ascii_case("Event") => Some(v),
+            Some((k, _))
+                if k.eq_ignore_ascii_case("Response") || k.eq_ignore_ascii_case("ActionID") =>
+            {
+                None
+            }
+            _ => self.get("Event"),
+        }
     }
 
     /// The `Response:` value (`Success`, `Error`, `Follows`, `Goodbye`, `Pong`).
@@ -141,32 +245,23 @@ impl Frame {
 
     /// The raw output of a legacy `Response: Follows` block (without `--END COMMAND--`).
     pub fn body(&self) -> Option<&str> {
-        self.body.as_ref().map(|r| self.slice(r))
+        self.body.as_deref()
     }
 
     /// Writes the frame back in wire form (server side: the simulator, tests).
     pub fn to_wire(&self) -> String {
-        let mut out = String::with_capacity(self.text.len() + self.headers.len() * 4 + 2);
-        for (k, v) in self.headers() {
-            if k.is_empty() {
-                out.push_str(v);
-            } else {
-                out.push_str(k);
-                out.push_str(": ");
-                out.push_str(v);
-            }
-            out.push_str("\r\n");
-        }
-        if let Some(body) = self.body() {
-            out.push_str(body);
+        let body = self
+            .body
+            .as_deref()
+            .map_or(0, |b| b.len() + END_COMMAND.len() + 2);
+        let mut out = String::with_capacity(self.text.0.len() + body + 2);
+        out.push_str(self.text.as_str());
+        if let Some(b) = &self.body {
+            out.push_str(b);
             out.push_str("--END COMMAND--\r\n");
         }
         out.push_str("\r\n");
         out
-    }
-
-    fn slice(&self, r: &Range<u32>) -> &str {
-        &self.text[r.start as usize..r.end as usize]
     }
 }
 
@@ -180,6 +275,17 @@ enum Side {
     Server,
 }
 
+/// What the frame being read turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Not known until its first line is in.
+    Unknown,
+    /// Ends at the first empty line.
+    Plain,
+    /// Legacy `Response: Follows`: ends after `--END COMMAND--`.
+    Follows,
+}
+
 /// Decoder/encoder for AMI. Use [`AmiCodec::client`] when talking to Asterisk and
 /// [`AmiCodec::server`] in the simulator.
 #[derive(Debug)]
@@ -189,12 +295,12 @@ pub struct AmiCodec {
     banner_seen: bool,
     /// Lines end at a bare LF too (set when the banner ended in bare LF, or server side).
     lf_lines: bool,
-    /// Resume point for the current frame: bytes before it are already split into lines.
+    /// Resume point of the search in the current frame: bytes before it were scanned.
     scan: usize,
-    /// Header ranges found so far for the frame in progress (offsets into the buffer).
-    partial: Vec<(Range<u32>, Range<u32>)>,
-    /// Inside a legacy `Response: Follows` frame: raw body starts at this offset.
-    follows_body: Option<usize>,
+    kind: Kind,
+    /// Searchers built once (building one per call costs more than a small frame's scan).
+    blank_line: memchr::memmem::Finder<'static>,
+    end_command: memchr::memmem::Finder<'static>,
 }
 
 impl AmiCodec {
@@ -218,31 +324,31 @@ impl AmiCodec {
             banner_seen: false,
             lf_lines: false,
             scan: 0,
-            partial: Vec::new(),
-            follows_body: None,
+            kind: Kind::Unknown,
+            blank_line: memchr::memmem::Finder::new(b"\r\n\r\n"),
+            end_command: memchr::memmem::Finder::new(END_COMMAND),
         }
     }
 
     fn reset_frame(&mut self) {
         self.scan = 0;
-        self.partial.clear();
-        self.follows_body = None;
+        self.kind = Kind::Unknown;
     }
 
-    fn too_large(&mut self, buf: &BytesMut) -> Result<(), CodecError> {
+    /// Nothing complete yet: fine unless the pending bytes exceed the cap.
+    fn incomplete(&mut self, buf: &BytesMut) -> Result<Option<Incoming>, CodecError> {
         if buf.len() > self.max_frame {
             self.reset_frame();
             return Err(CodecError::FrameTooLarge {
                 limit: self.max_frame,
             });
         }
-        Ok(())
+        Ok(None)
     }
 
     fn decode_banner(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
         let Some(nl) = memchr::memchr(b'\n', buf) else {
-            self.too_large(buf)?;
-            return Ok(None);
+            return self.incomplete(buf);
         };
         let crlf = nl > 0 && buf[nl - 1] == b'\r';
         self.lf_lines = !crlf;
@@ -253,143 +359,141 @@ impl AmiCodec {
         Ok(Some(Incoming::Banner(line)))
     }
 
-    /// Finds the end of the next line starting at `from`; returns (content end, next start).
-    fn next_line(&self, buf: &[u8], from: usize) -> Option<(usize, usize)> {
-        let mut at = from;
-        loop {
-            let nl = at + memchr::memchr(b'\n', &buf[at..])?;
-            if nl > from && buf[nl - 1] == b'\r' {
-                return Some((nl - 1, nl + 1));
-            }
-            if self.lf_lines {
-                return Some((nl, nl + 1));
-            }
-            // A bare LF inside a CRLF stream (legacy `ctime()` values): part of the line.
-            at = nl + 1;
+    /// Looks at the first line(s) to tell a legacy Follows block from a plain frame.
+    fn classify(&mut self, buf: &BytesMut) -> Option<Kind> {
+        // Only `Response:` or `ActionID:` can open a Follows block; events never do.
+        if !matches!(buf.first()? | 0x20, b'r' | b'a') {
+            return Some(Kind::Plain);
         }
+        let (e1, n1) = crlf_line_end(buf, 0)?;
+        let is_follows = |line: &[u8]| {
+            let (k, v) = match memchr::memchr(b':', line) {
+                Some(c) => (&line[..c], line[c + 1..].trim_ascii()),
+                None => return false,
+            };
+            k.eq_ignore_ascii_case(b"Response") && v.eq_ignore_ascii_case(b"Follows")
+        };
+        let first = &buf[..e1];
+        if is_follows(first) {
+            return Some(Kind::Follows);
+        }
+        if first.len() >= 9 && first[..9].eq_ignore_ascii_case(b"ActionID:") {
+            let (e2, _) = crlf_line_end(buf, n1)?;
+            if is_follows(&buf[n1..e2]) {
+                return Some(Kind::Follows);
+            }
+        }
+        Some(Kind::Plain)
     }
 
-    /// Finishes a legacy Follows frame once `--END COMMAND--` and the blank line are in.
-    fn decode_follows(
-        &mut self,
-        buf: &mut BytesMut,
-        body_start: usize,
-    ) -> Result<Option<Frame>, CodecError> {
-        let from = self.scan.max(body_start);
-        let finder = memchr::memmem::find(&buf[from..], END_COMMAND);
-        let Some(rel) = finder else {
-            // Keep a marker's worth of overlap so a marker cut between reads is found.
-            self.scan = buf.len().saturating_sub(END_COMMAND.len()).max(body_start);
-            self.too_large(buf)?;
-            return Ok(None);
+    /// A plain frame: everything up to the first empty line.
+    fn decode_plain(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        let Some(rel) = self.blank_line.find(&buf[self.scan..]) else {
+            self.scan = buf.len().saturating_sub(3);
+            return self.incomplete(buf);
         };
-        let marker = from + rel;
-        let after = marker + END_COMMAND.len();
+        let end = self.scan + rel;
+        if end + 4 > self.max_frame {
+            self.reset_frame();
+            return Err(CodecError::FrameTooLarge {
+                limit: self.max_frame,
+            });
+        }
+        let bytes = buf.split_to(end + 4);
+        self.reset_frame();
+        Ok(Some(Incoming::Frame(Frame {
+            text: Text::from_bytes(bytes.freeze().slice(..end + 2)),
+            body: None,
+        })))
+    }
+
+    /// A legacy Follows frame: header lines, raw text, `--END COMMAND--`, blank line.
+    fn decode_follows(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        let Some(rel) = self.end_command.find(&buf[self.scan..]) else {
+            // Keep a marker's worth of overlap so a marker cut between reads is found.
+            self.scan = buf.len().saturating_sub(END_COMMAND.len());
+            return self.incomplete(buf);
+        };
+        let marker = self.scan + rel;
         // The marker is followed by CRLF and the blank line's CRLF.
-        let mut end = after;
+        let mut end = marker + END_COMMAND.len();
         for _ in 0..2 {
             match &buf[end..] {
                 [] | [b'\r'] => {
                     self.scan = marker;
-                    self.too_large(buf)?;
-                    return Ok(None);
+                    return self.incomplete(buf);
                 }
                 [b'\r', b'\n', ..] => end += 2,
                 [b'\n', ..] => end += 1,
                 _ => break,
             }
         }
-        // `Privilege:` and `ActionID:` lines that Asterisk writes before the raw text.
-        let mut at = body_start;
-        for name in [&b"Privilege"[..], b"ActionID"] {
-            let Some((ce, nx)) = self.next_line(&buf[..marker], at) else {
+        // `Response:`, then the `Privilege:` and `ActionID:` lines Asterisk writes before
+        // the raw text (ActionID may come first in old versions).
+        let mut headers_end = 0;
+        for _ in 0..3 {
+            let Some((e, n)) = crlf_line_end(&buf[..marker], headers_end) else {
                 break;
             };
-            let h = split_header(&buf[at..ce], at);
-            if buf[h.0.start as usize..h.0.end as usize].eq_ignore_ascii_case(name) {
-                self.partial.push(h);
-                at = nx;
-            }
-        }
-        let frame = self.build(buf, end, Some(at..marker));
-        Ok(Some(frame))
-    }
-
-    /// Takes `len` bytes off the buffer and turns them plus the header ranges into a frame.
-    fn build(&mut self, buf: &mut BytesMut, len: usize, body: Option<Range<usize>>) -> Frame {
-        let bytes = buf.split_to(len);
-        let text = match std::str::from_utf8(&bytes) {
-            Ok(s) => s.to_owned(),
-            Err(_) => return self.build_lossy(&bytes, body),
-        };
-        let headers = std::mem::take(&mut self.partial);
-        let body = body.map(|r| r.start as u32..r.end as u32);
-        self.reset_frame();
-        let mut frame = Frame {
-            text,
-            headers,
-            body,
-        };
-        strip_stray_newlines(&mut frame);
-        frame
-    }
-
-    /// Rare path: bytes that are not UTF-8 (a callsign in Latin-1, line noise). Each piece
-    /// is converted on its own so the ranges stay right.
-    fn build_lossy(&mut self, bytes: &[u8], body: Option<Range<usize>>) -> Frame {
-        let headers = std::mem::take(&mut self.partial);
-        self.reset_frame();
-        let mut frame = Frame::default();
-        for (k, v) in headers {
-            let key = String::from_utf8_lossy(&bytes[k.start as usize..k.end as usize]);
-            let value = String::from_utf8_lossy(&bytes[v.start as usize..v.end as usize]);
-            frame.push(&key, &value);
-        }
-        if let Some(b) = body {
-            let s = frame.text.len() as u32;
-            frame.text.push_str(&String::from_utf8_lossy(&bytes[b]));
-            frame.body = Some(s..frame.text.len() as u32);
-        }
-        strip_stray_newlines(&mut frame);
-        frame
-    }
-}
-
-/// Legacy app_rpt event values end in `\n` before the CRLF: drop it from the value.
-fn strip_stray_newlines(frame: &mut Frame) {
-    let bytes = frame.text.as_bytes();
-    for (_, v) in frame.headers.iter_mut() {
-        while v.end > v.start && matches!(bytes[v.end as usize - 1], b'\n' | b'\r') {
-            v.end -= 1;
-        }
-    }
-}
-
-/// Splits a line into a header: `Key: Value` (leading blanks of the value skipped, as
-/// Asterisk does), or an empty key with the whole line when there is no `:` or the text
-/// before it is not a plausible header name.
-fn split_header(line: &[u8], base: usize) -> (Range<u32>, Range<u32>) {
-    if let Some(colon) = memchr::memchr(b':', line) {
-        let key = &line[..colon];
-        if !key.is_empty()
-            && key
+            let line = &buf[headers_end..e];
+            let known = [&b"Response:"[..], b"Privilege:", b"ActionID:"]
                 .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            let mut vs = colon + 1;
-            while vs < line.len() && line[vs] == b' ' {
-                vs += 1;
+                .any(|p| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p));
+            if !known {
+                break;
             }
-            return (
-                base as u32..(base + colon) as u32,
-                (base + vs) as u32..(base + line.len()) as u32,
-            );
+            headers_end = n;
+        }
+        let bytes = buf.split_to(end);
+        self.reset_frame();
+        let frame = Frame {
+            text: Text::from_bytes(bytes.clone().freeze().slice(..headers_end)),
+            body: Some(
+                Text::from_bytes(bytes.freeze().slice(headers_end..marker))
+                    .as_str()
+                    .to_owned(),
+            ),
+        };
+        Ok(Some(Incoming::Frame(frame)))
+    }
+
+    /// Bare-LF framing (server side, or a server whose banner ended in LF): line by line,
+    /// normalised to CRLF in the frame.
+    fn decode_lf(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        let mut at = self.scan;
+        loop {
+            let Some(rel) = memchr::memchr(b'\n', &buf[at..]) else {
+                self.scan = at;
+                return self.incomplete(buf);
+            };
+            let nl = at + rel;
+            let line = &buf[at..nl];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                let bytes = buf.split_to(nl + 1);
+                self.reset_frame();
+                let mut text = String::with_capacity(at + 16);
+                for raw in bytes[..at].split(|b| *b == b'\n') {
+                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                    if !raw.is_empty() {
+                        text.push_str(&String::from_utf8_lossy(raw));
+                        text.push_str("\r\n");
+                    }
+                }
+                return Ok(Some(Incoming::Frame(Frame {
+                    text: text.into(),
+                    body: None,
+                })));
+            }
+            at = nl + 1;
+            if at > self.max_frame {
+                self.reset_frame();
+                return Err(CodecError::FrameTooLarge {
+                    limit: self.max_frame,
+                });
+            }
         }
     }
-    (
-        base as u32..base as u32,
-        base as u32..(base + line.len()) as u32,
-    )
 }
 
 impl Decoder for AmiCodec {
@@ -400,45 +504,23 @@ impl Decoder for AmiCodec {
         if !self.banner_seen && self.side == Side::Client {
             return self.decode_banner(buf);
         }
-        if let Some(body_start) = self.follows_body {
-            return Ok(self.decode_follows(buf, body_start)?.map(Incoming::Frame));
+        if self.lf_lines {
+            return self.decode_lf(buf);
         }
-        loop {
-            let Some((content_end, next)) = self.next_line(buf, self.scan) else {
-                self.too_large(buf)?;
-                return Ok(None);
-            };
-            let start = self.scan;
-            if content_end == start {
-                // Empty line: the frame ends here (a lone CRLF is the empty frame).
-                let frame = self.build(buf, next, None);
-                return Ok(Some(Incoming::Frame(frame)));
+        if self.kind == Kind::Unknown {
+            if buf.starts_with(b"\r\n") {
+                // A lone CRLF is the empty frame.
+                buf.advance(2);
+                return Ok(Some(Incoming::Frame(Frame::default())));
             }
-            if u32::try_from(next).is_err() {
-                self.reset_frame();
-                return Err(CodecError::FrameTooLarge {
-                    limit: self.max_frame,
-                });
+            match self.classify(buf) {
+                Some(k) => self.kind = k,
+                None => return self.incomplete(buf),
             }
-            let header = split_header(&buf[start..content_end], start);
-            let is_follows = self.side == Side::Client
-                && self.partial.len() < 2
-                && buf[header.0.start as usize..header.0.end as usize]
-                    .eq_ignore_ascii_case(b"Response")
-                && buf[header.1.start as usize..header.1.end as usize]
-                    .eq_ignore_ascii_case(b"Follows");
-            self.partial.push(header);
-            self.scan = next;
-            if next > self.max_frame {
-                self.reset_frame();
-                return Err(CodecError::FrameTooLarge {
-                    limit: self.max_frame,
-                });
-            }
-            if is_follows {
-                self.follows_body = Some(next);
-                return Ok(self.decode_follows(buf, next)?.map(Incoming::Frame));
-            }
+        }
+        match self.kind {
+            Kind::Follows => self.decode_follows(buf),
+            _ => self.decode_plain(buf),
         }
     }
 }
