@@ -87,19 +87,14 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
     } else if err.find::<warp::ws::MissingConnectionUpgrade>().is_some() {
         (StatusCode::BAD_REQUEST, "this endpoint speaks WebSocket: send an upgrade request (Connection: upgrade, Upgrade: websocket)".into())
     } else if let Some(e) = err.find::<MissingHeader>() {
-        let hint = if e.name().starts_with("sec-websocket") || e.name() == "upgrade" {
-            " (this endpoint speaks WebSocket: send an upgrade request)"
-        } else {
-            ""
-        };
         (
             StatusCode::BAD_REQUEST,
-            format!("missing request header {}{hint}", e.name()),
+            format!("missing request header {}{}", e.name(), ws_hint(e.name())),
         )
     } else if let Some(e) = err.find::<InvalidHeader>() {
         (
             StatusCode::BAD_REQUEST,
-            format!("invalid request header {}", e.name()),
+            format!("invalid request header {}{}", e.name(), ws_hint(e.name())),
         )
     } else if err.find::<PayloadTooLarge>().is_some() {
         (
@@ -121,6 +116,15 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
     };
     Ok(error_reply(status, &message))
+}
+
+/// For the headers only the WebSocket upgrade checks.
+fn ws_hint(name: &str) -> &'static str {
+    if name.starts_with("sec-websocket") || name == "upgrade" || name == "connection" {
+        " (this endpoint speaks WebSocket: send an upgrade request with Connection: upgrade, Upgrade: websocket)"
+    } else {
+        ""
+    }
 }
 
 #[cfg(test)]
