@@ -649,8 +649,7 @@ async fn errors_are_json_with_the_right_status() {
     let err = h
         .ws_with_origin("?since=yesterday", None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let (s, v) = http_status(&err).expect("an HTTP answer");
     assert_eq!(s, 400);
     assert_error(&v, "since");
@@ -762,16 +761,14 @@ async fn origin_check() {
     let err = h
         .ws_with_origin("", Some("https://evil.example"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let (s, v) = http_status(&err).expect("an HTTP answer");
     assert_eq!(s, 403);
     assert_error(&v, "not allowed");
     let err = h
         .ws_with_origin("", Some("null"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(http_status(&err).map(|x| x.0), Some(403));
 
     for ok in [
@@ -813,8 +810,7 @@ async fn client_cap() {
     let err = h
         .ws_with_origin("", None)
         .await
-        .err()
-        .expect("third client refused");
+        .expect_err("third client refused");
     match &err {
         tungstenite::Error::Http(res) => assert!(res.headers().contains_key("retry-after")),
         other => panic!("expected an HTTP refusal, got {other}"),
@@ -996,4 +992,95 @@ async fn shutdown_says_goodbye_and_returns() {
         .expect("serve returns")
         .expect("join");
     assert!(res.is_ok());
+}
+
+/// `nexus_*` names defined in `src/metrics.rs`.
+fn catalogue() -> Vec<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs"))
+        .expect("src/metrics.rs");
+    let mut names: Vec<String> = src
+        .split('"')
+        .filter(|s| {
+            s.starts_with("nexus_")
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn docs_cover_every_route_and_series() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let api = std::fs::read_to_string(format!("{root}/docs/api.md")).expect("docs/api.md");
+    for r in allstar_nexus::http::ROUTES {
+        assert!(
+            api.contains(&format!("`{} {}", r.method, r.path))
+                || api.contains(&format!("| {} | `{}`", r.method, r.path)),
+            "docs/api.md misses {} {}",
+            r.method,
+            r.path
+        );
+    }
+    let metrics =
+        std::fs::read_to_string(format!("{root}/docs/metrics.md")).expect("docs/metrics.md");
+    let names = catalogue();
+    assert!(
+        names.len() > 30,
+        "the catalogue was read ({} names)",
+        names.len()
+    );
+    for n in &names {
+        assert!(
+            metrics.contains(&format!("`{n}`")),
+            "docs/metrics.md misses {n}"
+        );
+    }
+    // The dashboard only uses series that exist.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/docs/grafana-dashboard.json")).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let text = dash.to_string();
+    for used in text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("nexus_"))
+    {
+        let base = used.trim_end_matches("_bucket");
+        assert!(
+            names.iter().any(|n| n == base),
+            "the dashboard uses {used}, which is not in src/metrics.rs"
+        );
+    }
+    // The alert rules in docs/metrics.md are valid (when promtool is there).
+    let rules = metrics
+        .split("```yaml\ngroups:")
+        .nth(1)
+        .and_then(|r| r.split("```").next())
+        .expect("alert rules block");
+    let Some(promtool) = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        println!("NOTE: promtool is not installed; the alert rules were not checked");
+        return;
+    };
+    let file = std::env::temp_dir().join(format!("nexus-rules-{}.yml", std::process::id()));
+    std::fs::write(&file, format!("groups:{rules}")).expect("write rules");
+    let out = std::process::Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

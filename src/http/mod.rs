@@ -180,6 +180,27 @@ pub async fn serve(
     Ok(())
 }
 
+/// Sets `TCP_NODELAY` on the listening socket; Linux copies it to every accepted socket.
+/// warp accepts connections itself and leaves Nagle's algorithm on, which can hold a small
+/// WebSocket frame back until the previous one is acknowledged (up to the peer's delayed
+/// ACK, ~40 ms).
+#[cfg(unix)]
+fn nodelay_for_accepted(listener: &tokio::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor belongs to `listener`, which outlives this call; the temporary
+    // `TcpSocket` only sets an option and hands the descriptor back with `into_raw_fd`, so
+    // it is never closed here.
+    let socket = unsafe { tokio::net::TcpSocket::from_raw_fd(listener.as_raw_fd()) };
+    let result = socket.set_nodelay(true);
+    let _ = socket.into_raw_fd();
+    result
+}
+
+#[cfg(not(unix))]
+fn nodelay_for_accepted(_listener: &tokio::net::TcpListener) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Every route, the JSON error handling, the request counter and the common headers.
 fn routes(
     ctx: Arc<Ctx>,
@@ -272,6 +293,27 @@ fn wrong_method() -> impl Filter<Extract = (Response,), Error = Rejection> + Clo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        nodelay_for_accepted(&listener).expect("set");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(
+            accepted.nodelay().expect("get"),
+            "accepted sockets inherit TCP_NODELAY"
+        );
+        // The listener still works afterwards (its descriptor was not closed).
+        let _second = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect again");
+        assert!(listener.accept().await.is_ok());
+    }
 
     #[test]
     fn paths_map_to_their_templates() {
