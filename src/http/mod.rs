@@ -150,6 +150,9 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("the HTTP listener has no local address")?;
+    if let Err(e) = nodelay_for_accepted(&listener) {
+        tracing::debug!("[HTTP] could not set TCP_NODELAY on the listener: {e}");
+    }
     let ctx = Arc::new(Ctx {
         app,
         hub: ws::Hub::default(),

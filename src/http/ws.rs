@@ -9,10 +9,10 @@
 //! - with `?since=SEQ` the missed events are replayed instead of a snapshot, or a
 //!   snapshot (`reason: "replay_miss"`) is sent when they are no longer buffered.
 //!
-//! Fan-out: each client has two tasks. Its *pump* reads the store's broadcast, alerts,
-//! the heartbeat timer and the client's inbound frames, and moves frames into a bounded
-//! queue (`websocket.client_queue`) with `try_send`; its *writer* drains that queue into
-//! the socket. A socket that stops draining therefore only fills its own queue. When the
+//! Fan-out: each client has three tasks. Its *pump* reads the store's broadcast, alerts
+//! and the heartbeat timer, and moves frames into a bounded queue
+//! (`websocket.client_queue`) with `try_send`; its *writer* drains that queue into the
+//! socket; its *reader* reads what the client sends (pings, oversized messages, close). A socket that stops draining therefore only fills its own queue. When the
 //! queue is full (or the broadcast reports the pump lagged) the client is resynced: the
 //! pump stops queuing, waits for the writer to empty the queue, then queues a fresh
 //! snapshot (`reason: "resync"`). If the queue does not drain within two heartbeat
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
@@ -247,11 +247,14 @@ impl Client {
     async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<u64>, slot: Slot) {
         let cfg = ctx.app.config.websocket.clone();
         let heartbeat = cfg.heartbeat.0.max(MIN_HEARTBEAT);
-        let (sink, mut inbound) = socket.split();
+        let (sink, inbound) = socket.split();
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
         let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone()));
-        let mut alerts = ctx.app.alerts.subscribe();
+        let (from_tx, mut from_client) = mpsc::channel(4);
+        let reader = tokio::spawn(read_loop(inbound, from_tx));
+        let alerts = alert_stream(ctx.app.alerts.subscribe());
+        tokio::pin!(alerts);
         let mut client = Client {
             ctx: ctx.clone(),
             queue: qtx,
@@ -265,13 +268,18 @@ impl Client {
             ctx.hub.clients()
         );
 
+        // Held across iterations: its registration is made once.
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
         let start = tokio::select! {
-            _ = ctx.shutdown.cancelled() => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
+            _ = &mut shutdown => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
             r = client.start(since) => r,
         };
         let exit = match start {
             Err(exit) => exit,
-            Ok(mut changes) => {
+            Ok(rx) => {
+                let changes = change_stream(rx);
+                tokio::pin!(changes);
                 let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
                 ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 let mut alerts_open = true;
@@ -289,22 +297,24 @@ impl Client {
                     }
                     let step = tokio::select! {
                         biased;
-                        _ = ctx.shutdown.cancelled() => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
-                        _ = &mut writer => Err(Exit::Gone),
-                        msg = inbound.next() => client.on_inbound(msg, cfg.max_message_bytes),
+                        _ = &mut shutdown => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
+                        m = from_client.recv() => client.on_client(m, cfg.max_message_bytes),
                         _ = client.drained.notified(), if resyncing => {
                             if let Some(rx) = client.try_finish_resync() {
-                                changes = rx;
+                                changes.set(change_stream(rx));
                             }
                             Ok(())
                         }
                         _ = &mut stall_timer, if resyncing => Err(Exit::Drop),
-                        r = changes.recv(), if !resyncing => client.on_change(r),
-                        a = alerts.recv(), if alerts_open => {
+                        r = changes.next(), if !resyncing => match r {
+                            Some(r) => client.on_change(r),
+                            None => Err(Exit::Gone),
+                        },
+                        a = alerts.next(), if alerts_open => {
                             match a {
-                                Ok(alert) if !resyncing => client.on_alert(&alert),
-                                Ok(_) | Err(RecvError::Lagged(_)) => Ok(()),
-                                Err(RecvError::Closed) => {
+                                Some(Ok(alert)) if !resyncing => client.on_alert(&alert),
+                                Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => Ok(()),
+                                Some(Err(RecvError::Closed)) | None => {
                                     alerts_open = false;
                                     Ok(())
                                 }
@@ -318,7 +328,7 @@ impl Client {
                     // A resync that can complete at once (queue already empty).
                     if step.is_ok() && client.resync_by.is_some() && client.queue_empty() {
                         if let Some(rx) = client.try_finish_resync() {
-                            changes = rx;
+                            changes.set(change_stream(rx));
                         }
                     }
                     if let Err(exit) = step {
@@ -351,6 +361,7 @@ impl Client {
                 writer.abort();
             }
         }
+        reader.abort();
         drop(slot);
         tracing::debug!("[WS] client gone; {} connected", ctx.hub.clients());
     }
@@ -484,46 +495,21 @@ impl Client {
         self.push_or_resync(frame)
     }
 
-    fn on_inbound(
-        &mut self,
-        msg: Option<Result<Message, warp::Error>>,
-        max: usize,
-    ) -> Result<(), Exit> {
+    fn on_client(&mut self, msg: Option<FromClient>, max: usize) -> Result<(), Exit> {
         match msg {
-            None => Err(Exit::Gone),
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") {
-                    tracing::info!("[WS] closing a client that sent an oversized message ({text})");
-                    Err(Exit::Close(
-                        CLOSE_TOO_BIG,
-                        format!("message too big: the limit is {max} bytes"),
-                    ))
-                } else {
-                    tracing::debug!("[WS] read error: {text}");
-                    Err(Exit::Close(CLOSE_PROTOCOL_ERROR, "protocol error".into()))
-                }
+            Some(FromClient::Ping) if self.resync_by.is_none() => {
+                let frame = simple_frame("pong", self.last_seq);
+                self.push_or_resync(frame)
             }
-            Some(Ok(m)) if m.is_close() => Err(Exit::Gone),
-            Some(Ok(m)) => {
-                if m.as_bytes().len() > max {
-                    return Err(Exit::Close(
-                        CLOSE_TOO_BIG,
-                        format!("message too big: the limit is {max} bytes"),
-                    ));
-                }
-                if m.is_text() {
-                    if let Ok(Inbound { kind }) =
-                        serde_json::from_slice::<Inbound<'_>>(m.as_bytes())
-                    {
-                        if kind == "ping" && self.resync_by.is_none() {
-                            let frame = simple_frame("pong", self.last_seq);
-                            return self.push_or_resync(frame);
-                        }
-                    }
-                }
-                Ok(())
+            Some(FromClient::Ping) => Ok(()),
+            Some(FromClient::TooBig) => Err(Exit::Close(
+                CLOSE_TOO_BIG,
+                format!("message too big: the limit is {max} bytes"),
+            )),
+            Some(FromClient::ProtocolError) => {
+                Err(Exit::Close(CLOSE_PROTOCOL_ERROR, "protocol error".into()))
             }
+            Some(FromClient::Gone) | None => Err(Exit::Gone),
         }
     }
 
@@ -561,6 +547,70 @@ impl Client {
             None
         }
     }
+}
+
+/// What the reader task tells the pump.
+enum FromClient {
+    /// `{"type":"ping"}`: answer with `pong`.
+    Ping,
+    /// A message over `websocket.max_message_bytes` (the WebSocket layer refused it).
+    TooBig,
+    ProtocolError,
+    /// Closed or reset by the peer.
+    Gone,
+}
+
+/// Reads the client's messages in a task of its own, so the socket is only read when it
+/// has data. (Polling a tungstenite stream that has no data still prepares its whole read
+/// buffer — 128 KiB — so it must not sit in the pump's `select!`, which runs for every
+/// change.)
+async fn read_loop(mut inbound: SplitStream<WebSocket>, to_pump: mpsc::Sender<FromClient>) {
+    let end = loop {
+        match inbound.next().await {
+            None => break FromClient::Gone,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("Space limit exceeded") || text.contains("too long") {
+                    tracing::info!("[WS] closing a client that sent an oversized message ({text})");
+                    break FromClient::TooBig;
+                }
+                tracing::debug!("[WS] read error: {text}");
+                break FromClient::ProtocolError;
+            }
+            Some(Ok(m)) if m.is_close() => break FromClient::Gone,
+            Some(Ok(m)) if m.is_text() => {
+                if let Ok(Inbound { kind }) = serde_json::from_slice::<Inbound<'_>>(m.as_bytes()) {
+                    if kind == "ping" {
+                        // A client pinging faster than it reads loses pongs, nothing else.
+                        let _ = to_pump.try_send(FromClient::Ping);
+                    }
+                }
+            }
+            // Binary, ping and pong frames: nothing to do (pings are answered below us).
+            Some(Ok(_)) => {}
+        }
+    };
+    let _ = to_pump.send(end).await;
+}
+
+/// The change subscription as a stream whose pending `recv` survives `select!` rounds.
+fn change_stream(
+    rx: broadcast::Receiver<Arc<Published>>,
+) -> impl futures_util::Stream<Item = Result<Arc<Published>, RecvError>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        let r = rx.recv().await;
+        Some((r, rx))
+    })
+}
+
+/// The alert subscription, likewise.
+fn alert_stream(
+    rx: broadcast::Receiver<Arc<Alert>>,
+) -> impl futures_util::Stream<Item = Result<Arc<Alert>, RecvError>> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        let r = rx.recv().await;
+        Some((r, rx))
+    })
 }
 
 /// Drains the client's queue into its socket, flushing whenever the queue runs empty.
