@@ -64,15 +64,21 @@ const CLOCK_MONOTONIC: i32 = 1;
 
 /// User + system CPU time of this process.
 fn cpu_time() -> Duration {
+    let (user, sys) = cpu_split();
+    user + sys
+}
+
+/// (user, system) CPU time of this process.
+fn cpu_split() -> (Duration, Duration) {
     let mut r = Rusage::default();
     // SAFETY: `r` is a valid, writable `struct rusage` (64-bit Linux layout).
     if unsafe { getrusage(RUSAGE_SELF, &mut r) } != 0 {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     }
     let tv = |t: &Timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
-    tv(&r.ru_utime) + tv(&r.ru_stime)
+    (tv(&r.ru_utime), tv(&r.ru_stime))
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: comparable between processes.
@@ -239,7 +245,8 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
         tokio::time::sleep(interval).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cpu0 = cpu_time();
+    let (user0, sys0) = cpu_split();
+    let cpu0 = user0 + sys0;
     let wall0 = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     for _ in 0..events {
@@ -250,6 +257,8 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
     }
     let received = tokio::task::block_in_place(|| wait_line("RECEIVED", Duration::from_secs(120)));
     let cpu = cpu_time().saturating_sub(cpu0);
+    let (user1, sys1) = cpu_split();
+    let (user, sys) = (user1.saturating_sub(user0), sys1.saturating_sub(sys0));
     let wall = wall0.elapsed();
     let rss_peak = proc_status_kib("VmHWM:");
 
@@ -299,6 +308,11 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
         cpu.as_secs_f64() * 1e6 / n / clients as f64,
         cpu.as_secs_f64() * 100.0 / wall.as_secs_f64(),
         wall.as_secs_f64()
+    );
+    println!(
+        "    user space {:.1} µs, kernel {:.1} µs (the kernel part is the TCP send, which on loopback includes delivery into the client's socket)",
+        user.as_secs_f64() * 1e6 / n,
+        sys.as_secs_f64() * 1e6 / n
     );
     println!(
         "  client process CPU:         {}",
