@@ -178,6 +178,13 @@ impl StateStore {
         self.write().astdb = db;
     }
 
+    /// Publishes a change produced outside the engine: tests and tools. The change is
+    /// numbered, kept in the replay buffer and broadcast like any other; the node model
+    /// itself is not modified.
+    pub fn publish_external(&self, event: ChangeEvent) -> Arc<Published> {
+        self.update(|m, tx| m.publish(tx, event))
+    }
+
     pub(crate) fn update<R>(
         &self,
         f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R,

@@ -1,0 +1,333 @@
+//! The HTTP surface: the REST API (`/api/...`), the resumable WebSocket stream (`/ws`)
+//! and the Prometheus endpoint (`/metrics`), served with warp on a listener the caller
+//! binds (tests use port 0).
+//!
+//! Every reader answers from memory ([`App`]: the state store, alert history, script
+//! table, metrics registry) and never waits on AMI. Every error is JSON
+//! (`{"error": "..."}`). No CORS headers are sent: browsers may only use the API from the
+//! same origin, or through a reverse proxy that serves the dashboard; WebSocket handshakes
+//! and POSTs that carry a foreign `Origin` are refused ([`origin`]). Nothing from the
+//! configuration is serialised (it holds AMI passwords). See `docs/api.md`.
+
+mod errors;
+mod metrics;
+mod openapi;
+mod origin;
+mod rest;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use warp::http::{HeaderValue, Method, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::app::App;
+pub use errors::ApiReject;
+
+/// Largest request body accepted (no route takes a body today).
+pub const MAX_BODY_BYTES: u64 = 16 * 1024;
+
+/// How long shutdown waits for in-flight requests and WebSocket goodbyes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// One route of the API: its method and path template (`{id}` matches one segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+/// Every route, in documentation order. `docs/api.md` and the OpenAPI document list the
+/// same set; the request counter labels requests with these templates.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "GET",
+        path: "/api/health",
+    },
+    Route {
+        method: "GET",
+        path: "/api/nodes",
+    },
+    Route {
+        method: "GET",
+        path: "/api/nodes/{id}",
+    },
+    Route {
+        method: "POST",
+        path: "/api/nodes/{id}/poll",
+    },
+    Route {
+        method: "GET",
+        path: "/api/nodes/{id}/voter",
+    },
+    Route {
+        method: "GET",
+        path: "/api/alerts",
+    },
+    Route {
+        method: "GET",
+        path: "/api/scripts",
+    },
+    Route {
+        method: "GET",
+        path: "/api/openapi.json",
+    },
+    Route {
+        method: "GET",
+        path: "/ws",
+    },
+    Route {
+        method: "GET",
+        path: "/metrics",
+    },
+];
+
+/// Whether a request path matches a template.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') => {
+                if ps.is_empty() {
+                    return false;
+                }
+            }
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The route template a path belongs to (`/api/nodes/{id}`), or `unmatched`: a bounded
+/// label set for `nexus_http_requests_total`.
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| template_matches(r.path, path))
+        .map(|r| r.path)
+        .unwrap_or("unmatched")
+}
+
+/// The methods a path accepts (empty when the path is unknown).
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    ROUTES
+        .iter()
+        .filter(|r| template_matches(r.path, path))
+        .map(|r| r.method)
+        .collect()
+}
+
+/// What every request handler can reach. Cheap to share.
+pub(crate) struct Ctx {
+    pub app: App,
+    pub hub: ws::Hub,
+    pub shutdown: CancellationToken,
+}
+
+/// A JSON reply with `status`; API data is live, so it is never cached.
+pub(crate) fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let mut res = warp::reply::with_status(warp::reply::json(body), status).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting,
+/// says goodbye to WebSocket clients (close 1001) and waits up to a few seconds for
+/// in-flight requests.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("the HTTP listener has no local address")?;
+    if let Err(e) = nodelay_for_accepted(&listener) {
+        tracing::debug!("[HTTP] could not set TCP_NODELAY on the listener: {e}");
+    }
+    let ctx = Arc::new(Ctx {
+        app,
+        hub: ws::Hub::default(),
+        shutdown: shutdown.clone(),
+    });
+    let server = warp::serve(routes(ctx.clone()))
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned());
+    tracing::info!(
+        "[HTTP] listening on http://{addr} (REST /api, WebSocket /ws, Prometheus /metrics)"
+    );
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = server.run() => {}
+        _ = grace => tracing::warn!("[HTTP] requests still open {}s after shutdown: closing them", SHUTDOWN_GRACE.as_secs()),
+    }
+    ctx.hub.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, ctx.hub.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("[HTTP] some WebSocket clients did not close in time");
+    }
+    tracing::info!("[HTTP] stopped");
+    Ok(())
+}
+
+/// Sets `TCP_NODELAY` on the listening socket; Linux copies it to every accepted socket.
+/// warp accepts connections itself and leaves Nagle's algorithm on, which can hold a small
+/// WebSocket frame back until the previous one is acknowledged (up to the peer's delayed
+/// ACK, ~40 ms).
+#[cfg(unix)]
+fn nodelay_for_accepted(listener: &tokio::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor belongs to `listener`, which outlives this call; the temporary
+    // `TcpSocket` only sets an option and hands the descriptor back with `into_raw_fd`, so
+    // it is never closed here.
+    let socket = unsafe { tokio::net::TcpSocket::from_raw_fd(listener.as_raw_fd()) };
+    let result = socket.set_nodelay(true);
+    let _ = socket.into_raw_fd();
+    result
+}
+
+#[cfg(not(unix))]
+fn nodelay_for_accepted(_listener: &tokio::net::TcpListener) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Every route, the JSON error handling, the request counter and the common headers.
+fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
+{
+    let api = rest::routes(ctx.clone())
+        .or(ws::route(ctx.clone()))
+        .unify()
+        .or(metrics::route(ctx.clone()))
+        .unify()
+        .or(wrong_method())
+        .unify();
+    let counted = ctx.app.metrics.clone();
+    body_limit()
+        .and(api)
+        .recover(errors::recover)
+        .unify()
+        .map(|mut res: Response| {
+            res.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            res
+        })
+        .with(warp::log::custom(move |info: warp::log::Info<'_>| {
+            let status = info.status().as_u16();
+            let class = match status {
+                100..=199 => "1xx",
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            };
+            counted
+                .http_requests
+                .with_label_values(&[route_label(info.path()), class])
+                .inc();
+            tracing::debug!(
+                "[HTTP] {} {} {} {:.1}ms",
+                info.method(),
+                errors::clip(info.path()),
+                status,
+                info.elapsed().as_secs_f64() * 1000.0
+            );
+        }))
+}
+
+/// Refuses bodies over [`MAX_BODY_BYTES`] (413) before any route runs.
+fn body_limit() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(|len: Option<u64>| async move {
+            match len {
+                Some(n) if n > MAX_BODY_BYTES => Err(ApiReject::rejection(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body of {n} bytes is too large (the limit is {MAX_BODY_BYTES} bytes)"),
+                )),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+}
+
+/// Last in line: a known path asked with the wrong method gets 405 with `Allow`.
+/// Anything else falls through as "not found" so that a more precise rejection from a
+/// route (bad query string, missing WebSocket headers) wins.
+fn wrong_method() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::full().and(warp::method()).and_then(
+        |path: warp::path::FullPath, method: Method| async move {
+            let allowed = allowed_methods(path.as_str());
+            if allowed.is_empty() || allowed.contains(&method.as_str()) {
+                return Err(warp::reject::not_found());
+            }
+            let mut res = errors::error_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(
+                    "method {} is not allowed on {}: use {}",
+                    method,
+                    route_label(path.as_str()),
+                    allowed.join(", ")
+                ),
+            );
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            Ok(res)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        nodelay_for_accepted(&listener).expect("set");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(
+            accepted.nodelay().expect("get"),
+            "accepted sockets inherit TCP_NODELAY"
+        );
+        // The listener still works afterwards (its descriptor was not closed).
+        let _second = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect again");
+        assert!(listener.accept().await.is_ok());
+    }
+
+    #[test]
+    fn paths_map_to_their_templates() {
+        assert_eq!(route_label("/api/nodes"), "/api/nodes");
+        assert_eq!(route_label("/api/nodes/1999"), "/api/nodes/{id}");
+        assert_eq!(route_label("/api/nodes/1999/poll"), "/api/nodes/{id}/poll");
+        assert_eq!(route_label("/api/nodes//poll"), "unmatched");
+        assert_eq!(route_label("/api/nodes/1999/extra"), "unmatched");
+        assert_eq!(route_label("/metrics"), "/metrics");
+        assert_eq!(route_label("/"), "unmatched");
+        assert_eq!(allowed_methods("/api/nodes/1/poll"), ["POST"]);
+        assert!(allowed_methods("/nope").is_empty());
+    }
+}

@@ -1,0 +1,380 @@
+//! The REST routes under `/api`: health in plain words, nodes, poll-now, voter receivers,
+//! alerts, scripts, and the OpenAPI document.
+//!
+//! Readers take a short read lock on in-memory state and never wait on AMI; poll-now only
+//! wakes the node's poller and answers 202 at once. Replies use the field names of the
+//! node model (`state::model`), documented in `docs/api.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::{HeaderMap, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::errors::{clip, error_reply};
+use super::{Ctx, json_reply, openapi, origin};
+use crate::ami::ConnectionStatus;
+use crate::control::ControlError;
+use crate::state::change::now_ms;
+use crate::state::node::rfc3339;
+
+/// Alerts returned by `GET /api/alerts` without `limit`.
+const DEFAULT_ALERT_LIMIT: usize = 100;
+/// Largest `limit` accepted.
+const MAX_ALERT_LIMIT: usize = 10_000;
+
+/// Every `/api` route.
+pub(super) fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with = move || {
+        let ctx = ctx.clone();
+        warp::any().map(move || ctx.clone())
+    };
+    let health = warp::path!("api" / "health")
+        .and(warp::get())
+        .and(with())
+        .map(|c: Arc<Ctx>| health(&c));
+    let nodes = warp::path!("api" / "nodes")
+        .and(warp::get())
+        .and(with())
+        .map(|c: Arc<Ctx>| nodes(&c));
+    let node = warp::path!("api" / "nodes" / String)
+        .and(warp::get())
+        .and(with())
+        .map(|id: String, c: Arc<Ctx>| node(&c, &id));
+    let poll = warp::path!("api" / "nodes" / String / "poll")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(with())
+        .map(|id: String, h: HeaderMap, c: Arc<Ctx>| poll(&c, &id, &h));
+    let voter = warp::path!("api" / "nodes" / String / "voter")
+        .and(warp::get())
+        .and(with())
+        .map(|id: String, c: Arc<Ctx>| voter(&c, &id));
+    let alerts = warp::path!("api" / "alerts")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with())
+        .map(|q: HashMap<String, String>, c: Arc<Ctx>| alerts(&c, &q));
+    let scripts = warp::path!("api" / "scripts")
+        .and(warp::get())
+        .and(with())
+        .map(|c: Arc<Ctx>| {
+            #[derive(Serialize)]
+            struct Scripts {
+                scripts: Vec<crate::script::ScriptStatus>,
+            }
+            json_reply(
+                StatusCode::OK,
+                &Scripts {
+                    scripts: c.app.scripts.list(),
+                },
+            )
+        });
+    let openapi = warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .map(|| {
+            warp::Reply::into_response(warp::reply::with_header(
+                openapi::DOCUMENT,
+                header::CONTENT_TYPE,
+                "application/json",
+            ))
+        });
+    health
+        .or(nodes)
+        .unify()
+        .or(node)
+        .unify()
+        .or(poll)
+        .unify()
+        .or(voter)
+        .unify()
+        .or(alerts)
+        .unify()
+        .or(scripts)
+        .unify()
+        .or(openapi)
+        .unify()
+}
+
+/// One AMI server in `GET /api/health`.
+#[derive(Debug, Serialize)]
+struct ServerHealth {
+    name: String,
+    /// `host:port`.
+    host: String,
+    connected: bool,
+    /// `connected`, `disconnected`, or `connecting` (no attempt has finished yet).
+    state: &'static str,
+    /// When the session was established (connected) or lost (disconnected), RFC 3339.
+    since: Option<String>,
+    /// Seconds in the current state.
+    for_seconds: Option<u64>,
+    reconnect_attempts: u64,
+    /// The last error in plain words (kept after a reconnect, for the record).
+    last_error: Option<String>,
+    /// Its short form: `refused`, `timeout`, `host_not_found`, `auth_failed`, …
+    last_error_kind: Option<&'static str>,
+    /// The Asterisk Manager greeting of the current or last session.
+    banner: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    /// `ok`, or `degraded` when any AMI server is disconnected.
+    status: &'static str,
+    /// One sentence an operator can act on.
+    summary: String,
+    version: &'static str,
+    uptime_seconds: u64,
+    started: String,
+    ami_enabled: bool,
+    servers: Vec<ServerHealth>,
+    nodes: usize,
+    /// Nodes whose data may be out of date (their server is down).
+    stale_nodes: usize,
+    websocket_clients: usize,
+    /// Sequence number of the last change (resume point for `/ws?since=`).
+    last_seq: u64,
+}
+
+/// The status of every configured server: from its live AMI session handle, else from
+/// the state store, else "connecting" (nothing reported yet). Memory only.
+fn server_statuses(ctx: &Ctx) -> Vec<ConnectionStatus> {
+    let stored = ctx.app.state.servers();
+    ctx.app
+        .config
+        .servers
+        .iter()
+        .map(|s| {
+            if let Some(h) = ctx.app.control.servers().get(&s.name) {
+                return h.status();
+            }
+            if let Some(st) = stored.iter().find(|st| st.server == s.name) {
+                return st.clone();
+            }
+            ConnectionStatus {
+                server: s.name.clone(),
+                host: s.address(),
+                connected: false,
+                since_ms: 0,
+                reconnect_attempts: 0,
+                last_error: None,
+                last_error_kind: None,
+                banner: None,
+            }
+        })
+        .collect()
+}
+
+fn health(ctx: &Ctx) -> Response {
+    let now = now_ms();
+    let servers: Vec<ServerHealth> = server_statuses(ctx)
+        .into_iter()
+        .map(|s| {
+            let state = if s.connected {
+                "connected"
+            } else if s.since_ms == 0 && s.last_error.is_none() {
+                "connecting"
+            } else {
+                "disconnected"
+            };
+            ServerHealth {
+                since: (s.since_ms > 0).then(|| rfc3339(s.since_ms)),
+                for_seconds: (s.since_ms > 0).then(|| now.saturating_sub(s.since_ms) / 1000),
+                name: s.server,
+                host: s.host,
+                connected: s.connected,
+                state,
+                reconnect_attempts: s.reconnect_attempts,
+                last_error: s.last_error,
+                last_error_kind: s.last_error_kind,
+                banner: s.banner,
+            }
+        })
+        .collect();
+    let nodes = ctx.app.state.nodes();
+    let down: Vec<&ServerHealth> = servers.iter().filter(|s| !s.connected).collect();
+    let summary = if !ctx.app.config.ami_enabled {
+        "AMI is disabled in the configuration (ami_enabled: false): there is no live node data"
+            .to_owned()
+    } else if down.is_empty() {
+        format!(
+            "all {} AMI server(s) connected; watching {} node(s)",
+            servers.len(),
+            nodes.len()
+        )
+    } else {
+        let list: Vec<String> = down
+            .iter()
+            .map(|s| match (&s.last_error, s.state) {
+                (_, "connecting") => format!("{} ({}: connecting, no answer yet)", s.name, s.host),
+                (Some(e), _) => format!("{} ({e})", s.name),
+                (None, _) => format!("{} ({}: disconnected)", s.name, s.host),
+            })
+            .collect();
+        format!(
+            "{} of {} AMI server(s) not connected: {}",
+            down.len(),
+            servers.len(),
+            list.join("; ")
+        )
+    };
+    let body = Health {
+        status: if down.is_empty() { "ok" } else { "degraded" },
+        summary,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: now.saturating_sub(ctx.app.started_ms) / 1000,
+        started: rfc3339(ctx.app.started_ms),
+        ami_enabled: ctx.app.config.ami_enabled,
+        stale_nodes: nodes.iter().filter(|n| n.stale).count(),
+        nodes: nodes.len(),
+        servers,
+        websocket_clients: ctx.hub.clients(),
+        last_seq: ctx.app.state.seq(),
+    };
+    json_reply(StatusCode::OK, &body)
+}
+
+fn nodes(ctx: &Ctx) -> Response {
+    #[derive(Serialize)]
+    struct Nodes {
+        /// The snapshot's sequence number: `/ws?since=seq` continues from here.
+        seq: u64,
+        nodes: Vec<crate::state::NodeView>,
+    }
+    // Taken under one lock so that `seq` and `nodes` agree.
+    let (seq, nodes, _rx) = ctx.app.state.subscribe_with_snapshot();
+    json_reply(StatusCode::OK, &Nodes { seq, nodes })
+}
+
+/// Whether the node is in the configuration.
+fn configured(ctx: &Ctx, id: &str) -> bool {
+    ctx.app
+        .config
+        .servers
+        .iter()
+        .any(|s| s.nodes.iter().any(|n| n.node_id == id))
+}
+
+fn unknown_node(id: &str) -> Response {
+    error_reply(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "unknown node {:?}: it is not in the configuration",
+            clip(id)
+        ),
+    )
+}
+
+fn node(ctx: &Ctx, id: &str) -> Response {
+    match ctx.app.state.node(id) {
+        Some(n) => json_reply(StatusCode::OK, &n),
+        None if configured(ctx, id) => error_reply(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "node {id} is configured but has no state yet: the state engine has not reported it"
+            ),
+        ),
+        None => unknown_node(id),
+    }
+}
+
+fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap) -> Response {
+    if let Some(refused) = foreign_origin(ctx, headers) {
+        return refused;
+    }
+    match ctx.app.control.poll_now(id) {
+        Ok(()) => {
+            #[derive(Serialize)]
+            struct Accepted<'a> {
+                status: &'static str,
+                node: &'a str,
+                message: String,
+            }
+            let message = format!(
+                "poll of node {id} requested: the result arrives as changes on /ws and in GET /api/nodes/{id} (a node whose AMI server is down is polled as soon as it reconnects)"
+            );
+            json_reply(
+                StatusCode::ACCEPTED,
+                &Accepted {
+                    status: "accepted",
+                    node: id,
+                    message,
+                },
+            )
+        }
+        Err(ControlError::UnknownNode(_)) => unknown_node(id),
+        Err(e @ ControlError::NoPoller(_)) => {
+            error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// 403 for a browser request from another site (see `origin`).
+fn foreign_origin(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
+    let o = headers.get(header::ORIGIN)?;
+    let text = o.to_str().unwrap_or("");
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if origin::allowed(
+        text,
+        h("host"),
+        h("x-forwarded-host"),
+        &ctx.app.config.websocket.allowed_origins,
+    ) {
+        return None;
+    }
+    Some(error_reply(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "requests from origin {:?} are not allowed: add it to websocket.allowed_origins",
+            clip(text)
+        ),
+    ))
+}
+
+fn voter(ctx: &Ctx, id: &str) -> Response {
+    match ctx.app.control.voter(id) {
+        Some(v) => json_reply(StatusCode::OK, &v),
+        None if configured(ctx, id) || ctx.app.state.node(id).is_some() => error_reply(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no voter data for node {id} yet: the voter plugin (plugins/voter.lua) publishes it every plugins.voter.interval_seconds once it runs and the node has a voter"
+            ),
+        ),
+        None => unknown_node(id),
+    }
+}
+
+fn alerts(ctx: &Ctx, q: &HashMap<String, String>) -> Response {
+    let limit = match q.get("limit") {
+        None => DEFAULT_ALERT_LIMIT,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_ALERT_LIMIT).contains(&n) => n,
+            _ => {
+                return error_reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "invalid limit {:?}: give a whole number from 1 to {MAX_ALERT_LIMIT}",
+                        clip(v)
+                    ),
+                );
+            }
+        },
+    };
+    #[derive(Serialize)]
+    struct Alerts<'a> {
+        alerts: Vec<&'a crate::alerts::Alert>,
+    }
+    let recent = ctx.app.alerts.recent(limit);
+    json_reply(
+        StatusCode::OK,
+        &Alerts {
+            alerts: recent.iter().map(|a| a.as_ref()).collect(),
+        },
+    )
+}
