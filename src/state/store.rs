@@ -87,6 +87,12 @@ impl StateStore {
         self.read().nodes.keys().cloned().collect()
     }
 
+    /// Publishes a change that did not come from the state engine (tests, simulators,
+    /// daemon-internal notices): it is numbered, kept for replay and broadcast like any other.
+    pub fn publish_external(&self, event: ChangeEvent) -> Arc<Published> {
+        self.update(|m, tx| m.publish(tx, event))
+    }
+
     /// The sequence number of the last change.
     pub fn seq(&self) -> u64 {
         self.read().seq
