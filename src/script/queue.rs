@@ -15,22 +15,32 @@ use crate::control::VoterSnapshot;
 use crate::state::Published;
 
 /// Work for the Lua thread other than changes.
-pub(crate) enum Command {
+pub enum Command {
     /// Re-read the script directories; `force` reloads even unchanged files.
     Rescan { force: bool },
     /// A `nexus.voter_status` request finished.
-    VoterReply { script: String, generation: u64, call: u64, result: Result<VoterSnapshot, String> },
+    VoterReply {
+        script: String,
+        generation: u64,
+        call: u64,
+        result: Result<VoterSnapshot, String>,
+    },
     /// Call a global function of a script with JSON arguments.
-    Call { script: String, function: String, args: Vec<serde_json::Value>, reply: oneshot::Sender<CallResult> },
+    Call {
+        script: String,
+        function: String,
+        args: Vec<serde_json::Value>,
+        reply: oneshot::Sender<CallResult>,
+    },
     /// Stop the thread.
     Shutdown,
 }
 
 /// The result of [`Command::Call`].
-pub(crate) type CallResult = Result<serde_json::Value, String>;
+pub type CallResult = Result<serde_json::Value, String>;
 
 /// One unit of work.
-pub(crate) enum Item {
+pub enum Item {
     Change(Arc<Published>),
     Command(Command),
 }
@@ -46,7 +56,7 @@ struct Lanes {
 }
 
 /// Shared between producers (tokio tasks, the watcher) and the Lua thread.
-pub(crate) struct Inbox {
+pub struct Inbox {
     lanes: Mutex<Lanes>,
     ready: Condvar,
     cap: usize,
@@ -56,7 +66,10 @@ impl Inbox {
     /// An inbox holding at most `cap` changes.
     pub fn new(cap: usize) -> Arc<Inbox> {
         Arc::new(Inbox {
-            lanes: Mutex::new(Lanes { changes: VecDeque::with_capacity(cap.min(4096)), commands: VecDeque::new() }),
+            lanes: Mutex::new(Lanes {
+                changes: VecDeque::with_capacity(cap.min(4096)),
+                commands: VecDeque::new(),
+            }),
             ready: Condvar::new(),
             cap: cap.max(1),
         })
@@ -113,7 +126,10 @@ impl Inbox {
                     if now >= d {
                         return None;
                     }
-                    self.ready.wait_timeout(lanes, d - now).unwrap_or_else(|p| p.into_inner()).0
+                    self.ready
+                        .wait_timeout(lanes, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }
@@ -143,7 +159,10 @@ mod tests {
         assert!(inbox.try_push_change(change(2)));
         assert!(!inbox.try_push_change(change(3)));
         inbox.push_command(Command::Shutdown);
-        assert!(matches!(inbox.pop(None), Some(Item::Command(Command::Shutdown))));
+        assert!(matches!(
+            inbox.pop(None),
+            Some(Item::Command(Command::Shutdown))
+        ));
         assert!(matches!(inbox.pop(None), Some(Item::Change(p)) if p.event.seq == 1));
         assert_eq!(inbox.len(), 1);
     }
@@ -152,7 +171,11 @@ mod tests {
     fn pop_times_out_and_barriers_follow_changes() {
         let inbox = Inbox::new(4);
         let start = Instant::now();
-        assert!(inbox.pop(Some(start + std::time::Duration::from_millis(20))).is_none());
+        assert!(
+            inbox
+                .pop(Some(start + std::time::Duration::from_millis(20)))
+                .is_none()
+        );
         assert!(start.elapsed() >= std::time::Duration::from_millis(20));
         let (tx, mut rx) = oneshot::channel();
         assert!(inbox.try_push_change(change(1)));

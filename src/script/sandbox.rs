@@ -41,13 +41,20 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(limit: Duration) -> Arc<Budget> {
-        Arc::new(Budget { base: Instant::now(), limit, deadline_ns: AtomicU64::new(0), tripped: AtomicBool::new(false) })
+        Arc::new(Budget {
+            base: Instant::now(),
+            limit,
+            deadline_ns: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
+        })
     }
 
     /// Starts a callback's budget.
     pub fn arm(&self) {
         let deadline = (Instant::now() + self.limit).saturating_duration_since(self.base);
-        let ns = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let ns = u64::try_from(deadline.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.tripped.store(false, Ordering::Relaxed);
         self.deadline_ns.store(ns, Ordering::Relaxed);
     }
@@ -122,16 +129,30 @@ end
 
 /// A fresh sandboxed state with `budget` enforced and at most `memory_limit` bytes.
 pub fn new_state(memory_limit: usize, budget: &Arc<Budget>) -> mlua::Result<Lua> {
-    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
+    let libs = StdLib::TABLE
+        | StdLib::STRING
+        | StdLib::MATH
+        | StdLib::UTF8
+        | StdLib::COROUTINE
+        | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::new())?;
     strip_globals(&lua)?;
     let b = budget.clone();
     let tripped = lua.create_function(move |_, ()| Ok(b.tripped()))?;
-    lua.load(PROTECT).set_name("=sandbox").call::<()>((tripped, TIMEOUT_MESSAGE))?;
+    lua.load(PROTECT)
+        .set_name("=sandbox")
+        .call::<()>((tripped, TIMEOUT_MESSAGE))?;
     let b = budget.clone();
-    lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
-        if b.within() { Ok(VmState::Continue) } else { Err(mlua::Error::runtime(TIMEOUT_MESSAGE)) }
-    })?;
+    lua.set_global_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| {
+            if b.within() {
+                Ok(VmState::Continue)
+            } else {
+                Err(mlua::Error::runtime(TIMEOUT_MESSAGE))
+            }
+        },
+    )?;
     lua.set_memory_limit(memory_limit)?;
     Ok(lua)
 }
@@ -139,7 +160,9 @@ pub fn new_state(memory_limit: usize, budget: &Arc<Budget>) -> mlua::Result<Lua>
 /// Removes what scripts must not reach and narrows `os`.
 fn strip_globals(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
-    for name in ["dofile", "loadfile", "require", "package", "io", "debug", "warn", "print"] {
+    for name in [
+        "dofile", "loadfile", "require", "package", "io", "debug", "warn", "print",
+    ] {
         g.raw_set(name, mlua::Value::Nil)?;
     }
     let string: mlua::Table = g.get("string")?;
@@ -205,7 +228,11 @@ mod tests {
             assert!(over, "{src} must trip the budget");
             assert!(took < Duration::from_millis(250), "{src} took {took:?}");
         }
-        let (r, over, _) = run(&lua, &budget, "local x = 0 for i = 1, 1000 do x = x + i end");
+        let (r, over, _) = run(
+            &lua,
+            &budget,
+            "local x = 0 for i = 1, 1000 do x = x + i end",
+        );
         assert!(r.is_ok() && !over);
     }
 
@@ -223,7 +250,10 @@ mod tests {
     fn memory_is_limited() {
         let budget = Budget::new(Duration::from_secs(5));
         let lua = new_state(4 << 20, &budget).expect("state");
-        let err = lua.load("local t = {} for i = 1, 1e8 do t[i] = i end").exec().expect_err("bomb");
+        let err = lua
+            .load("local t = {} for i = 1, 1e8 do t[i] = i end")
+            .exec()
+            .expect_err("bomb");
         assert!(matches!(err, mlua::Error::MemoryError(_)), "{err}");
         assert!(lua.used_memory() <= 4 << 20);
         lua.load("x = 1 + 1").exec().expect("state still usable");
