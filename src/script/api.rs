@@ -12,6 +12,7 @@ use mlua::serde::SerializeOptions;
 use mlua::{AppDataRef, AppDataRefMut, Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 
 use super::queue::{Command, Inbox};
+use super::sandbox;
 use super::store::{self, SharedStore};
 use crate::alerts::{AlertRequest, Severity};
 use crate::app::App;
@@ -142,9 +143,11 @@ pub fn install(
     nexus.set("voter_status", lua.create_function(voter_status)?)?;
     nexus.set("alert", lua.create_function(alert)?)?;
     nexus.set("now", lua.create_function(|_, ()| Ok(wall_seconds()))?)?;
+    sandbox::wrap_functions(lua, &nexus, "nexus")?;
     nexus.set("config", plugin_config(lua, plugin)?)?;
     nexus.set("store", store::proxy(lua, store)?)?;
     let log = log_table(lua)?;
+    sandbox::wrap_functions(lua, &log, "nexus.log")?;
     lua.globals().set("print", log.get::<Function>("info")?)?;
     nexus.set("log", log)?;
     lua.globals().set("nexus", nexus)

@@ -102,7 +102,7 @@ impl Script {
         let budget = Budget::new(cfg.callback_budget.0);
         let load_failure = |e: mlua::Error| Failure {
             context: "load".into(),
-            message: describe(&e),
+            message: sandbox::describe(&e),
             timeout: false,
         };
         let lua = sandbox::new_state(cfg.memory_limit_mb.saturating_mul(1 << 20), &budget)
@@ -305,7 +305,7 @@ impl Script {
                 self.budget.limit().as_millis()
             )
         } else {
-            describe(e)
+            sandbox::describe(e)
         };
         Failure {
             context: site.to_string(),
@@ -333,32 +333,4 @@ impl Script {
             }
         }
     }
-}
-
-/// One line an operator can act on, with the script's `file:line:` when Lua gave one.
-pub fn describe(e: &mlua::Error) -> String {
-    let text = match e {
-        mlua::Error::CallbackError { cause, .. } => return describe(cause),
-        mlua::Error::WithContext { context, cause } => {
-            return format!("{context}: {}", describe(cause));
-        }
-        mlua::Error::MemoryError(_) => return "out of memory (lua.memory_limit_mb reached)".into(),
-        mlua::Error::SyntaxError { message, .. } => format!("syntax error: {message}"),
-        mlua::Error::RuntimeError(m) => m.clone(),
-        other => other.to_string(),
-    };
-    let first = text.lines().next().unwrap_or("").trim();
-    let first = first.strip_prefix("runtime error: ").unwrap_or(first);
-    api_truncate(first)
-}
-
-fn api_truncate(s: &str) -> String {
-    if s.len() <= 500 {
-        return s.to_owned();
-    }
-    let mut end = 500;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

@@ -92,7 +92,7 @@ impl Budget {
 /// errors so that a budget abort cannot be swallowed, and restricts `load`,
 /// `setmetatable` and `collectgarbage`.
 const PROTECT: &str = r#"
-local tripped, timeout_message = ...
+local tripped, timeout_message, message = ...
 local raw_pcall, raw_xpcall, raw_error, raw_select = pcall, xpcall, error, select
 local co_resume, co_close = coroutine.resume, coroutine.close
 local raw_load, raw_setmetatable, raw_collect = load, setmetatable, collectgarbage
@@ -125,6 +125,20 @@ collectgarbage = function(opt)
   if opt == nil or opt == "count" then return raw_collect("count") end
   raw_error("collectgarbage: only \"count\" is allowed in scripts", 2)
 end
+
+-- Errors raised by Rust functions reach Lua as userdata; API functions are wrapped so a
+-- script sees a plain string, positioned at its own call ("x.lua:12: nexus.on: ...").
+return function(f, name)
+  local prefix = name .. ": "
+  local function finish(ok, ...)
+    if ok then return ... end
+    if tripped() then raw_error(timeout_message, 0) end
+    local text = message((...))
+    if text:sub(1, #prefix) ~= prefix then text = prefix .. text end
+    raw_error(text, 2)
+  end
+  return function(...) return finish(raw_pcall(f, ...)) end
+end
 "#;
 
 /// A fresh sandboxed state with `budget` enforced and at most `memory_limit` bytes.
@@ -139,9 +153,12 @@ pub fn new_state(memory_limit: usize, budget: &Arc<Budget>) -> mlua::Result<Lua>
     strip_globals(&lua)?;
     let b = budget.clone();
     let tripped = lua.create_function(move |_, ()| Ok(b.tripped()))?;
-    lua.load(PROTECT)
-        .set_name("=sandbox")
-        .call::<()>((tripped, TIMEOUT_MESSAGE))?;
+    let message = lua.create_function(|_, v: mlua::Value| Ok(error_message(&v)))?;
+    let wrap: mlua::Function =
+        lua.load(PROTECT)
+            .set_name("=sandbox")
+            .call((tripped, TIMEOUT_MESSAGE, message))?;
+    lua.set_named_registry_value(WRAP_KEY, wrap)?;
     let b = budget.clone();
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(HOOK_EVERY),
@@ -155,6 +172,66 @@ pub fn new_state(memory_limit: usize, budget: &Arc<Budget>) -> mlua::Result<Lua>
     )?;
     lua.set_memory_limit(memory_limit)?;
     Ok(lua)
+}
+
+/// Registry name of the API wrapper made by [`PROTECT`].
+const WRAP_KEY: &str = "nexus.wrap";
+
+/// Replaces every function in `t` by one that raises plain string errors, prefixed with
+/// `prefix.name`, at the script's call site (see [`PROTECT`]).
+pub fn wrap_functions(lua: &Lua, t: &mlua::Table, prefix: &str) -> mlua::Result<()> {
+    let wrap: mlua::Function = lua.named_registry_value(WRAP_KEY)?;
+    let mut functions = Vec::new();
+    for pair in t.pairs::<mlua::Value, mlua::Value>() {
+        let (k, v) = pair?;
+        if let mlua::Value::Function(f) = v {
+            functions.push((k, f));
+        }
+    }
+    for (k, f) in functions {
+        let name = format!("{prefix}.{}", k.to_string()?);
+        t.raw_set(k, wrap.call::<mlua::Function>((f, name))?)?;
+    }
+    Ok(())
+}
+
+/// The text of an error value caught in Lua.
+fn error_message(v: &mlua::Value) -> String {
+    match v {
+        mlua::Value::Error(e) => describe(e),
+        other => other.to_string().unwrap_or_else(|_| "error".into()),
+    }
+}
+
+/// One line an operator can act on, with the script's `file:line:` when Lua gave one.
+pub fn describe(e: &mlua::Error) -> String {
+    let text = match e {
+        mlua::Error::CallbackError { cause, .. } => return describe(cause),
+        mlua::Error::WithContext { context, cause } => {
+            return format!("{context}: {}", describe(cause));
+        }
+        mlua::Error::MemoryError(_) => return "out of memory (lua.memory_limit_mb reached)".into(),
+        mlua::Error::SyntaxError { message, .. } => format!("syntax error: {message}"),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::BadArgument { pos, cause, .. } => {
+            format!("bad argument #{pos}: {}", describe(cause))
+        }
+        other => other.to_string(),
+    };
+    let first = text.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("runtime error: ").unwrap_or(first);
+    truncate(first, 500)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// Removes what scripts must not reach and narrows `os`.

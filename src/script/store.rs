@@ -171,6 +171,7 @@ pub fn proxy(lua: &Lua, store: SharedStore) -> mlua::Result<Table> {
             Ok((next, snapshot, Value::Nil))
         })?,
     )?;
+    super::sandbox::wrap_functions(lua, &meta, "nexus.store")?;
     meta.set("__metatable", false)?;
     let t = lua.create_table()?;
     t.set_metatable(Some(meta))?;
