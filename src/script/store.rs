@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn proxy_reads_writes_and_iterates() {
-        let lua = Lua::new();
+        let budget = crate::script::sandbox::Budget::new(std::time::Duration::from_secs(1));
+        let lua = crate::script::sandbox::new_state(1 << 20, &budget).expect("state");
         let store: SharedStore = Arc::default();
         lua.globals()
             .set("store", proxy(&lua, store.clone()).expect("proxy"))
