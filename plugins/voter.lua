@@ -5,9 +5,9 @@
 -- are asked only every retry_seconds afterwards (most nodes have no voter).
 --
 -- Alerts (warning), each once per episode:
---   * a receiver silent: RSSI 0 for silent_seconds — while another receiver of the same
---     node heard a signal in that time (require_activity: true, the default), so an idle
---     channel is not mistaken for a dead receiver;
+--   * a receiver silent: RSSI 0 for silent_seconds. With require_activity (the default)
+--     only answers where another receiver of the node hears a signal count, from the first
+--     such answer until the receiver hears again: an idle channel is not a dead receiver;
 --   * a receiver that disappeared from the list.
 -- And an info alert when such a receiver comes back.
 --
@@ -21,7 +21,7 @@ local GIVE_UP = cfg.give_up_polls or 12
 local RETRY = cfg.retry_seconds or 600
 local REQUIRE_ACTIVITY = cfg.require_activity ~= false
 
--- node -> { misses, next_try, pending, last_activity, receivers = { name -> rx } }
+-- node -> { misses, next_try, pending, receivers = { name -> { missed_since, silent, gone } } }
 local nodes = {}
 
 local function entry(node)
@@ -37,21 +37,24 @@ local function alert(severity, title, message, node, key)
   nexus.alert { severity = severity, title = title, message = message, node = node, key = key }
 end
 
-local function heard(n, node, name, rx, now)
+local function heard(node, name, rx)
   if rx.silent then
     alert("info", "Voter receiver hears again", ("Receiver %s on node %s reports a signal again"):format(name, node),
       node, ("voter_heard:%s:%s"):format(node, name))
   end
-  rx.last_heard, rx.silent = now, false
+  rx.missed_since, rx.silent = nil, false
 end
 
-local function maybe_silent(n, node, name, rx, now)
-  if rx.silent or now - rx.last_heard < SILENT then return end
-  if REQUIRE_ACTIVITY and not (n.last_activity and n.last_activity > rx.last_heard) then return end
+-- RSSI 0: with require_activity, only while another receiver hears a signal does it count
+-- as missing; the time adds up from the first such answer until the receiver hears again.
+local function missed(node, name, rx, now, active)
+  if REQUIRE_ACTIVITY and not active then return end
+  rx.missed_since = rx.missed_since or now
+  if rx.silent or now - rx.missed_since < SILENT then return end
   rx.silent = true
+  local why = REQUIRE_ACTIVITY and " while other receivers heard signals" or ""
   alert("warning", "Voter receiver silent",
-    ("Receiver %s on node %s has reported RSSI 0 for %ds while other receivers heard signals"):format(
-      name, node, math.floor(now - rx.last_heard)),
+    ("Receiver %s on node %s has reported RSSI 0 for %ds%s"):format(name, node, math.floor(now - rx.missed_since), why),
     node, ("voter_silent:%s:%s"):format(node, name))
 end
 
@@ -60,22 +63,23 @@ end
 function on_receivers(node, receivers, now)
   node, now = tostring(node), now or nexus.now()
   local n = entry(node)
+  local active = false
   for _, r in ipairs(receivers) do
-    if (r.rssi or 0) > 0 then n.last_activity = now end
+    if (r.rssi or 0) > 0 then active = true end
   end
   local seen = {}
   for _, r in ipairs(receivers) do
     seen[r.name] = true
     local rx = n.receivers[r.name]
     if not rx then
-      rx = { last_heard = now }
+      rx = {}
       n.receivers[r.name] = rx
     elseif rx.gone then
-      rx.gone, rx.last_heard = false, now
+      rx.gone, rx.missed_since = false, nil
       alert("info", "Voter receiver back", ("Receiver %s on node %s is reporting again"):format(r.name, node),
         node, ("voter_back:%s:%s"):format(node, r.name))
     end
-    if (r.rssi or 0) > 0 then heard(n, node, r.name, rx, now) else maybe_silent(n, node, r.name, rx, now) end
+    if (r.rssi or 0) > 0 then heard(node, r.name, rx) else missed(node, r.name, rx, now, active) end
   end
   for name, rx in pairs(n.receivers) do
     if not seen[name] and not rx.gone then
