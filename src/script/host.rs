@@ -4,7 +4,7 @@
 //! Nothing here blocks on the daemon: the engine offers changes with `try_push`, and the
 //! thread answers back only through `Control`, `AlertHub` and the registry.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,15 +33,33 @@ pub struct HostShared {
     pub delivered: AtomicU64,
     /// Bumped after every load, unload or failure (for waiters).
     pub changed: watch::Sender<u64>,
+    /// `lua.queue`, for messages.
+    pub queue_cap: usize,
+    /// When a full queue was last reported (ms since the Unix epoch).
+    drop_warned_ms: AtomicU64,
 }
 
 impl HostShared {
-    pub fn new() -> Arc<HostShared> {
+    pub fn new(queue_cap: usize) -> Arc<HostShared> {
         Arc::new(HostShared {
             versions: Mutex::new(HashMap::new()),
             delivered: AtomicU64::new(0),
             changed: watch::channel(0).0,
+            queue_cap,
+            drop_warned_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Whether dropped changes should be logged now (at most once per
+    /// [`ERROR_LOG_INTERVAL`]; they are always counted).
+    pub fn should_warn_drop(&self) -> bool {
+        let now = now_ms();
+        let last = self.drop_warned_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= ERROR_LOG_INTERVAL.as_millis() as u64
+            && self
+                .drop_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn bump(&self) {
@@ -124,19 +142,32 @@ impl Host {
     pub fn run(mut self) {
         let _rt = self.rt.enter();
         self.rescan(true);
+        let mut batch = VecDeque::new();
         loop {
-            let due = self.next_due();
-            match self.inbox.pop(due) {
-                None => {}
-                Some(Item::Change(p)) => self.dispatch(&p),
-                Some(Item::Command(Command::Shutdown)) => break,
-                Some(Item::Command(c)) => self.command(c),
+            let mut due = self.next_due();
+            self.inbox.pop_batch(due, &mut batch);
+            while let Some(item) = batch.pop_front() {
+                match item {
+                    Item::Change(p) => self.dispatch(&p),
+                    Item::Barrier(tx) => {
+                        let _ = tx.send(());
+                    }
+                    Item::Command(Command::Shutdown) => {
+                        tracing::info!("[LUA] script host stopped");
+                        return;
+                    }
+                    Item::Command(c) => self.command(c),
+                }
+                // A steady stream of changes must not starve the timers.
+                if due.is_some_and(|d| Instant::now() >= d) {
+                    self.run_timers();
+                    due = self.next_due();
+                }
             }
             if due.is_some_and(|d| Instant::now() >= d) {
                 self.run_timers();
             }
         }
-        tracing::info!("[LUA] script host stopped");
     }
 
     fn command(&mut self, c: Command) {

@@ -11,6 +11,7 @@ use mlua::serde::DeserializeOptions;
 use mlua::{Function, IntoLuaMulti, Lua, LuaSerdeExt, Value};
 
 use super::api::{self, Ctx, Registration, TO_LUA};
+use super::event::EventBuilder;
 use super::queue::Inbox;
 use super::sandbox::{self, Budget};
 use super::store::SharedStore;
@@ -83,6 +84,7 @@ pub struct Script {
     /// Hooks by `ChangeKind` position in [`ChangeKind::ALL`], then `"*"` hooks last.
     hooks: Vec<Vec<Function>>,
     timers: Vec<Timer>,
+    events: EventBuilder,
 }
 
 const STAR: usize = ChangeKind::ALL.len();
@@ -122,7 +124,9 @@ impl Script {
             .set_mode(ChunkMode::Text)
             .into_function();
         let main = chunk.map_err(load_failure)?;
+        let events = EventBuilder::new(&lua).map_err(load_failure)?;
         let mut script = Script {
+            events,
             hash: p.hash,
             generation: p.generation,
             consecutive_errors: 0,
@@ -158,7 +162,7 @@ impl Script {
     pub fn dispatch(&mut self, p: &Published) -> Vec<Failure> {
         let kind = p.event.kind;
         let mut failures = Vec::new();
-        let event = match self.lua.to_value_with(&p.event, TO_LUA) {
+        let event = match self.events.build(&self.lua, &p.event) {
             Ok(v) => v,
             Err(e) => {
                 failures.push(self.failed(Site::On(Some(kind)), &e, false));

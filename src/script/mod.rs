@@ -12,6 +12,7 @@
 //! [`spawn`] starts it all and returns a [`ScriptHost`] handle.
 
 mod api;
+mod event;
 mod host;
 mod instance;
 mod queue;
@@ -60,7 +61,7 @@ pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| anyhow::anyhow!("the script host must be started inside the tokio runtime"))?;
     let inbox = Inbox::new(app.config.lua.queue);
-    let shared = HostShared::new();
+    let shared = HostShared::new(app.config.lua.queue);
     let handle = ScriptHost {
         inbox: inbox.clone(),
         shared: shared.clone(),
@@ -68,10 +69,10 @@ pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost
     };
     let changes = app.state.subscribe();
     let dirs = app.config.script_dirs.clone();
-    let host = Host::new(app, rt, inbox.clone(), shared);
+    let thread_inbox = inbox.clone();
     std::thread::Builder::new()
         .name("nexus-lua".into())
-        .spawn(move || host.run())?;
+        .spawn(move || run_thread(app, rt, thread_inbox, shared))?;
     tokio::spawn(forward(changes, handle.clone(), shutdown.clone()));
     reload::watch(&dirs, inbox, shutdown)?;
     tracing::info!(
@@ -79,6 +80,23 @@ pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost
         host::describe_dirs(&dirs)
     );
     Ok(handle)
+}
+
+/// The Lua thread's body. A panic in the host itself (a bug: scripts' panics are
+/// contained per call) restarts it with every script reloaded, instead of ending automation.
+fn run_thread(app: App, rt: tokio::runtime::Handle, inbox: Arc<Inbox>, shared: Arc<HostShared>) {
+    loop {
+        let host = Host::new(app.clone(), rt.clone(), inbox.clone(), shared.clone());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.run())) {
+            Ok(()) => return,
+            Err(_) => {
+                tracing::error!(
+                    "[LUA] the script host crashed (a bug); restarting it and reloading every script"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Forwards the change stream into the inbox without ever waiting on Lua.
@@ -126,6 +144,12 @@ impl ScriptHost {
                 .script_queue_dropped
                 .with_label_values(&["lua"])
                 .inc();
+            if self.shared.should_warn_drop() {
+                tracing::warn!(
+                    "[LUA] the script queue is full (lua.queue = {}): changes are being dropped; a script is too slow",
+                    self.shared.queue_cap
+                );
+            }
         }
         ok
     }

@@ -43,16 +43,19 @@ pub type CallResult = Result<serde_json::Value, String>;
 pub enum Item {
     Change(Arc<Published>),
     Command(Command),
-}
-
-enum Slot {
-    Change(Arc<Published>),
+    /// Answer once every change before it has been handled.
     Barrier(oneshot::Sender<()>),
 }
 
+/// Changes taken per lock acquisition.
+const BATCH: usize = 256;
+
 struct Lanes {
-    changes: VecDeque<Slot>,
+    /// Changes and barriers, in order.
+    changes: VecDeque<Item>,
     commands: VecDeque<Command>,
+    /// The Lua thread is waiting on the condvar (only then is a wake-up needed).
+    waiting: bool,
 }
 
 /// Shared between producers (tokio tasks, the watcher) and the Lua thread.
@@ -69,6 +72,7 @@ impl Inbox {
             lanes: Mutex::new(Lanes {
                 changes: VecDeque::with_capacity(cap.min(4096)),
                 commands: VecDeque::new(),
+                waiting: false,
             }),
             ready: Condvar::new(),
             cap: cap.max(1),
@@ -79,59 +83,71 @@ impl Inbox {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Releases the lock and wakes the Lua thread if it is waiting.
+    fn wake(&self, lanes: MutexGuard<'_, Lanes>) {
+        let waiting = lanes.waiting;
+        drop(lanes);
+        if waiting {
+            self.ready.notify_one();
+        }
+    }
+
     /// Queues a change; `false` when the lane is full (the change is dropped).
     pub fn try_push_change(&self, p: Arc<Published>) -> bool {
         let mut lanes = self.lock();
         if lanes.changes.len() >= self.cap {
             return false;
         }
-        lanes.changes.push_back(Slot::Change(p));
-        drop(lanes);
-        self.ready.notify_one();
+        lanes.changes.push_back(Item::Change(p));
+        self.wake(lanes);
         true
     }
 
     /// Queues a barrier behind the changes already waiting (never refused).
     pub fn push_barrier(&self, tx: oneshot::Sender<()>) {
-        self.lock().changes.push_back(Slot::Barrier(tx));
-        self.ready.notify_one();
+        let mut lanes = self.lock();
+        lanes.changes.push_back(Item::Barrier(tx));
+        self.wake(lanes);
     }
 
     /// Queues a command (never refused).
     pub fn push_command(&self, c: Command) {
-        self.lock().commands.push_back(c);
-        self.ready.notify_one();
+        let mut lanes = self.lock();
+        lanes.commands.push_back(c);
+        self.wake(lanes);
     }
 
-    /// The next item, commands first; waits until `deadline` (forever if `None`).
-    /// Barriers are answered here, in order. `None` when the deadline passed.
-    pub fn pop(&self, deadline: Option<Instant>) -> Option<Item> {
+    /// Moves waiting work into `out`: every command first, then up to a batch of changes
+    /// and barriers, in order. When there is none, waits until `deadline` (forever if
+    /// `None`) and returns with `out` unchanged once it has passed.
+    pub fn pop_batch(&self, deadline: Option<Instant>, out: &mut VecDeque<Item>) {
         let mut lanes = self.lock();
         loop {
-            if let Some(c) = lanes.commands.pop_front() {
-                return Some(Item::Command(c));
+            if !lanes.commands.is_empty() || !lanes.changes.is_empty() {
+                let commands: Vec<Command> = lanes.commands.drain(..).collect();
+                out.extend(commands.into_iter().map(Item::Command));
+                let n = lanes.changes.len().min(BATCH);
+                out.extend(lanes.changes.drain(..n));
+                return;
             }
-            match lanes.changes.pop_front() {
-                Some(Slot::Change(p)) => return Some(Item::Change(p)),
-                Some(Slot::Barrier(tx)) => {
-                    let _ = tx.send(());
-                    continue;
-                }
-                None => {}
-            }
-            lanes = match deadline {
+            let wait = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return,
+                },
+            };
+            lanes.waiting = true;
+            lanes = match wait {
                 None => self.ready.wait(lanes).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
+                Some(left) => {
                     self.ready
-                        .wait_timeout(lanes, d - now)
+                        .wait_timeout(lanes, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
             };
+            lanes.waiting = false;
         }
     }
 
@@ -145,6 +161,7 @@ impl Inbox {
 mod tests {
     use super::*;
     use crate::state::{ChangeEvent, ChangeKind};
+    use std::time::Duration;
 
     fn change(seq: u64) -> Arc<Published> {
         let mut e = ChangeEvent::new(ChangeKind::TxKeyed, "default", Some("1999"));
@@ -159,30 +176,43 @@ mod tests {
         assert!(inbox.try_push_change(change(2)));
         assert!(!inbox.try_push_change(change(3)));
         inbox.push_command(Command::Shutdown);
+        let mut out = VecDeque::new();
+        inbox.pop_batch(None, &mut out);
         assert!(matches!(
-            inbox.pop(None),
+            out.pop_front(),
             Some(Item::Command(Command::Shutdown))
         ));
-        assert!(matches!(inbox.pop(None), Some(Item::Change(p)) if p.event.seq == 1));
-        assert_eq!(inbox.len(), 1);
+        assert!(matches!(out.pop_front(), Some(Item::Change(p)) if p.event.seq == 1));
+        assert!(matches!(out.pop_front(), Some(Item::Change(p)) if p.event.seq == 2));
+        assert_eq!(inbox.len(), 0);
     }
 
     #[test]
-    fn pop_times_out_and_barriers_follow_changes() {
+    fn pop_times_out_and_barriers_stay_in_order() {
         let inbox = Inbox::new(4);
+        let mut out = VecDeque::new();
         let start = Instant::now();
-        assert!(
-            inbox
-                .pop(Some(start + std::time::Duration::from_millis(20)))
-                .is_none()
-        );
-        assert!(start.elapsed() >= std::time::Duration::from_millis(20));
-        let (tx, mut rx) = oneshot::channel();
+        inbox.pop_batch(Some(start + Duration::from_millis(20)), &mut out);
+        assert!(out.is_empty() && start.elapsed() >= Duration::from_millis(20));
+        let (tx, _rx) = oneshot::channel();
         assert!(inbox.try_push_change(change(1)));
         inbox.push_barrier(tx);
-        assert!(rx.try_recv().is_err());
-        assert!(matches!(inbox.pop(None), Some(Item::Change(_))));
-        assert!(inbox.pop(Some(Instant::now())).is_none());
-        assert!(rx.try_recv().is_ok());
+        inbox.pop_batch(None, &mut out);
+        assert!(matches!(out.pop_front(), Some(Item::Change(_))));
+        assert!(matches!(out.pop_front(), Some(Item::Barrier(_))));
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken() {
+        let inbox = Inbox::new(4);
+        let producer = inbox.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            producer.try_push_change(change(7))
+        });
+        let mut out = VecDeque::new();
+        inbox.pop_batch(None, &mut out);
+        assert!(t.join().unwrap_or(false));
+        assert!(matches!(out.pop_front(), Some(Item::Change(p)) if p.event.seq == 7));
     }
 }
