@@ -35,6 +35,14 @@ local function set_interval(node, s, seconds, why)
   end
 end
 
+-- After a reload, nodes left on the fast interval cool down like any other.
+for _, view in ipairs(nexus.nodes()) do
+  if nexus.poll_interval(view.node_id) == FAST then
+    local s = entry(view.node_id)
+    s.fast, s.last, s.server = true, nexus.now(), view.server
+  end
+end
+
 -- Records activity on a node; `what` (tx, rx, link:NAME) is keyed or not.
 local function activity(e, what, keyed)
   if not e.node then return end

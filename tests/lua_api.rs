@@ -46,7 +46,9 @@ async fn events_are_plain_tables_with_the_websocket_fields_and_nil_for_missing_o
 
     let mut e = link_event(ChangeKind::LinkUpdated, "2000");
     e.fields = vec!["mode", "ip"];
-    e.link.as_mut().map(|l| l.callsign = Some("W1AW".into()));
+    if let Some(l) = e.link.as_mut() {
+        l.callsign = Some("W1AW".into());
+    }
     rig.publish(e).await;
     let got = rig
         .call("rec.lua", "get", vec![json!("link_updated")])

@@ -96,7 +96,7 @@ local tripped, timeout_message, message = ...
 local raw_pcall, raw_xpcall, raw_error, raw_select = pcall, xpcall, error, select
 local co_resume, co_close = coroutine.resume, coroutine.close
 local raw_load, raw_setmetatable, raw_collect = load, setmetatable, collectgarbage
-local rawget, type = rawget, type
+local rawget, type, sub = rawget, type, string.sub
 
 local function checked(ok, ...)
   if not ok and tripped() then raw_error(timeout_message, 0) end
@@ -134,7 +134,7 @@ return function(f, name)
     if ok then return ... end
     if tripped() then raw_error(timeout_message, 0) end
     local text = message((...))
-    if text:sub(1, #prefix) ~= prefix then text = prefix .. text end
+    if sub(text, 1, #prefix) ~= prefix then text = prefix .. text end
     raw_error(text, 2)
   end
   return function(...) return finish(raw_pcall(f, ...)) end
