@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::instance::{Failure, LoadParams, Script};
+use super::instance::{CallError, Failure, LoadParams, Script};
 use super::queue::{CallResult, Command, Inbox, Item};
 use super::reload;
 use super::status::{ScriptState, ScriptStatus};
@@ -215,7 +215,8 @@ impl Host {
             .ok_or_else(|| format!("script {script:?} is not running"))?;
         match s.call_global(function, args) {
             Ok(v) => Ok(v),
-            Err(f) => {
+            Err(CallError::NoFunction(message)) => Err(message),
+            Err(CallError::Failed(f)) => {
                 let message = f.message.clone();
                 self.env.failed(&key, slot, vec![f]);
                 Err(message)

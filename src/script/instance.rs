@@ -30,6 +30,15 @@ pub struct Failure {
     pub timeout: bool,
 }
 
+/// Why [`Script::call_global`] failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// There is no such function (the caller's mistake, not the script's).
+    NoFunction(String),
+    /// The function failed (counted like any callback failure).
+    Failed(Failure),
+}
+
 /// Everything needed to build a script.
 pub struct LoadParams<'a> {
     pub name: &'a str,
@@ -239,33 +248,29 @@ impl Script {
         &mut self,
         function: &str,
         args: Vec<serde_json::Value>,
-    ) -> Result<serde_json::Value, Failure> {
-        let f: Function = match self.lua.globals().get::<Value>(function) {
+    ) -> Result<serde_json::Value, CallError> {
+        let f = match self.lua.globals().raw_get::<Value>(function) {
             Ok(Value::Function(f)) => f,
             _ => {
-                let message = format!("no global function {function:?}");
-                return Err(Failure {
-                    context: format!("call {function}"),
-                    message,
-                    timeout: false,
-                });
+                return Err(CallError::NoFunction(format!(
+                    "no global function {function:?}"
+                )));
             }
         };
         let mut values = Vec::with_capacity(args.len());
         for a in &args {
-            values.push(
-                self.lua
-                    .to_value_with(a, TO_LUA)
-                    .map_err(|e| self.failed(Site::Call, &e, false))?,
-            );
+            let v = self.lua.to_value_with(a, TO_LUA);
+            values.push(v.map_err(|e| CallError::Failed(self.failed(Site::Call, &e, false)))?);
         }
-        let ret = self.call_returning(Site::Call, &f, mlua::MultiValue::from_iter(values))?;
+        let ret = self
+            .call_returning(Site::Call, &f, mlua::MultiValue::from_iter(values))
+            .map_err(CallError::Failed)?;
         let opts = DeserializeOptions::new()
             .deny_unsupported_types(false)
             .deny_recursive_tables(false);
         self.lua
             .from_value_with(ret, opts)
-            .map_err(|e| self.failed(Site::Call, &e, false))
+            .map_err(|e| CallError::Failed(self.failed(Site::Call, &e, false)))
     }
 
     fn call(&mut self, site: Site, f: &Function, args: impl IntoLuaMulti) -> Result<(), Failure> {

@@ -74,7 +74,12 @@ pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost
         .name("nexus-lua".into())
         .spawn(move || run_thread(app, rt, thread_inbox, shared))?;
     tokio::spawn(forward(changes, handle.clone(), shutdown.clone()));
-    reload::watch(&dirs, inbox, shutdown)?;
+    if let Err(e) = reload::watch(&dirs, inbox, shutdown) {
+        // Scripts still run; only saving a file no longer reloads it (SIGHUP does).
+        tracing::warn!(
+            "[LUA] cannot watch the script directories ({e}): hot reload is off, use SIGHUP"
+        );
+    }
     tracing::info!(
         "[LUA] script host started (directories: {})",
         host::describe_dirs(&dirs)
