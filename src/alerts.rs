@@ -95,7 +95,11 @@ impl AlertHub {
     pub fn new(cfg: &AlertsConfig, webhooks: Vec<WebhookConfig>, metrics: Metrics) -> AlertHub {
         let (tx, _) = broadcast::channel(256);
         AlertHub {
-            inner: Arc::new(Mutex::new(Inner { next_id: 1, history: VecDeque::new(), last_by_key: HashMap::new() })),
+            inner: Arc::new(Mutex::new(Inner {
+                next_id: 1,
+                history: VecDeque::new(),
+                last_by_key: HashMap::new(),
+            })),
             tx,
             history_cap: cfg.history.max(1),
             repeat: cfg.repeat_interval.0,
@@ -114,14 +118,19 @@ impl AlertHub {
                 let now = Instant::now();
                 if let Some(last) = inner.last_by_key.get(key) {
                     if now.duration_since(*last) < self.repeat {
-                        self.metrics.alerts_suppressed.with_label_values(&[req.severity.as_str()]).inc();
+                        self.metrics
+                            .alerts_suppressed
+                            .with_label_values(&[req.severity.as_str()])
+                            .inc();
                         return None;
                     }
                 }
                 inner.last_by_key.insert(key.clone(), now);
                 if inner.last_by_key.len() > 10_000 {
                     let repeat = self.repeat;
-                    inner.last_by_key.retain(|_, t| now.duration_since(*t) < repeat);
+                    inner
+                        .last_by_key
+                        .retain(|_, t| now.duration_since(*t) < repeat);
                 }
             }
             let alert = Arc::new(Alert {
@@ -141,10 +150,17 @@ impl AlertHub {
             inner.history.push_back(alert.clone());
             alert
         };
-        self.metrics.alerts.with_label_values(&[alert.severity.as_str()]).inc();
+        self.metrics
+            .alerts
+            .with_label_values(&[alert.severity.as_str()])
+            .inc();
         match alert.severity {
-            Severity::Info => tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {}: {}", alert.title, alert.message),
-            _ => tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {}: {}", alert.title, alert.message),
+            Severity::Info => {
+                tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {}: {}", alert.title, alert.message)
+            }
+            _ => {
+                tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {}: {}", alert.title, alert.message)
+            }
         }
         let _ = self.tx.send(alert.clone());
         self.deliver(&alert);
@@ -172,14 +188,26 @@ impl AlertHub {
             return;
         };
         for hook in self.webhooks.iter() {
-            let min = hook.min_severity.as_deref().and_then(Severity::parse).unwrap_or(Severity::Info);
+            let min = hook
+                .min_severity
+                .as_deref()
+                .and_then(Severity::parse)
+                .unwrap_or(Severity::Info);
             if alert.severity < min {
                 continue;
             }
-            let (hook, alert, http, metrics) = (hook.clone(), alert.clone(), self.http.clone(), self.metrics.clone());
+            let (hook, alert, http, metrics) = (
+                hook.clone(),
+                alert.clone(),
+                self.http.clone(),
+                self.metrics.clone(),
+            );
             handle.spawn(async move {
                 let ok = post_with_retries(&http, &hook, &alert).await;
-                metrics.webhook_deliveries.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+                metrics
+                    .webhook_deliveries
+                    .with_label_values(&[if ok { "ok" } else { "failed" }])
+                    .inc();
             });
         }
     }
@@ -188,11 +216,26 @@ impl AlertHub {
 async fn post_with_retries(http: &reqwest::Client, hook: &WebhookConfig, alert: &Alert) -> bool {
     let mut wait = Duration::from_millis(500);
     for attempt in 0..=hook.retries {
-        let res = http.post(&hook.url).timeout(hook.timeout.0).json(alert).send().await;
+        let res = http
+            .post(&hook.url)
+            .timeout(hook.timeout.0)
+            .json(alert)
+            .send()
+            .await;
         match res {
             Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::warn!("[ALERT] webhook {} answered {} (attempt {})", redact_url(&hook.url), r.status(), attempt + 1),
-            Err(e) => tracing::warn!("[ALERT] webhook {} failed (attempt {}): {}", redact_url(&hook.url), attempt + 1, without_url(e)),
+            Ok(r) => tracing::warn!(
+                "[ALERT] webhook {} answered {} (attempt {})",
+                redact_url(&hook.url),
+                r.status(),
+                attempt + 1
+            ),
+            Err(e) => tracing::warn!(
+                "[ALERT] webhook {} failed (attempt {}): {}",
+                redact_url(&hook.url),
+                attempt + 1,
+                without_url(e)
+            ),
         }
         if attempt < hook.retries {
             tokio::time::sleep(wait).await;
@@ -220,7 +263,10 @@ mod tests {
     use super::*;
 
     fn hub(repeat: Duration) -> AlertHub {
-        let cfg = AlertsConfig { history: 3, repeat_interval: crate::config::Dur(repeat) };
+        let cfg = AlertsConfig {
+            history: 3,
+            repeat_interval: crate::config::Dur(repeat),
+        };
         AlertHub::new(&cfg, Vec::new(), Metrics::default())
     }
 
@@ -258,6 +304,9 @@ mod tests {
 
     #[test]
     fn urls_are_redacted_in_logs() {
-        assert_eq!(redact_url("https://hooks.example.com/services/T0/B0/secret"), "https://hooks.example.com/…");
+        assert_eq!(
+            redact_url("https://hooks.example.com/services/T0/B0/secret"),
+            "https://hooks.example.com/…"
+        );
     }
 }

@@ -37,7 +37,11 @@ impl AstDb {
                 continue;
             };
             let mut next = || parts.next().unwrap_or("").trim().to_owned();
-            let entry = AstDbEntry { callsign: next(), description: next(), location: next() };
+            let entry = AstDbEntry {
+                callsign: next(),
+                description: next(),
+                location: next(),
+            };
             entries.insert(node.to_owned(), entry);
         }
         AstDb { entries }
@@ -66,7 +70,11 @@ impl AstDb {
 
 /// Loads the database now (logging once if it is missing) and reloads it on change,
 /// calling `apply` with each new version until `shutdown`.
-pub fn watch(path: PathBuf, apply: impl Fn(Arc<AstDb>) + Send + Sync + 'static, shutdown: CancellationToken) {
+pub fn watch(
+    path: PathBuf,
+    apply: impl Fn(Arc<AstDb>) + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
     let load = {
         let path = path.clone();
         move || match AstDb::load(&path) {
@@ -75,7 +83,10 @@ pub fn watch(path: PathBuf, apply: impl Fn(Arc<AstDb>) + Send + Sync + 'static, 
                 Some(Arc::new(db))
             }
             Err(e) => {
-                tracing::info!("[ASTDB] {} not readable ({e}); links are shown without callsigns", path.display());
+                tracing::info!(
+                    "[ASTDB] {} not readable ({e}); links are shown without callsigns",
+                    path.display()
+                );
                 None
             }
         }
@@ -90,7 +101,11 @@ pub fn watch(path: PathBuf, apply: impl Fn(Arc<AstDb>) + Send + Sync + 'static, 
     let file_name = path.file_name().map(|f| f.to_owned());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p.file_name() == file_name.as_deref()) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref())
+            {
                 let _ = tx.try_send(());
             }
         }
@@ -129,12 +144,20 @@ mod tests {
 
     #[test]
     fn parses_entries_and_skips_junk() {
-        let db = AstDb::parse("2000|W1AW|ARRL HQ Hub|Newington, CT\n\n|nobody|x|y\n2001|N0CALL\n3123456|K1ABC-L|EchoLink|\r\n");
+        let db = AstDb::parse(
+            "2000|W1AW|ARRL HQ Hub|Newington, CT\n\n|nobody|x|y\n2001|N0CALL\n3123456|K1ABC-L|EchoLink|\r\n",
+        );
         assert_eq!(db.len(), 3);
-        assert_eq!(db.get("2000").map(|e| e.location.as_str()), Some("Newington, CT"));
+        assert_eq!(
+            db.get("2000").map(|e| e.location.as_str()),
+            Some("Newington, CT")
+        );
         assert_eq!(db.get("2001").map(|e| e.callsign.as_str()), Some("N0CALL"));
         assert_eq!(db.get("2001").map(|e| e.description.as_str()), Some(""));
-        assert_eq!(db.get("3123456").map(|e| e.description.as_str()), Some("EchoLink"));
+        assert_eq!(
+            db.get("3123456").map(|e| e.description.as_str()),
+            Some("EchoLink")
+        );
     }
 
     #[test]

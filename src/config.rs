@@ -17,7 +17,10 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -36,10 +39,14 @@ impl<'de> Deserialize<'de> for Dur {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Dur(Duration::from_secs_f64(s))),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("duration must be positive, got {s}"))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(Dur)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?} ({e}); write e.g. 15s, 2m, 1h"))),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!(
+                "duration must be positive, got {s}"
+            ))),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map(Dur).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?} ({e}); write e.g. 15s, 2m, 1h"
+                ))
+            }),
         }
     }
 }
@@ -208,7 +215,10 @@ pub struct AlertsConfig {
 
 impl Default for AlertsConfig {
     fn default() -> AlertsConfig {
-        AlertsConfig { history: 500, repeat_interval: Dur(Duration::from_secs(300)) }
+        AlertsConfig {
+            history: 500,
+            repeat_interval: Dur(Duration::from_secs(300)),
+        }
     }
 }
 
@@ -349,19 +359,28 @@ pub const DEFAULT_ASTDB: &str = "/var/lib/asterisk/astdb.txt";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, &path.display().to_string(), path.parent())
     }
 
     /// Parses YAML text; `origin` names the file in messages; relative paths in the file
     /// (password files, script dirs, astdb) are resolved against `base`.
     pub fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: origin.to_owned(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
         let file: ConfigFile = if text.trim().is_empty() {
-            return Err(invalid("the file is empty; see config.example.yaml for every key".into()));
+            return Err(invalid(
+                "the file is empty; see config.example.yaml for every key".into(),
+            ));
         } else {
             let de = serde_yaml_ng::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| invalid(describe_yaml_error(text, &e)))?
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| invalid(describe_yaml_error(text, &e)))?
         };
         Resolver { text, base }.resolve(file).map_err(invalid)
     }
@@ -373,7 +392,9 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
     let inner = e.inner();
     let mut msg = inner.to_string();
     if let Some(rest) = msg.strip_prefix("unknown field ") {
-        msg = format!("unknown key {rest} (check the spelling; every key is listed in config.example.yaml)");
+        msg = format!(
+            "unknown key {rest} (check the spelling; every key is listed in config.example.yaml)"
+        );
     }
     let has_line = inner.location().is_some() && msg.contains("line ");
     let line = if has_line {
@@ -382,7 +403,11 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
         // Custom errors (bad durations…) carry no position: find the key's line.
         let leaf = path.rsplit('.').next().unwrap_or(&path);
         let leaf = leaf.split('[').next().unwrap_or(leaf);
-        Resolver { text, base: None }.at(leaf).strip_prefix(leaf).unwrap_or("").to_owned()
+        Resolver { text, base: None }
+            .at(leaf)
+            .strip_prefix(leaf)
+            .unwrap_or("")
+            .to_owned()
     };
     if path.is_empty() || path == "." {
         msg
@@ -417,13 +442,22 @@ impl Resolver<'_> {
 
     fn resolve(&self, f: ConfigFile) -> Result<Config, String> {
         let listen: SocketAddr = f.listen.parse().map_err(|_| {
-            format!("{}: {:?} is not an address:port such as 127.0.0.1:8080", self.at("listen"), f.listen)
+            format!(
+                "{}: {:?} is not an address:port such as 127.0.0.1:8080",
+                self.at("listen"),
+                f.listen
+            )
         })?;
         let ami = self.ami_settings(&f)?;
         let global_poll = match f.polling_interval_seconds {
             None => Duration::from_secs(60),
             Some(s) if s >= 1.0 && s.is_finite() => Duration::from_secs_f64(s),
-            Some(s) => return Err(format!("{}: must be at least 1 second, got {s}", self.at("polling_interval_seconds"))),
+            Some(s) => {
+                return Err(format!(
+                    "{}: must be at least 1 second, got {s}",
+                    self.at("polling_interval_seconds")
+                ));
+            }
         };
         let servers = self.servers(&f, global_poll)?;
         let mut seen = BTreeMap::new();
@@ -439,15 +473,28 @@ impl Resolver<'_> {
                 }
             }
         }
-        if f.websocket.max_clients == 0 || f.websocket.replay_buffer == 0 || f.websocket.client_queue == 0 {
-            return Err(format!("{}: max_clients, replay_buffer and client_queue must be above 0", self.at("websocket")));
+        if f.websocket.max_clients == 0
+            || f.websocket.replay_buffer == 0
+            || f.websocket.client_queue == 0
+        {
+            return Err(format!(
+                "{}: max_clients, replay_buffer and client_queue must be above 0",
+                self.at("websocket")
+            ));
         }
         if f.lua.memory_limit_mb == 0 || f.lua.queue == 0 {
-            return Err(format!("{}: memory_limit_mb and queue must be above 0", self.at("lua")));
+            return Err(format!(
+                "{}: memory_limit_mb and queue must be above 0",
+                self.at("lua")
+            ));
         }
         for w in &f.alert_webhooks {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(format!("{}: {:?} must start with http:// or https://", self.at("url"), w.url));
+                return Err(format!(
+                    "{}: {:?} must start with http:// or https://",
+                    self.at("url"),
+                    w.url
+                ));
             }
         }
         let script_dirs = f
@@ -464,7 +511,11 @@ impl Resolver<'_> {
             servers,
             disable_link_poller: f.disable_link_poller,
             script_dirs,
-            astdb_path: f.astdb_path.as_deref().map(|p| self.path(p)).unwrap_or_else(|| DEFAULT_ASTDB.into()),
+            astdb_path: f
+                .astdb_path
+                .as_deref()
+                .map(|p| self.path(p))
+                .unwrap_or_else(|| DEFAULT_ASTDB.into()),
             metrics: f.metrics,
             websocket: f.websocket,
             lua: f.lua,
@@ -476,22 +527,55 @@ impl Resolver<'_> {
 
     fn ami_settings(&self, f: &ConfigFile) -> Result<AmiSettings, String> {
         let d = AmiSettings::default();
-        let pick = |v: Option<Dur>, dflt: Duration, key: &str, min: Duration| -> Result<Duration, String> {
+        let pick = |v: Option<Dur>,
+                    dflt: Duration,
+                    key: &str,
+                    min: Duration|
+         -> Result<Duration, String> {
             let v = v.map(|d| d.0).unwrap_or(dflt);
             if v < min {
-                return Err(format!("{}: must be at least {}", self.at(key), humantime::format_duration(min)));
+                return Err(format!(
+                    "{}: must be at least {}",
+                    self.at(key),
+                    humantime::format_duration(min)
+                ));
             }
             Ok(v)
         };
         let ms = Duration::from_millis(1);
         let s = AmiSettings {
-            retry_interval: pick(f.ami_retry_interval, d.retry_interval, "ami_retry_interval", ms)?,
+            retry_interval: pick(
+                f.ami_retry_interval,
+                d.retry_interval,
+                "ami_retry_interval",
+                ms,
+            )?,
             retry_max: pick(f.ami_retry_max, d.retry_max, "ami_retry_max", ms)?,
             retry_jitter: d.retry_jitter,
-            connect_timeout: pick(f.ami_connect_timeout, d.connect_timeout, "ami_connect_timeout", ms)?,
-            keepalive_interval: pick(f.ami_keepalive_interval, d.keepalive_interval, "ami_keepalive_interval", ms)?,
-            keepalive_timeout: pick(f.ami_keepalive_timeout, d.keepalive_timeout, "ami_keepalive_timeout", ms)?,
-            action_timeout: pick(f.ami_action_timeout, d.action_timeout, "ami_action_timeout", ms)?,
+            connect_timeout: pick(
+                f.ami_connect_timeout,
+                d.connect_timeout,
+                "ami_connect_timeout",
+                ms,
+            )?,
+            keepalive_interval: pick(
+                f.ami_keepalive_interval,
+                d.keepalive_interval,
+                "ami_keepalive_interval",
+                ms,
+            )?,
+            keepalive_timeout: pick(
+                f.ami_keepalive_timeout,
+                d.keepalive_timeout,
+                "ami_keepalive_timeout",
+                ms,
+            )?,
+            action_timeout: pick(
+                f.ami_action_timeout,
+                d.action_timeout,
+                "ami_action_timeout",
+                ms,
+            )?,
             events: f.ami_events.clone().unwrap_or(d.events),
             max_frame_bytes: f.ami_max_frame_bytes.unwrap_or(d.max_frame_bytes),
         };
@@ -504,7 +588,10 @@ impl Resolver<'_> {
             ));
         }
         if s.max_frame_bytes < 64 * 1024 {
-            return Err(format!("{}: must be at least 65536 bytes", self.at("ami_max_frame_bytes")));
+            return Err(format!(
+                "{}: must be at least 65536 bytes",
+                self.at("ami_max_frame_bytes")
+            ));
         }
         if s.events.contains(['\r', '\n']) {
             return Err(format!("{}: must be one line", self.at("ami_events")));
@@ -534,7 +621,11 @@ impl Resolver<'_> {
         }
         for s in f.ami_servers.iter().filter(|s| s.enabled) {
             if out.iter().any(|o: &ServerConfig| o.name == s.name) {
-                return Err(format!("{}: server name {:?} is used twice", self.at("name"), s.name));
+                return Err(format!(
+                    "{}: server name {:?} is used twice",
+                    self.at("name"),
+                    s.name
+                ));
             }
             out.push(self.server(s, "", global_poll)?);
         }
@@ -547,17 +638,39 @@ impl Resolver<'_> {
         Ok(out)
     }
 
-    fn server(&self, s: &ServerFile, prefix: &str, global_poll: Duration) -> Result<ServerConfig, String> {
+    fn server(
+        &self,
+        s: &ServerFile,
+        prefix: &str,
+        global_poll: Duration,
+    ) -> Result<ServerConfig, String> {
         let key = |k: &str| self.at(&format!("{prefix}{k}"));
-        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("{}: server name {:?} may only use letters, digits, '-', '_' and '.'", self.at("name"), s.name));
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "{}: server name {:?} may only use letters, digits, '-', '_' and '.'",
+                self.at("name"),
+                s.name
+            ));
         }
         if s.host.trim().is_empty() {
             return Err(format!("{}: is empty", key("host")));
         }
-        let username = s.username.clone().filter(|u| !u.is_empty()).ok_or_else(|| {
-            format!("{}: missing for server {:?} (the manager.conf user)", key("username"), s.name)
-        })?;
+        let username = s
+            .username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "{}: missing for server {:?} (the manager.conf user)",
+                    key("username"),
+                    s.name
+                )
+            })?;
         let password = self.password(s, prefix)?;
         for (what, v) in [("username", &username), ("password", &password)] {
             if v.contains(['\r', '\n']) {
@@ -565,43 +678,98 @@ impl Resolver<'_> {
             }
         }
         if s.nodes.is_empty() {
-            return Err(format!("{}: server {:?} lists no nodes to watch", self.at("nodes"), s.name));
+            return Err(format!(
+                "{}: server {:?} lists no nodes to watch",
+                self.at("nodes"),
+                s.name
+            ));
         }
         let mut nodes = Vec::new();
         for n in &s.nodes {
-            if n.node_id.is_empty() || !n.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(format!("{}: {:?} is not a node number", self.at("node_id"), n.node_id));
+            if n.node_id.is_empty()
+                || !n
+                    .node_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(format!(
+                    "{}: {:?} is not a node number",
+                    self.at("node_id"),
+                    n.node_id
+                ));
             }
             let poll_interval = match n.polling_interval {
                 None => global_poll,
                 Some(Dur(d)) if d >= Duration::from_secs(1) => d,
-                Some(_) => return Err(format!("{}: must be at least 1s (node {})", self.at("polling_interval"), n.node_id)),
+                Some(_) => {
+                    return Err(format!(
+                        "{}: must be at least 1s (node {})",
+                        self.at("polling_interval"),
+                        n.node_id
+                    ));
+                }
             };
-            nodes.push(NodeConfig { node_id: n.node_id.clone(), poll_interval });
+            nodes.push(NodeConfig {
+                node_id: n.node_id.clone(),
+                poll_interval,
+            });
         }
-        Ok(ServerConfig { name: s.name.clone(), host: s.host.trim().to_owned(), port: s.port, username, password, nodes })
+        Ok(ServerConfig {
+            name: s.name.clone(),
+            host: s.host.trim().to_owned(),
+            port: s.port,
+            username,
+            password,
+            nodes,
+        })
     }
 
     /// The password from the YAML, an environment variable, or a file (exactly one).
     fn password(&self, s: &ServerFile, prefix: &str) -> Result<String, String> {
         let key = |k: &str| self.at(&format!("{prefix}{k}"));
-        let given = [s.password.is_some(), s.password_env.is_some(), s.password_file.is_some()];
+        let given = [
+            s.password.is_some(),
+            s.password_env.is_some(),
+            s.password_file.is_some(),
+        ];
         match given.iter().filter(|g| **g).count() {
-            0 => return Err(format!("{}: missing for server {:?} (or use {prefix}password_env / {prefix}password_file)", key("password"), s.name)),
+            0 => {
+                return Err(format!(
+                    "{}: missing for server {:?} (or use {prefix}password_env / {prefix}password_file)",
+                    key("password"),
+                    s.name
+                ));
+            }
             1 => {}
-            _ => return Err(format!("{}: give only one of {prefix}password, {prefix}password_env, {prefix}password_file", key("password"))),
+            _ => {
+                return Err(format!(
+                    "{}: give only one of {prefix}password, {prefix}password_env, {prefix}password_file",
+                    key("password")
+                ));
+            }
         }
         if let Some(p) = &s.password {
             return Ok(p.clone());
         }
         if let Some(var) = &s.password_env {
-            return std::env::var(var).map_err(|_| format!("{}: environment variable {var} is not set", key("password_env")));
+            return std::env::var(var).map_err(|_| {
+                format!(
+                    "{}: environment variable {var} is not set",
+                    key("password_env")
+                )
+            });
         }
         if let Some(file) = &s.password_file {
             let path = self.path(file);
             return std::fs::read_to_string(&path)
                 .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| format!("{}: cannot read {}: {e}", key("password_file"), path.display()));
+                .map_err(|e| {
+                    format!(
+                        "{}: cannot read {}: {e}",
+                        key("password_file"),
+                        path.display()
+                    )
+                });
         }
         Err(format!("{}: missing", key("password")))
     }

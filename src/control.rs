@@ -66,7 +66,14 @@ impl Control {
         metrics: Metrics,
     ) -> Control {
         Control {
-            inner: Arc::new(Inner { pollers, servers, node_server, voter: Mutex::new(BTreeMap::new()), store, metrics }),
+            inner: Arc::new(Inner {
+                pollers,
+                servers,
+                node_server,
+                voter: Mutex::new(BTreeMap::new()),
+                store,
+                metrics,
+            }),
         }
     }
 
@@ -96,7 +103,11 @@ impl Control {
     /// Asks the node's poller to poll at once.
     pub fn poll_now(&self, node: &str) -> Result<(), ControlError> {
         self.check_node(node)?;
-        let p = self.inner.pollers.get(node).ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
+        let p = self
+            .inner
+            .pollers
+            .get(node)
+            .ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
         p.poll_now();
         Ok(())
     }
@@ -107,7 +118,11 @@ impl Control {
         if !(1.0..=3600.0).contains(&seconds) {
             return Err(ControlError::BadInterval(seconds));
         }
-        let p = self.inner.pollers.get(node).ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
+        let p = self
+            .inner
+            .pollers
+            .get(node)
+            .ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
         let d = p.set_interval(Duration::from_secs_f64(seconds));
         self.inner.store.set_poll_interval(node, d);
         Ok(d)
@@ -126,7 +141,8 @@ impl Control {
             .and_then(|a| a.header("Node", node))
             .map_err(|e| ControlError::Parse(e.to_string()))?;
         let reply = ami.send(action).await?;
-        let instances = parse_voter_status(&reply.frame).map_err(|e| ControlError::Parse(e.to_string()))?;
+        let instances =
+            parse_voter_status(&reply.frame).map_err(|e| ControlError::Parse(e.to_string()))?;
         let inst = instances.into_iter().find(|i| i.node == node);
         let snap = VoterSnapshot {
             node: node.to_owned(),
@@ -140,7 +156,12 @@ impl Control {
 
     /// The last voter receivers recorded for a node.
     pub fn voter(&self, node: &str) -> Option<VoterSnapshot> {
-        self.inner.voter.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+        self.inner
+            .voter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .cloned()
     }
 
     fn record_voter(&self, snap: VoterSnapshot) {
@@ -150,14 +171,22 @@ impl Control {
             if old.voted.is_some() && snap.voted.is_some() && old.voted != snap.voted {
                 m.voter_voted_changes.with_label_values(&[&snap.node]).inc();
             }
-            for gone in old.receivers.iter().filter(|o| !snap.receivers.iter().any(|r| r.name == o.name)) {
+            for gone in old
+                .receivers
+                .iter()
+                .filter(|o| !snap.receivers.iter().any(|r| r.name == o.name))
+            {
                 let _ = m.voter_rssi.remove_label_values(&[&snap.node, &gone.name]);
             }
         }
         for r in &snap.receivers {
-            m.voter_rssi.with_label_values(&[&snap.node, &r.name]).set(i64::from(r.rssi));
+            m.voter_rssi
+                .with_label_values(&[&snap.node, &r.name])
+                .set(i64::from(r.rssi));
         }
-        m.voter_receivers.with_label_values(&[&snap.node]).set(snap.receivers.len() as i64);
+        m.voter_receivers
+            .with_label_values(&[&snap.node])
+            .set(snap.receivers.len() as i64);
         all.insert(snap.node.clone(), snap);
     }
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod astdb;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod metrics;
 pub mod poller;
 pub mod rpt;

@@ -6,8 +6,8 @@
 //! never asks Asterisk anything.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, CounterVec, GaugeVec,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every series, registered in one [`Registry`]. Cheap to clone (handles are shared).
@@ -78,7 +78,8 @@ fn opts(name: &str, help: &str) -> Opts {
 macro_rules! reg {
     ($reg:expr, $metric:expr) => {{
         let m = $metric.expect("metric definition is valid");
-        $reg.register(Box::new(m.clone())).expect("metric names are unique");
+        $reg.register(Box::new(m.clone()))
+            .expect("metric names are unique");
         m
     }};
 }
@@ -87,50 +88,384 @@ impl Metrics {
     /// Builds and registers the whole catalogue.
     pub fn new(per_link: bool) -> Metrics {
         let r = Registry::new();
-        let secs_buckets = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let secs_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
         let m = Metrics {
             per_link,
-            ami_up: reg!(r, IntGaugeVec::new(opts("nexus_ami_up", "1 while the AMI session to the server is logged in, else 0."), &["server"])),
-            ami_reconnect_attempts: reg!(r, IntCounterVec::new(opts("nexus_ami_reconnect_attempts_total", "AMI connection attempts after the first."), &["server"])),
-            ami_connected_since: reg!(r, GaugeVec::new(opts("nexus_ami_connected_since_timestamp_seconds", "Unix time the current AMI session was established (0 while down); uptime = time() - this."), &["server"])),
-            ami_protocol_errors: reg!(r, IntCounterVec::new(opts("nexus_ami_protocol_errors_total", "AMI protocol errors (oversized or malformed frames, bad banner)."), &["server"])),
-            ami_events: reg!(r, IntCounterVec::new(opts("nexus_ami_events_total", "AMI events received, by event name (RPT_* and VarSet; others as 'other')."), &["server", "event"])),
-            ami_events_dropped: reg!(r, IntCounterVec::new(opts("nexus_ami_events_dropped_total", "AMI events dropped because the state engine queue was full (recovered by the next poll)."), &["server"])),
-            ami_actions: reg!(r, IntCounterVec::new(opts("nexus_ami_actions_total", "AMI actions sent, by action and result (ok, error, timeout, disconnected)."), &["server", "action", "result"])),
-            polls: reg!(r, IntCounterVec::new(opts("nexus_polls_total", "XStat/SawStat polls by result (ok, error, skipped)."), &["node", "result"])),
-            poll_duration: reg!(r, HistogramVec::new(HistogramOpts::new("nexus_poll_duration_seconds", "Time for one XStat+SawStat poll.").buckets(secs_buckets.clone()), &["node"])),
-            poll_interval: reg!(r, GaugeVec::new(opts("nexus_poll_interval_seconds", "Current polling interval of the node."), &["node"])),
-            node_links: reg!(r, IntGaugeVec::new(opts("nexus_node_links", "Links directly connected to the node."), &["node"])),
-            node_rx_keyed: reg!(r, IntGaugeVec::new(opts("nexus_node_rx_keyed", "1 while the node's local receiver is active."), &["node"])),
-            node_tx_keyed: reg!(r, IntGaugeVec::new(opts("nexus_node_tx_keyed", "1 while the node's transmitter is keyed."), &["node"])),
-            node_tx_keyups: reg!(r, IntCounterVec::new(opts("nexus_node_tx_keyups_total", "Transmitter keyups of the node."), &["node"])),
-            node_tx_seconds: reg!(r, CounterVec::new(opts("nexus_node_tx_seconds_total", "Seconds the node's transmitter has been keyed."), &["node"])),
-            node_rx_keyups: reg!(r, IntCounterVec::new(opts("nexus_node_rx_keyups_total", "Local receiver keyups of the node."), &["node"])),
-            node_link_keyups: reg!(r, IntCounterVec::new(opts("nexus_node_link_keyups_total", "Keyups received from any link of the node."), &["node"])),
-            node_stale: reg!(r, IntGaugeVec::new(opts("nexus_node_stale", "1 while the node's AMI server is disconnected and its data may be out of date."), &["node"])),
-            changes: reg!(r, IntCounterVec::new(opts("nexus_changes_total", "State changes emitted, by kind."), &["kind"])),
-            change_latency: reg!(r, Histogram::with_opts(HistogramOpts::new("nexus_change_latency_seconds", "Time from an AMI frame's arrival to its change being published.").buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05]))),
-            link_keyed: reg!(r, IntGaugeVec::new(opts("nexus_link_keyed", "1 while audio is received from the link (only with metrics.per_link)."), &["node", "link"])),
-            link_keyups: reg!(r, IntCounterVec::new(opts("nexus_link_keyups_total", "Keyups from the link (only with metrics.per_link)."), &["node", "link"])),
-            link_keyed_seconds: reg!(r, CounterVec::new(opts("nexus_link_keyed_seconds_total", "Seconds of audio from the link (only with metrics.per_link)."), &["node", "link"])),
-            ws_clients: reg!(r, IntGauge::with_opts(opts("nexus_websocket_clients", "Connected WebSocket clients."))),
-            ws_resyncs: reg!(r, IntCounterVec::new(opts("nexus_websocket_resyncs_total", "WebSocket clients resynced or dropped, by reason (slow, replay_miss, dropped)."), &["reason"])),
-            http_requests: reg!(r, IntCounterVec::new(opts("nexus_http_requests_total", "HTTP API requests by route and status class."), &["route", "status"])),
-            script_errors: reg!(r, IntCounterVec::new(opts("nexus_script_errors_total", "Lua runtime and load errors, by script."), &["script"])),
-            script_timeouts: reg!(r, IntCounterVec::new(opts("nexus_script_timeouts_total", "Lua callbacks aborted for exceeding their instruction budget."), &["script"])),
-            script_reloads: reg!(r, IntCounterVec::new(opts("nexus_script_reloads_total", "Lua script (re)loads, by result (ok, error)."), &["script", "result"])),
-            script_queue_dropped: reg!(r, IntCounterVec::new(opts("nexus_script_queue_dropped_total", "Changes not delivered to Lua because its queue was full."), &["queue"])),
-            scripts_loaded: reg!(r, IntGauge::with_opts(opts("nexus_scripts_loaded", "Lua scripts currently loaded and enabled."))),
-            alerts: reg!(r, IntCounterVec::new(opts("nexus_alerts_total", "Alerts raised, by severity."), &["severity"])),
-            alerts_suppressed: reg!(r, IntCounterVec::new(opts("nexus_alerts_suppressed_total", "Alerts suppressed by the per-key rate limit."), &["severity"])),
-            webhook_deliveries: reg!(r, IntCounterVec::new(opts("nexus_alert_webhook_deliveries_total", "Alert webhook deliveries by result (ok, failed)."), &["result"])),
-            voter_rssi: reg!(r, IntGaugeVec::new(opts("nexus_voter_rssi", "Last RSSI (0-255) of each voter receiver."), &["node", "receiver"])),
-            voter_voted_changes: reg!(r, IntCounterVec::new(opts("nexus_voter_voted_changes_total", "Times the voted (winning) receiver changed."), &["node"])),
-            voter_receivers: reg!(r, IntGaugeVec::new(opts("nexus_voter_receivers", "Voter receivers reported for the node."), &["node"])),
-            build_info: reg!(r, IntGaugeVec::new(opts("nexus_build_info", "Always 1; the version label says which build runs."), &["version"])),
+            ami_up: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_ami_up",
+                        "1 while the AMI session to the server is logged in, else 0."
+                    ),
+                    &["server"]
+                )
+            ),
+            ami_reconnect_attempts: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_reconnect_attempts_total",
+                        "AMI connection attempts after the first."
+                    ),
+                    &["server"]
+                )
+            ),
+            ami_connected_since: reg!(
+                r,
+                GaugeVec::new(
+                    opts(
+                        "nexus_ami_connected_since_timestamp_seconds",
+                        "Unix time the current AMI session was established (0 while down); uptime = time() - this."
+                    ),
+                    &["server"]
+                )
+            ),
+            ami_protocol_errors: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_protocol_errors_total",
+                        "AMI protocol errors (oversized or malformed frames, bad banner)."
+                    ),
+                    &["server"]
+                )
+            ),
+            ami_events: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_events_total",
+                        "AMI events received, by event name (RPT_* and VarSet; others as 'other')."
+                    ),
+                    &["server", "event"]
+                )
+            ),
+            ami_events_dropped: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_events_dropped_total",
+                        "AMI events dropped because the state engine queue was full (recovered by the next poll)."
+                    ),
+                    &["server"]
+                )
+            ),
+            ami_actions: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_actions_total",
+                        "AMI actions sent, by action and result (ok, error, timeout, disconnected)."
+                    ),
+                    &["server", "action", "result"]
+                )
+            ),
+            polls: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_polls_total",
+                        "XStat/SawStat polls by result (ok, error, skipped)."
+                    ),
+                    &["node", "result"]
+                )
+            ),
+            poll_duration: reg!(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "nexus_poll_duration_seconds",
+                        "Time for one XStat+SawStat poll."
+                    )
+                    .buckets(secs_buckets.clone()),
+                    &["node"]
+                )
+            ),
+            poll_interval: reg!(
+                r,
+                GaugeVec::new(
+                    opts(
+                        "nexus_poll_interval_seconds",
+                        "Current polling interval of the node."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_links: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts("nexus_node_links", "Links directly connected to the node."),
+                    &["node"]
+                )
+            ),
+            node_rx_keyed: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_node_rx_keyed",
+                        "1 while the node's local receiver is active."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_tx_keyed: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_node_tx_keyed",
+                        "1 while the node's transmitter is keyed."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_tx_keyups: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_node_tx_keyups_total",
+                        "Transmitter keyups of the node."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_tx_seconds: reg!(
+                r,
+                CounterVec::new(
+                    opts(
+                        "nexus_node_tx_seconds_total",
+                        "Seconds the node's transmitter has been keyed."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_rx_keyups: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_node_rx_keyups_total",
+                        "Local receiver keyups of the node."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_link_keyups: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_node_link_keyups_total",
+                        "Keyups received from any link of the node."
+                    ),
+                    &["node"]
+                )
+            ),
+            node_stale: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_node_stale",
+                        "1 while the node's AMI server is disconnected and its data may be out of date."
+                    ),
+                    &["node"]
+                )
+            ),
+            changes: reg!(
+                r,
+                IntCounterVec::new(
+                    opts("nexus_changes_total", "State changes emitted, by kind."),
+                    &["kind"]
+                )
+            ),
+            change_latency: reg!(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "nexus_change_latency_seconds",
+                        "Time from an AMI frame's arrival to its change being published."
+                    )
+                    .buckets(vec![
+                        0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05
+                    ])
+                )
+            ),
+            link_keyed: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_link_keyed",
+                        "1 while audio is received from the link (only with metrics.per_link)."
+                    ),
+                    &["node", "link"]
+                )
+            ),
+            link_keyups: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_link_keyups_total",
+                        "Keyups from the link (only with metrics.per_link)."
+                    ),
+                    &["node", "link"]
+                )
+            ),
+            link_keyed_seconds: reg!(
+                r,
+                CounterVec::new(
+                    opts(
+                        "nexus_link_keyed_seconds_total",
+                        "Seconds of audio from the link (only with metrics.per_link)."
+                    ),
+                    &["node", "link"]
+                )
+            ),
+            ws_clients: reg!(
+                r,
+                IntGauge::with_opts(opts(
+                    "nexus_websocket_clients",
+                    "Connected WebSocket clients."
+                ))
+            ),
+            ws_resyncs: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_websocket_resyncs_total",
+                        "WebSocket clients resynced or dropped, by reason (slow, replay_miss, dropped)."
+                    ),
+                    &["reason"]
+                )
+            ),
+            http_requests: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_http_requests_total",
+                        "HTTP API requests by route and status class."
+                    ),
+                    &["route", "status"]
+                )
+            ),
+            script_errors: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_script_errors_total",
+                        "Lua runtime and load errors, by script."
+                    ),
+                    &["script"]
+                )
+            ),
+            script_timeouts: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_script_timeouts_total",
+                        "Lua callbacks aborted for exceeding their instruction budget."
+                    ),
+                    &["script"]
+                )
+            ),
+            script_reloads: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_script_reloads_total",
+                        "Lua script (re)loads, by result (ok, error)."
+                    ),
+                    &["script", "result"]
+                )
+            ),
+            script_queue_dropped: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_script_queue_dropped_total",
+                        "Changes not delivered to Lua because its queue was full."
+                    ),
+                    &["queue"]
+                )
+            ),
+            scripts_loaded: reg!(
+                r,
+                IntGauge::with_opts(opts(
+                    "nexus_scripts_loaded",
+                    "Lua scripts currently loaded and enabled."
+                ))
+            ),
+            alerts: reg!(
+                r,
+                IntCounterVec::new(
+                    opts("nexus_alerts_total", "Alerts raised, by severity."),
+                    &["severity"]
+                )
+            ),
+            alerts_suppressed: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_alerts_suppressed_total",
+                        "Alerts suppressed by the per-key rate limit."
+                    ),
+                    &["severity"]
+                )
+            ),
+            webhook_deliveries: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_alert_webhook_deliveries_total",
+                        "Alert webhook deliveries by result (ok, failed)."
+                    ),
+                    &["result"]
+                )
+            ),
+            voter_rssi: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_voter_rssi",
+                        "Last RSSI (0-255) of each voter receiver."
+                    ),
+                    &["node", "receiver"]
+                )
+            ),
+            voter_voted_changes: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_voter_voted_changes_total",
+                        "Times the voted (winning) receiver changed."
+                    ),
+                    &["node"]
+                )
+            ),
+            voter_receivers: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_voter_receivers",
+                        "Voter receivers reported for the node."
+                    ),
+                    &["node"]
+                )
+            ),
+            build_info: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_build_info",
+                        "Always 1; the version label says which build runs."
+                    ),
+                    &["version"]
+                )
+            ),
             registry: r,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m
     }
 

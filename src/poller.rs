@@ -70,8 +70,15 @@ pub struct PollerParts {
 /// Starts the poller task for one node.
 pub fn spawn(parts: PollerParts) -> PollerHandle {
     let (tx, rx) = watch::channel(parts.interval.clamp(MIN_INTERVAL, MAX_INTERVAL));
-    let handle = PollerHandle { interval: Arc::new(tx), now: Arc::new(Notify::new()) };
-    parts.metrics.poll_interval.with_label_values(&[&parts.node]).set(parts.interval.as_secs_f64());
+    let handle = PollerHandle {
+        interval: Arc::new(tx),
+        now: Arc::new(Notify::new()),
+    };
+    parts
+        .metrics
+        .poll_interval
+        .with_label_values(&[&parts.node])
+        .set(parts.interval.as_secs_f64());
     tokio::spawn(run(parts, rx, handle.now.clone()));
     handle
 }
@@ -109,13 +116,25 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, now: A
         next = tokio::time::Instant::now() + *interval.borrow();
         if !parts.ami.is_connected() {
             tracing::info!(node = %parts.node, "[POLLING] Skipping poll for node {} (AMI not connected, waiting for reconnection...)", parts.node);
-            parts.metrics.polls.with_label_values(&[parts.node.as_str(), "skipped"]).inc();
+            parts
+                .metrics
+                .polls
+                .with_label_values(&[parts.node.as_str(), "skipped"])
+                .inc();
             continue;
         }
         let result = poll_once(&parts.node, &parts.ami).await;
         let ok = result.xstat.is_ok() && result.sawstat.is_ok();
-        parts.metrics.polls.with_label_values(&[parts.node.as_str(), if ok { "ok" } else { "error" }]).inc();
-        parts.metrics.poll_duration.with_label_values(&[&parts.node]).observe(result.duration.as_secs_f64());
+        parts
+            .metrics
+            .polls
+            .with_label_values(&[parts.node.as_str(), if ok { "ok" } else { "error" }])
+            .inc();
+        parts
+            .metrics
+            .poll_duration
+            .with_label_values(&[&parts.node])
+            .observe(result.duration.as_secs_f64());
         if let Err(e) = result.xstat.as_ref().and(result.sawstat.as_ref()) {
             tracing::warn!(node = %parts.node, "[POLLING] poll of node {} failed: {e}", parts.node);
         }
@@ -143,6 +162,9 @@ async fn rpt_status(ami: &AmiHandle, command: &str, node: &str) -> Result<Reply,
     let action = Action::new("RptStatus")
         .and_then(|a| a.header("Command", command))
         .and_then(|a| a.header("Node", node))
-        .map_err(|e| ActionError::Rejected { action: "RptStatus".into(), message: e.to_string() })?;
+        .map_err(|e| ActionError::Rejected {
+            action: "RptStatus".into(),
+            message: e.to_string(),
+        })?;
     ami.send(action).await
 }

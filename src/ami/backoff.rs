@@ -18,7 +18,12 @@ pub struct Backoff {
 impl Backoff {
     /// A ladder with the given base interval, cap, and jitter fraction (0.1 = up to +10 %).
     pub fn new(interval: Duration, max: Duration, jitter: f64) -> Backoff {
-        Backoff { interval, max: max.max(interval), jitter: jitter.clamp(0.0, 1.0), failures: 0 }
+        Backoff {
+            interval,
+            max: max.max(interval),
+            jitter: jitter.clamp(0.0, 1.0),
+            failures: 0,
+        }
     }
 
     /// The wait before the next attempt, without jitter: 0, interval, 2×interval, … ≤ max.
@@ -27,7 +32,10 @@ impl Backoff {
             0 => Duration::ZERO,
             n => {
                 let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
-                self.interval.checked_mul(factor).unwrap_or(self.max).min(self.max)
+                self.interval
+                    .checked_mul(factor)
+                    .unwrap_or(self.max)
+                    .min(self.max)
             }
         }
     }
@@ -77,7 +85,10 @@ mod tests {
         assert_eq!(j.next_delay(), Duration::ZERO);
         for _ in 0..100 {
             let d = j.next_delay();
-            assert!(d >= Duration::from_secs(10) && d <= Duration::from_secs(11), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(10) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
         }
     }
 

@@ -95,7 +95,9 @@ impl Frame {
     /// Headers in wire order. Lines that are not `Key: Value` (such as `<NONE>`) have an
     /// empty key and the whole line as value.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.headers.iter().map(|(k, v)| (self.slice(k), self.slice(v)))
+        self.headers
+            .iter()
+            .map(|(k, v)| (self.slice(k), self.slice(v)))
     }
 
     /// Number of header lines.
@@ -110,7 +112,9 @@ impl Frame {
 
     /// The first value of `key` (ASCII case-insensitive, as Asterisk matches headers).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.headers().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)
+        self.headers()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
     }
 
     /// Every value of `key`, in order.
@@ -228,7 +232,9 @@ impl AmiCodec {
     fn too_large(&mut self, buf: &BytesMut) -> Result<(), CodecError> {
         if buf.len() > self.max_frame {
             self.reset_frame();
-            return Err(CodecError::FrameTooLarge { limit: self.max_frame });
+            return Err(CodecError::FrameTooLarge {
+                limit: self.max_frame,
+            });
         }
         Ok(())
     }
@@ -264,7 +270,11 @@ impl AmiCodec {
     }
 
     /// Finishes a legacy Follows frame once `--END COMMAND--` and the blank line are in.
-    fn decode_follows(&mut self, buf: &mut BytesMut, body_start: usize) -> Result<Option<Frame>, CodecError> {
+    fn decode_follows(
+        &mut self,
+        buf: &mut BytesMut,
+        body_start: usize,
+    ) -> Result<Option<Frame>, CodecError> {
         let from = self.scan.max(body_start);
         let finder = memchr::memmem::find(&buf[from..], END_COMMAND);
         let Some(rel) = finder else {
@@ -315,7 +325,11 @@ impl AmiCodec {
         let headers = std::mem::take(&mut self.partial);
         let body = body.map(|r| r.start as u32..r.end as u32);
         self.reset_frame();
-        let mut frame = Frame { text, headers, body };
+        let mut frame = Frame {
+            text,
+            headers,
+            body,
+        };
         strip_stray_newlines(&mut frame);
         frame
     }
@@ -357,7 +371,11 @@ fn strip_stray_newlines(frame: &mut Frame) {
 fn split_header(line: &[u8], base: usize) -> (Range<u32>, Range<u32>) {
     if let Some(colon) = memchr::memchr(b':', line) {
         let key = &line[..colon];
-        if !key.is_empty() && key.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        if !key.is_empty()
+            && key
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
             let mut vs = colon + 1;
             while vs < line.len() && line[vs] == b' ' {
                 vs += 1;
@@ -368,7 +386,10 @@ fn split_header(line: &[u8], base: usize) -> (Range<u32>, Range<u32>) {
             );
         }
     }
-    (base as u32..base as u32, base as u32..(base + line.len()) as u32)
+    (
+        base as u32..base as u32,
+        base as u32..(base + line.len()) as u32,
+    )
 }
 
 impl Decoder for AmiCodec {
@@ -395,18 +416,24 @@ impl Decoder for AmiCodec {
             }
             if u32::try_from(next).is_err() {
                 self.reset_frame();
-                return Err(CodecError::FrameTooLarge { limit: self.max_frame });
+                return Err(CodecError::FrameTooLarge {
+                    limit: self.max_frame,
+                });
             }
             let header = split_header(&buf[start..content_end], start);
             let is_follows = self.side == Side::Client
                 && self.partial.len() < 2
-                && buf[header.0.start as usize..header.0.end as usize].eq_ignore_ascii_case(b"Response")
-                && buf[header.1.start as usize..header.1.end as usize].eq_ignore_ascii_case(b"Follows");
+                && buf[header.0.start as usize..header.0.end as usize]
+                    .eq_ignore_ascii_case(b"Response")
+                && buf[header.1.start as usize..header.1.end as usize]
+                    .eq_ignore_ascii_case(b"Follows");
             self.partial.push(header);
             self.scan = next;
             if next > self.max_frame {
                 self.reset_frame();
-                return Err(CodecError::FrameTooLarge { limit: self.max_frame });
+                return Err(CodecError::FrameTooLarge {
+                    limit: self.max_frame,
+                });
             }
             if is_follows {
                 self.follows_body = Some(next);
@@ -426,7 +453,10 @@ pub struct Action {
 impl Action {
     /// Starts an action (`Action: <name>`).
     pub fn new(name: &str) -> Result<Action, CodecError> {
-        Action { headers: Vec::new() }.header("Action", name)
+        Action {
+            headers: Vec::new(),
+        }
+        .header("Action", name)
     }
 
     /// Adds a header after validating it: names are `[A-Za-z0-9_-]+`, values carry no CR
@@ -453,7 +483,8 @@ impl Action {
     /// Sets (or replaces) the `ActionID` header.
     pub fn set_action_id(&mut self, id: &str) -> Result<(), CodecError> {
         validate_header("ActionID", id)?;
-        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("ActionID"));
+        self.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("ActionID"));
         self.headers.push(("ActionID".to_owned(), id.to_owned()));
         Ok(())
     }
@@ -480,7 +511,11 @@ impl Action {
 }
 
 fn validate_header(key: &str, value: &str) -> Result<(), CodecError> {
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(CodecError::InvalidHeaderName(key.to_owned()));
     }
     if value.contains(['\r', '\n']) {

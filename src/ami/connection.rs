@@ -34,7 +34,8 @@ pub trait AmiStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AmiStream for T {}
 
 /// A boxed future returning a connected stream.
-pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Box<dyn AmiStream>, ConnectError>> + Send>>;
+pub type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<Box<dyn AmiStream>, ConnectError>> + Send>>;
 
 /// How the supervisor opens a stream: TCP in production, anything in tests.
 pub trait Connector: Send + Sync + 'static {
@@ -72,7 +73,10 @@ impl Connector for TcpConnector {
             };
             tokio::time::timeout(timeout, attempt)
                 .await
-                .unwrap_or(Err(ConnectError::TimedOut { addr, after: timeout }))
+                .unwrap_or(Err(ConnectError::TimedOut {
+                    addr,
+                    after: timeout,
+                }))
         })
     }
 }
@@ -80,7 +84,9 @@ impl Connector for TcpConnector {
 /// Why a session could not be established or was lost, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ConnectError {
-    #[error("connection refused by {addr} — is Asterisk running and is the manager enabled in manager.conf?")]
+    #[error(
+        "connection refused by {addr} — is Asterisk running and is the manager enabled in manager.conf?"
+    )]
     Refused { addr: String },
     #[error("connection to {addr} timed out after {}s — is the host up and port open (firewall)?", after.as_secs_f64())]
     TimedOut { addr: String, after: Duration },
@@ -107,9 +113,17 @@ pub enum ConnectError {
 impl ConnectError {
     fn from_io(e: std::io::Error, addr: &str) -> ConnectError {
         match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => ConnectError::Refused { addr: addr.to_owned() },
-            std::io::ErrorKind::TimedOut => ConnectError::TimedOut { addr: addr.to_owned(), after: Duration::ZERO },
-            _ => ConnectError::Io { addr: addr.to_owned(), message: e.to_string() },
+            std::io::ErrorKind::ConnectionRefused => ConnectError::Refused {
+                addr: addr.to_owned(),
+            },
+            std::io::ErrorKind::TimedOut => ConnectError::TimedOut {
+                addr: addr.to_owned(),
+                after: Duration::ZERO,
+            },
+            _ => ConnectError::Io {
+                addr: addr.to_owned(),
+                message: e.to_string(),
+            },
         }
     }
 
@@ -156,7 +170,12 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub enum AmiEvent {
     /// An unsolicited event frame.
-    Event { server: Arc<str>, frame: Frame, rx_seq: u64, received: std::time::Instant },
+    Event {
+        server: Arc<str>,
+        frame: Frame,
+        rx_seq: u64,
+        received: std::time::Instant,
+    },
     /// The session was established or lost.
     Status(ConnectionStatus),
 }
@@ -239,25 +258,52 @@ impl AmiHandle {
 
     /// Sends an action and waits up to `timeout` for its reply. An `ActionID` is assigned
     /// here (any given one is replaced). `Response: Error` becomes [`ActionError::Rejected`].
-    pub async fn send_timeout(&self, mut action: Action, timeout: Duration) -> Result<Reply, ActionError> {
+    pub async fn send_timeout(
+        &self,
+        mut action: Action,
+        timeout: Duration,
+    ) -> Result<Reply, ActionError> {
         let name = action.name().to_owned();
         if !self.is_connected() {
-            return Err(ActionError::NotConnected { server: self.shared.server.clone() });
+            return Err(ActionError::NotConnected {
+                server: self.shared.server.clone(),
+            });
         }
         let id = format!("nx-{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         // The id is our own text: it cannot contain CR/LF.
         let _ = action.set_action_id(&id);
         let (tx, rx) = oneshot::channel();
-        let not_connected = || ActionError::NotConnected { server: self.shared.server.clone() };
-        self.commands.send(Command { action, tx }).await.map_err(|_| not_connected())?;
+        let not_connected = || ActionError::NotConnected {
+            server: self.shared.server.clone(),
+        };
+        self.commands
+            .send(Command { action, tx })
+            .await
+            .map_err(|_| not_connected())?;
         let reply = match tokio::time::timeout(timeout, rx).await {
-            Err(_) => return Err(ActionError::Timeout { action: name, after: timeout }),
+            Err(_) => {
+                return Err(ActionError::Timeout {
+                    action: name,
+                    after: timeout,
+                });
+            }
             Ok(Err(_)) => return Err(not_connected()),
             Ok(Ok(r)) => r?,
         };
-        if reply.frame.response().is_some_and(|r| r.eq_ignore_ascii_case("Error")) {
-            let message = reply.frame.get("Message").unwrap_or("no message").to_owned();
-            return Err(ActionError::Rejected { action: name, message });
+        if reply
+            .frame
+            .response()
+            .is_some_and(|r| r.eq_ignore_ascii_case("Error"))
+        {
+            let message = reply
+                .frame
+                .get("Message")
+                .unwrap_or("no message")
+                .to_owned();
+            return Err(ActionError::Rejected {
+                action: name,
+                message,
+            });
         }
         Ok(reply)
     }
@@ -286,7 +332,14 @@ pub fn spawn_tcp(
         port: server.port,
         timeout: settings.connect_timeout,
     });
-    spawn(SupervisorParts { server, settings, connector, events, metrics, shutdown })
+    spawn(SupervisorParts {
+        server,
+        settings,
+        connector,
+        events,
+        metrics,
+        shutdown,
+    })
 }
 
 /// Starts the supervisor task with any connector.
@@ -312,8 +365,15 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         changes,
     });
     let (commands, rx) = mpsc::channel(1024);
-    let handle = AmiHandle { shared: shared.clone(), commands };
-    parts.metrics.ami_up.with_label_values(&[&parts.server.name]).set(0);
+    let handle = AmiHandle {
+        shared: shared.clone(),
+        commands,
+    };
+    parts
+        .metrics
+        .ami_up
+        .with_label_values(&[&parts.server.name])
+        .set(0);
     tokio::spawn(Supervisor::new(parts, shared, rx).run());
     handle
 }
@@ -334,9 +394,19 @@ struct Session {
 }
 
 impl Supervisor {
-    fn new(parts: SupervisorParts, shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Supervisor {
+    fn new(
+        parts: SupervisorParts,
+        shared: Arc<Shared>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Supervisor {
         let name: Arc<str> = Arc::from(parts.server.name.as_str());
-        Supervisor { parts, shared, commands, name, rx_seq: 0 }
+        Supervisor {
+            parts,
+            shared,
+            commands,
+            name,
+            rx_seq: 0,
+        }
     }
 
     async fn run(mut self) {
@@ -350,7 +420,11 @@ impl Supervisor {
                 tracing::info!(server = %self.name, "[AMI] attempting initial connection to {addr}");
             } else {
                 self.update_status(|st| st.reconnect_attempts += 1);
-                self.parts.metrics.ami_reconnect_attempts.with_label_values(&[&self.name]).inc();
+                self.parts
+                    .metrics
+                    .ami_reconnect_attempts
+                    .with_label_values(&[&self.name])
+                    .inc();
                 tracing::info!(server = %self.name, "[AMI] reconnecting to {addr} (attempt #{attempt})");
             }
             let shutdown = self.parts.shutdown.clone();
@@ -419,12 +493,18 @@ impl Supervisor {
         let login = async {
             let banner = match reader.next().await {
                 Some(Ok(Incoming::Banner(b))) => b,
-                Some(Ok(Incoming::Frame(f))) => return Err(ConnectError::BadBanner { banner: format!("{f:?}") }),
+                Some(Ok(Incoming::Frame(f))) => {
+                    return Err(ConnectError::BadBanner {
+                        banner: format!("{f:?}"),
+                    });
+                }
                 Some(Err(e)) => return Err(self.codec_error(e)),
                 None => return Err(ConnectError::Closed),
             };
             if !banner.starts_with("Asterisk Call Manager") {
-                return Err(ConnectError::BadBanner { banner: banner.chars().take(80).collect() });
+                return Err(ConnectError::BadBanner {
+                    banner: banner.chars().take(80).collect(),
+                });
             }
             let server = &self.parts.server;
             let login = Action::new("Login")
@@ -440,7 +520,11 @@ impl Supervisor {
                     Some(Ok(Incoming::Banner(_))) => continue,
                     Some(Err(e)) => return Err(self.codec_error(e)),
                     // Asterisk closes right after a failed login.
-                    None => return Err(ConnectError::AuthFailed { user: server.username.clone() }),
+                    None => {
+                        return Err(ConnectError::AuthFailed {
+                            user: server.username.clone(),
+                        });
+                    }
                 };
                 if frame.event().is_some() {
                     continue;
@@ -450,7 +534,9 @@ impl Supervisor {
                     Some(r) if r.eq_ignore_ascii_case("Error") => {
                         let msg = frame.get("Message").unwrap_or("");
                         if msg.to_ascii_lowercase().contains("auth") {
-                            Err(ConnectError::AuthFailed { user: server.username.clone() })
+                            Err(ConnectError::AuthFailed {
+                                user: server.username.clone(),
+                            })
                         } else {
                             Err(ConnectError::Login(msg.to_owned()))
                         }
@@ -459,17 +545,29 @@ impl Supervisor {
                 };
             }
         };
-        let banner = tokio::time::timeout(deadline, login)
-            .await
-            .map_err(|_| ConnectError::TimedOut { addr, after: deadline })??;
-        Ok(Session { reader, writer, banner })
+        let banner =
+            tokio::time::timeout(deadline, login)
+                .await
+                .map_err(|_| ConnectError::TimedOut {
+                    addr,
+                    after: deadline,
+                })??;
+        Ok(Session {
+            reader,
+            writer,
+            banner,
+        })
     }
 
     fn codec_error(&self, e: CodecError) -> ConnectError {
         match e {
             CodecError::Io(io) => ConnectError::from_io(io, &self.parts.server.address()),
             other => {
-                self.parts.metrics.ami_protocol_errors.with_label_values(&[&self.name]).inc();
+                self.parts
+                    .metrics
+                    .ami_protocol_errors
+                    .with_label_values(&[&self.name])
+                    .inc();
                 ConnectError::Protocol(other.to_string())
             }
         }
@@ -550,10 +648,16 @@ impl Supervisor {
         self.set_connected(false);
         let reason = err.to_string();
         for (_, p) in pending.drain() {
-            let _ = p.tx.send(Err(ActionError::Disconnected { server: self.name.to_string(), reason: reason.clone() }));
+            let _ = p.tx.send(Err(ActionError::Disconnected {
+                server: self.name.to_string(),
+                reason: reason.clone(),
+            }));
         }
         while let Ok(cmd) = self.commands.try_recv() {
-            let _ = cmd.tx.send(Err(ActionError::Disconnected { server: self.name.to_string(), reason: reason.clone() }));
+            let _ = cmd.tx.send(Err(ActionError::Disconnected {
+                server: self.name.to_string(),
+                reason: reason.clone(),
+            }));
         }
         err
     }
@@ -564,7 +668,10 @@ impl Supervisor {
             Some(e) if e.starts_with("RPT_") || e == "VarSet" => e,
             _ => "other",
         };
-        metrics.ami_events.with_label_values(&[&self.name, name]).inc();
+        metrics
+            .ami_events
+            .with_label_values(&[&self.name, name])
+            .inc();
         let ev = AmiEvent::Event {
             server: self.name.clone(),
             frame,
@@ -572,7 +679,10 @@ impl Supervisor {
             received: std::time::Instant::now(),
         };
         if self.parts.events.try_send(ev).is_err() {
-            metrics.ami_events_dropped.with_label_values(&[&self.name]).inc();
+            metrics
+                .ami_events_dropped
+                .with_label_values(&[&self.name])
+                .inc();
         }
     }
 
@@ -586,8 +696,7 @@ impl Supervisor {
             f(st);
             out = Some(st.clone());
         });
-        let st = out.unwrap_or_else(|| self.shared.status.borrow().clone());
-        st
+        out.unwrap_or_else(|| self.shared.status.borrow().clone())
     }
 
     async fn publish(&self, st: ConnectionStatus) {
@@ -600,7 +709,9 @@ impl Supervisor {
         self.set_connected(true);
         let m = &self.parts.metrics;
         m.ami_up.with_label_values(&[&self.name]).set(1);
-        m.ami_connected_since.with_label_values(&[&self.name]).set(now_ms() as f64 / 1000.0);
+        m.ami_connected_since
+            .with_label_values(&[&self.name])
+            .set(now_ms() as f64 / 1000.0);
         tracing::info!(server = %self.name, banner, "AMI connection established");
         let st = self.update_status(|st| {
             st.connected = true;
@@ -614,7 +725,9 @@ impl Supervisor {
         self.set_connected(false);
         let m = &self.parts.metrics;
         m.ami_up.with_label_values(&[&self.name]).set(0);
-        m.ami_connected_since.with_label_values(&[&self.name]).set(0.0);
+        m.ami_connected_since
+            .with_label_values(&[&self.name])
+            .set(0.0);
         let st = self.update_status(|st| {
             if st.connected || st.since_ms == 0 {
                 st.since_ms = now_ms();
@@ -629,7 +742,11 @@ impl Supervisor {
 }
 
 /// Finds the action a reply belongs to: by `ActionID`, else the oldest one waiting.
-fn take_pending(pending: &mut HashMap<String, Pending>, order: &mut VecDeque<String>, frame: &Frame) -> Option<Pending> {
+fn take_pending(
+    pending: &mut HashMap<String, Pending>,
+    order: &mut VecDeque<String>,
+    frame: &Frame,
+) -> Option<Pending> {
     if let Some(id) = frame.action_id() {
         let p = pending.remove(id)?;
         if order.front().map(String::as_str) == Some(id) {

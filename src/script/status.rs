@@ -45,29 +45,47 @@ pub struct ScriptRegistry {
 impl ScriptRegistry {
     /// Every script, by path.
     pub fn list(&self) -> Vec<ScriptStatus> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// One script by name or path.
     pub fn get(&self, name: &str) -> Option<ScriptStatus> {
         let all = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        all.get(name).cloned().or_else(|| all.values().find(|s| s.name == name).cloned())
+        all.get(name)
+            .cloned()
+            .or_else(|| all.values().find(|s| s.name == name).cloned())
     }
 
     /// Inserts or replaces a script's status (keyed by path).
     pub fn set(&self, status: ScriptStatus) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).insert(status.path.clone(), status);
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(status.path.clone(), status);
     }
 
     /// Updates a script's status in place.
     pub fn update(&self, path: &str, f: impl FnOnce(&mut ScriptStatus)) {
-        if let Some(s) = self.inner.write().unwrap_or_else(|p| p.into_inner()).get_mut(path) {
+        if let Some(s) = self
+            .inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(path)
+        {
             f(s);
         }
     }
 
     /// Forgets a script (file deleted).
     pub fn remove(&self, path: &str) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).remove(path);
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
     }
 }

@@ -11,7 +11,9 @@ use serde::Serialize;
 use super::model::LinkView;
 
 /// What changed. Serialised in `snake_case` (`link_connected`, `tx_unkeyed`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     /// A link appeared on a node (`link` is the new link).
@@ -142,7 +144,10 @@ impl Published {
     pub fn new(event: ChangeEvent) -> Arc<Published> {
         let json = serde_json::to_string(&event).unwrap_or_else(|e| {
             // Serialising plain data cannot fail; keep the stream going if it ever does.
-            format!("{{\"seq\":{},\"kind\":\"{}\",\"error\":\"{e}\"}}", event.seq, event.kind)
+            format!(
+                "{{\"seq\":{},\"kind\":\"{}\",\"error\":\"{e}\"}}",
+                event.seq, event.kind
+            )
         });
         Arc::new(Published { event, json })
     }

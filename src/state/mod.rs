@@ -2,8 +2,10 @@
 //! reconciles app_rpt events with XStat/SawStat polls.
 
 pub mod change;
+pub mod engine;
 pub mod model;
 pub mod node;
+pub mod reconcile;
 pub mod store;
 
 pub use change::{ChangeEvent, ChangeKind, Published};

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What is at the other end of a link (ami-app-rpt.md §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkKind {
     /// An AllStar node (decimal number).
@@ -35,7 +35,7 @@ impl LinkKind {
 }
 
 /// Link direction from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Direction {
     #[serde(rename = "IN")]
     In,
@@ -45,7 +45,7 @@ pub enum Direction {
 
 /// Link mode: `T` transceive, `R` receive-only (monitor), `C` connecting, `L` local
 /// monitor (present in XStat but absent from `RPT_ALINKS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Mode {
     T,
     R,
@@ -67,7 +67,7 @@ impl Mode {
 }
 
 /// Connection state from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LinkState {
     #[serde(rename = "ESTABLISHED")]
     Established,
@@ -143,7 +143,12 @@ pub struct NodeView {
 
 /// Formats seconds as app_rpt does: `HH:MM:SS`, hours not capped.
 pub fn format_elapsed(secs: u64) -> String {
-    format!("{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::model::{Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView, format_elapsed};
+use super::model::{
+    Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView, format_elapsed,
+};
 use crate::astdb::AstDb;
 
 /// One link of a node.
@@ -70,34 +72,45 @@ impl Link {
             mode: self.mode,
             state: self.state,
             keyed: self.keyed,
-            last_keyed_seconds: if self.keyed { Some(0) } else { ago(self.last_key_ms) },
+            last_keyed_seconds: if self.keyed {
+                Some(0)
+            } else {
+                ago(self.last_key_ms)
+            },
             last_unkeyed_seconds: ago(self.last_unkey_ms),
             reconnects: self.reconnects,
             callsign: entry.map(|e| e.callsign.clone()).filter(|s| !s.is_empty()),
-            description: entry.map(|e| e.description.clone()).filter(|s| !s.is_empty()),
+            description: entry
+                .map(|e| e.description.clone())
+                .filter(|s| !s.is_empty()),
             location: entry.map(|e| e.location.clone()).filter(|s| !s.is_empty()),
             keyups: self.keyups,
             keyed_seconds_total: self.keyed_total_s
-                + if self.keyed { now_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0 } else { 0.0 },
+                + if self.keyed {
+                    now_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0
+                } else {
+                    0.0
+                },
         }
     }
 
-    /// Sets the keyed flag; returns the key duration in seconds on an unkey.
-    pub fn set_keyed(&mut self, keyed: bool, now_ms: u64) -> Option<f64> {
+    /// Sets the keyed flag at `at_ms`: `None` when nothing changed, `Some(None)` on a key,
+    /// `Some(Some(seconds))` on an unkey (how long the key lasted).
+    pub fn set_keyed(&mut self, keyed: bool, at_ms: u64) -> Option<Option<f64>> {
         if self.keyed == keyed {
             return None;
         }
         self.keyed = keyed;
         if keyed {
-            self.keyed_since_ms = now_ms;
-            self.last_key_ms = Some(now_ms);
+            self.keyed_since_ms = at_ms;
+            self.last_key_ms = Some(at_ms);
             self.keyups += 1;
-            None
+            Some(None)
         } else {
-            self.last_unkey_ms = Some(now_ms);
-            let d = now_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0;
+            self.last_unkey_ms = Some(at_ms);
+            let d = at_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0;
             self.keyed_total_s += d;
-            Some(d)
+            Some(Some(d))
         }
     }
 }
@@ -133,7 +146,12 @@ impl Keying {
     }
 
     fn total_now(&self, now_ms: u64) -> f64 {
-        self.total_s + if self.keyed { now_ms.saturating_sub(self.since_ms) as f64 / 1000.0 } else { 0.0 }
+        self.total_s
+            + if self.keyed {
+                now_ms.saturating_sub(self.since_ms) as f64 / 1000.0
+            } else {
+                0.0
+            }
     }
 }
 

@@ -57,7 +57,10 @@ impl StateStore {
             replay: VecDeque::with_capacity(replay_cap.min(65_536)),
             replay_cap: replay_cap.max(1),
         };
-        StateStore { inner: Arc::new(RwLock::new(model)), tx }
+        StateStore {
+            inner: Arc::new(RwLock::new(model)),
+            tx,
+        }
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
@@ -109,11 +112,17 @@ impl StateStore {
     }
 
     /// A snapshot, its sequence number, and a subscription that starts right after it.
-    pub fn subscribe_with_snapshot(&self) -> (u64, Vec<NodeView>, broadcast::Receiver<Arc<Published>>) {
+    pub fn subscribe_with_snapshot(
+        &self,
+    ) -> (u64, Vec<NodeView>, broadcast::Receiver<Arc<Published>>) {
         let m = self.read();
         let now = super::change::now_ms();
         let rx = self.tx.subscribe();
-        (m.seq, m.nodes.values().map(|n| n.view(now, &m.astdb)).collect(), rx)
+        (
+            m.seq,
+            m.nodes.values().map(|n| n.view(now, &m.astdb)).collect(),
+            rx,
+        )
     }
 
     /// The changes after `since`, if the buffer still holds all of them, with a
@@ -131,14 +140,23 @@ impl StateStore {
         if since + 1 < oldest {
             return (Replay::TooOld, rx);
         }
-        let out = m.replay.iter().filter(|p| p.event.seq > since).cloned().collect();
+        let out = m
+            .replay
+            .iter()
+            .filter(|p| p.event.seq > since)
+            .cloned()
+            .collect();
         (Replay::Changes(out), rx)
     }
 }
 
 impl Model {
     /// Numbers, records and broadcasts one change. Called with the write lock held.
-    pub(crate) fn publish(&mut self, tx: &broadcast::Sender<Arc<Published>>, mut event: ChangeEvent) -> Arc<Published> {
+    pub(crate) fn publish(
+        &mut self,
+        tx: &broadcast::Sender<Arc<Published>>,
+        mut event: ChangeEvent,
+    ) -> Arc<Published> {
         self.seq += 1;
         event.seq = self.seq;
         let p = Published::new(event);
@@ -166,7 +184,10 @@ impl StateStore {
         self.write().astdb = db;
     }
 
-    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R) -> R {
+    pub(crate) fn update<R>(
+        &self,
+        f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R,
+    ) -> R {
         let mut m = self.write();
         f(&mut m, &self.tx)
     }

@@ -26,8 +26,13 @@ fn banner_then_login_reply_are_separate() {
         &mut c,
         b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nActionID: 1\r\nMessage: Authentication accepted\r\n\r\n",
     );
-    assert_eq!(items[0], Incoming::Banner("Asterisk Call Manager/11.0.0".into()));
-    let Incoming::Frame(f) = &items[1] else { panic!("frame expected") };
+    assert_eq!(
+        items[0],
+        Incoming::Banner("Asterisk Call Manager/11.0.0".into())
+    );
+    let Incoming::Frame(f) = &items[1] else {
+        panic!("frame expected")
+    };
     assert_eq!(f.response(), Some("Success"));
     assert_eq!(f.action_id(), Some("1"));
     assert_eq!(f.get("message"), Some("Authentication accepted"));
@@ -60,7 +65,10 @@ fn legacy_stray_newline_in_event_values_does_not_split_the_frame() {
     let fs = frames(items);
     assert_eq!(fs.len(), 1);
     assert_eq!(fs[0].get("LastKeyedTime"), Some("Thu Jan  1 00:00:00 1970"));
-    assert_eq!(fs[0].get("LastTxKeyedTime"), Some("Thu Jan  1 00:00:00 1970"));
+    assert_eq!(
+        fs[0].get("LastTxKeyedTime"),
+        Some("Thu Jan  1 00:00:00 1970")
+    );
 }
 
 #[test]
@@ -103,14 +111,19 @@ fn action_id_before_response_is_found() {
 #[test]
 fn empty_frame_is_a_lone_crlf() {
     let mut c = AmiCodec::client(1 << 20);
-    let fs = frames(decode_all(&mut c, b"Asterisk Call Manager/11.0.0\r\n\r\nResponse: Success\r\n\r\n"));
+    let fs = frames(decode_all(
+        &mut c,
+        b"Asterisk Call Manager/11.0.0\r\n\r\nResponse: Success\r\n\r\n",
+    ));
     assert_eq!(fs.len(), 2);
     assert!(fs[0].is_empty());
 }
 
 #[test]
 fn megabyte_line_decodes() {
-    let mut stream = b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nNode: 1999\r\nLinkedNodes: ".to_vec();
+    let mut stream =
+        b"Asterisk Call Manager/11.0.0\r\nResponse: Success\r\nNode: 1999\r\nLinkedNodes: "
+            .to_vec();
     let mut n = 0;
     while stream.len() < 1_100_000 {
         if n > 0 {
@@ -122,7 +135,10 @@ fn megabyte_line_decodes() {
     stream.extend_from_slice(b"\r\n\r\n");
     let mut c = AmiCodec::client(DEFAULT_MAX_FRAME_BYTES);
     let fs = frames(decode_all(&mut c, &stream));
-    assert_eq!(fs[0].get("LinkedNodes").map(|v| v.split(", ").count()), Some(n));
+    assert_eq!(
+        fs[0].get("LinkedNodes").map(|v| v.split(", ").count()),
+        Some(n)
+    );
 }
 
 #[test]
@@ -131,20 +147,29 @@ fn oversized_frame_is_an_error_not_growth() {
     let mut buf = BytesMut::from(&b"Asterisk Call Manager/11.0.0\r\n"[..]);
     assert!(matches!(c.decode(&mut buf), Ok(Some(Incoming::Banner(_)))));
     buf.extend_from_slice(&[b'x'; 2000]);
-    assert!(matches!(c.decode(&mut buf), Err(CodecError::FrameTooLarge { limit: 1024 })));
+    assert!(matches!(
+        c.decode(&mut buf),
+        Err(CodecError::FrameTooLarge { limit: 1024 })
+    ));
 }
 
 #[test]
 fn bare_lf_banner_switches_to_lf_lines() {
     let mut c = AmiCodec::client(1 << 20);
-    let fs = frames(decode_all(&mut c, b"Asterisk Call Manager/1.0\nResponse: Success\nActionID: 1\n\n"));
+    let fs = frames(decode_all(
+        &mut c,
+        b"Asterisk Call Manager/1.0\nResponse: Success\nActionID: 1\n\n",
+    ));
     assert_eq!(fs[0].action_id(), Some("1"));
 }
 
 #[test]
 fn server_side_reads_requests_with_bare_lf_and_no_banner() {
     let mut c = AmiCodec::server(1 << 20);
-    let fs = frames(decode_all(&mut c, b"Action: Login\nUsername: admin\nSecret: x\n\nACTION: Ping\r\n\r\n"));
+    let fs = frames(decode_all(
+        &mut c,
+        b"Action: Login\nUsername: admin\nSecret: x\n\nACTION: Ping\r\n\r\n",
+    ));
     assert_eq!(fs.len(), 2);
     assert_eq!(fs[0].get("action"), Some("Login"));
     assert_eq!(fs[1].get("Action"), Some("Ping"));
@@ -156,12 +181,20 @@ fn encoder_refuses_cr_lf_and_bad_names() {
         Action::new("RptStatus").and_then(|a| a.header("Node", "1999\r\nAction: Logoff")),
         Err(CodecError::InvalidHeaderValue(_))
     ));
-    assert!(matches!(Action::new("X").and_then(|a| a.header("No de", "1")), Err(CodecError::InvalidHeaderName(_))));
-    let mut a = Action::new("RptStatus").and_then(|a| a.header("Node", "1999")).expect("valid");
+    assert!(matches!(
+        Action::new("X").and_then(|a| a.header("No de", "1")),
+        Err(CodecError::InvalidHeaderName(_))
+    ));
+    let mut a = Action::new("RptStatus")
+        .and_then(|a| a.header("Node", "1999"))
+        .expect("valid");
     a.set_action_id("nx-1").expect("valid id");
     let mut dst = BytesMut::new();
     AmiCodec::client(1024).encode(&a, &mut dst).expect("encode");
-    assert_eq!(&dst[..], b"Action: RptStatus\r\nNode: 1999\r\nActionID: nx-1\r\n\r\n");
+    assert_eq!(
+        &dst[..],
+        b"Action: RptStatus\r\nNode: 1999\r\nActionID: nx-1\r\n\r\n"
+    );
 }
 
 #[test]
@@ -180,8 +213,12 @@ mod properties {
     fn sample_stream() -> Vec<u8> {
         let mut s = Vec::new();
         s.extend_from_slice(b"Asterisk Call Manager/11.0.0\r\n");
-        s.extend_from_slice(b"Response: Success\r\nActionID: 1\r\nMessage: Authentication accepted\r\n\r\n");
-        s.extend_from_slice(b"Event: FullyBooted\r\nPrivilege: system,all\r\nStatus: Fully Booted\r\n\r\n");
+        s.extend_from_slice(
+            b"Response: Success\r\nActionID: 1\r\nMessage: Authentication accepted\r\n\r\n",
+        );
+        s.extend_from_slice(
+            b"Event: FullyBooted\r\nPrivilege: system,all\r\nStatus: Fully Booted\r\n\r\n",
+        );
         s.extend_from_slice(b"Response: Success\r\nActionID: 2\r\nNode: 1999\r\nConn: 2000      192.0.2.10          1           OUT        01:15:30            ESTABLISHED         \r\nLinkedNodes: T2000, T2001\r\nVar: RPT_ALINKS=\r\nparrot_ena: 0\r\n\r\n");
         s.extend_from_slice(b"Event: RPT_TXKEYED\r\nPrivilege: call,all\r\nNode: 1999\r\nEventValue: 1\r\nLastKeyedTime: Thu Jan  1 00:00:00 1970\n\r\nLastTxKeyedTime: Thu Jan  1 00:00:00 1970\n\r\n\r\n");
         s.extend_from_slice(b"Response: Follows\r\nPrivilege: Command\r\nActionID: 7\r\nrpt xnode\n\n\nRPT_ALINKS=0\n--END COMMAND--\r\n\r\n");

@@ -1,0 +1,446 @@
+//! The live model against the simulator's truth: first poll, random mutations through
+//! events, dropped events repaired by polling, changes made while disconnected, several
+//! nodes on one server, and a 500-link hub.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allstar_nexus::daemon::Running;
+use allstar_nexus::sim::{SimHandle, SimLink};
+use allstar_nexus::state::{ChangeKind, Direction, LinkState, Mode, Published};
+use common::*;
+use tokio::sync::broadcast;
+
+/// A link as both sides can describe it: name, ip, direction, mode, state, keyed.
+type Row = (
+    String,
+    Option<String>,
+    Option<Direction>,
+    Option<Mode>,
+    Option<LinkState>,
+    bool,
+);
+
+fn truth_rows(sim: &SimHandle, node: &str) -> BTreeSet<Row> {
+    let t = sim.truth();
+    let Some(n) = t.nodes.get(node) else {
+        return BTreeSet::new();
+    };
+    n.links
+        .iter()
+        .filter(|l| l.is_reported())
+        .map(|l| {
+            let ip = l.ip.clone().filter(|ip| ip != "(none)" && !ip.is_empty());
+            let mode = Mode::from_letter(l.letter());
+            (
+                l.name.clone(),
+                ip,
+                Some(l.direction),
+                mode,
+                Some(l.state),
+                l.keyed,
+            )
+        })
+        .collect()
+}
+
+fn model_rows(d: &Running, node: &str) -> BTreeSet<Row> {
+    let Some(n) = d.app.state.node(node) else {
+        return BTreeSet::new();
+    };
+    n.links
+        .into_iter()
+        .map(|l| (l.node, l.ip, l.direction, l.mode, l.state, l.keyed))
+        .collect()
+}
+
+async fn wait_for_poll(d: &Running, node: &str, after: Option<String>) {
+    wait_until("a poll", || {
+        d.app
+            .state
+            .node(node)
+            .is_some_and(|n| n.last_poll.is_some() && n.last_poll != after)
+    })
+    .await;
+}
+
+async fn poll_and_wait(d: &Running, node: &str) {
+    let before = d.app.state.node(node).and_then(|n| n.last_poll);
+    // last_poll has ms resolution: make sure the next one differs.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    d.app.control.poll_now(node).expect("known node");
+    wait_for_poll(d, node, before).await;
+}
+
+/// Collects changes until `n` have arrived (20 s bound).
+async fn collect(rx: &mut broadcast::Receiver<Arc<Published>>, n: usize) -> Vec<Arc<Published>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Ok(p)) => out.push(p),
+            Ok(Err(e)) => panic!("change stream: {e}"),
+            Err(_) => panic!(
+                "timed out after {} of {n} changes: {:?}",
+                out.len(),
+                out.iter().map(|p| &p.json).collect::<Vec<_>>()
+            ),
+        }
+    }
+    out
+}
+
+fn sample_network(sim: &SimHandle) {
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2000", "192.0.2.10", Direction::Out)
+            .with_remote_nodes(vec![(Mode::T, "2005"), (Mode::T, "2006")])
+            .with_reconnects(1),
+    );
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2001", "198.51.100.7", Direction::In),
+    );
+    sim.connect_link("1999", SimLink::echolink("3123456"));
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2002", "203.0.113.9", Direction::Out).with_mode(Mode::L),
+    );
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2003", "203.0.113.10", Direction::Out).with_state(LinkState::Connecting),
+    );
+    sim.connect_link("1999", SimLink::no_channel("2004"));
+    sim.set_link_keyed("1999", "2001", true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_first_poll_the_model_equals_the_truth() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    sample_network(&sim);
+    let d = start_daemon(sim.addr(), &["1999"], "").await;
+    wait_for_poll(&d, "1999", None).await;
+    assert_eq!(model_rows(&d, "1999"), truth_rows(&sim, "1999"));
+    let view = d.app.state.node("1999").expect("node");
+    assert!(!view.stale);
+    let behind: BTreeSet<_> = view.linked_nodes.iter().map(|n| n.node.as_str()).collect();
+    assert!(
+        behind.contains("2005") && behind.contains("2006"),
+        "nodes behind a link: {behind:?}"
+    );
+    let el = view
+        .links
+        .iter()
+        .find(|l| l.node == "3123456")
+        .expect("EchoLink link");
+    assert_eq!(
+        (el.ip.as_deref(), el.kind),
+        (None, allstar_nexus::state::LinkKind::Echolink)
+    );
+    let l2000 = view.links.iter().find(|l| l.node == "2000").expect("2000");
+    assert_eq!(l2000.reconnects, 1);
+    let l2001 = view.links.iter().find(|l| l.node == "2001").expect("2001");
+    assert_eq!(l2001.last_keyed_seconds, Some(0));
+    d.shutdown.cancel();
+}
+
+/// A tiny seeded generator (the test must be repeatable).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+}
+
+/// The reference: what the engine must report for each mutation.
+#[derive(Default)]
+struct Reference {
+    links: Vec<(String, bool)>,
+    tx: bool,
+    rx: bool,
+    expected: Vec<(ChangeKind, Option<String>)>,
+}
+
+impl Reference {
+    fn mutate(&mut self, sim: &SimHandle, rng: &mut Lcg) {
+        match rng.next(6) {
+            0 | 1 if self.links.len() < 30 => {
+                let name = loop {
+                    let n = format!("{}", 2100 + rng.next(60));
+                    if !self.links.iter().any(|(l, _)| *l == n) {
+                        break n;
+                    }
+                };
+                let dir = if rng.next(2) == 0 {
+                    Direction::In
+                } else {
+                    Direction::Out
+                };
+                sim.connect_link("1999", SimLink::allstar(&name, "192.0.2.1", dir));
+                self.links.insert(0, (name.clone(), false));
+                self.expected.push((ChangeKind::LinkConnected, Some(name)));
+            }
+            2 if !self.links.is_empty() => {
+                let i = rng.next(self.links.len());
+                let (name, keyed) = self.links.remove(i);
+                assert!(sim.disconnect_link("1999", &name));
+                if keyed {
+                    self.expected
+                        .push((ChangeKind::LinkUnkeyed, Some(name.clone())));
+                }
+                self.expected
+                    .push((ChangeKind::LinkDisconnected, Some(name)));
+            }
+            3 if !self.links.is_empty() => {
+                let i = rng.next(self.links.len());
+                let (name, keyed) = self.links[i].clone();
+                assert!(sim.set_link_keyed("1999", &name, !keyed));
+                self.links[i].1 = !keyed;
+                let kind = if keyed {
+                    ChangeKind::LinkUnkeyed
+                } else {
+                    ChangeKind::LinkKeyed
+                };
+                self.expected.push((kind, Some(name)));
+            }
+            4 => {
+                self.tx = !self.tx;
+                sim.set_tx_keyed("1999", self.tx);
+                self.expected.push((
+                    if self.tx {
+                        ChangeKind::TxKeyed
+                    } else {
+                        ChangeKind::TxUnkeyed
+                    },
+                    None,
+                ));
+            }
+            _ => {
+                self.rx = !self.rx;
+                sim.set_rx_keyed("1999", self.rx);
+                self.expected.push((
+                    if self.rx {
+                        ChangeKind::RxKeyed
+                    } else {
+                        ChangeKind::RxUnkeyed
+                    },
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_random_mutations_produce_exactly_the_expected_changes_in_order() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    sim.set_event_queue_limit(1_000_000);
+    let d = start_daemon(sim.addr(), &["1999"], "disable_link_poller: true\n").await;
+    // Once the engine has seen the session up, nothing else is pending.
+    wait_until("connected", || {
+        d.app.state.servers().iter().all(|s| s.connected)
+    })
+    .await;
+    let mut rx = d.app.state.subscribe();
+    let mut reference = Reference::default();
+    let mut rng = Lcg(42);
+    for _ in 0..1000 {
+        reference.mutate(&sim, &mut rng);
+    }
+    let got = collect(&mut rx, reference.expected.len()).await;
+    let got_kinds: Vec<_> = got
+        .iter()
+        .map(|p| (p.event.kind, p.event.link.as_ref().map(|l| l.node.clone())))
+        .collect();
+    for (i, (g, e)) in got_kinds.iter().zip(&reference.expected).enumerate() {
+        assert_eq!(g, e, "change #{i} differs");
+    }
+    assert!(
+        got.windows(2).all(|w| w[1].event.seq == w[0].event.seq + 1),
+        "seq is gap-free and monotonic"
+    );
+    // Nothing more arrives.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .is_err(),
+        "no extra changes"
+    );
+    // The keying tracker counted every TX keyup.
+    let tx_ups = reference
+        .expected
+        .iter()
+        .filter(|(k, _)| *k == ChangeKind::TxKeyed)
+        .count() as u64;
+    assert_eq!(d.app.state.node("1999").map(|n| n.tx_keyups), Some(tx_ups));
+    // And a poll agrees with all of it.
+    poll_and_wait(&d, "1999").await;
+    assert_eq!(model_rows(&d, "1999"), truth_rows(&sim, "1999"));
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_30_percent_of_events_dropped_the_next_poll_restores_the_truth() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    sim.set_event_queue_limit(1_000_000);
+    sim.set_event_drop_ratio(0.3);
+    let d = start_daemon(sim.addr(), &["1999"], "disable_link_poller: true\n").await;
+    wait_until("connected", || {
+        d.app.control.servers().values().all(|h| h.is_connected())
+    })
+    .await;
+    let mut reference = Reference::default();
+    let mut rng = Lcg(7);
+    for _ in 0..500 {
+        reference.mutate(&sim, &mut rng);
+    }
+    // Let the surviving events land, then poll.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    poll_and_wait(&d, "1999").await;
+    assert_eq!(
+        model_rows(&d, "1999"),
+        truth_rows(&sim, "1999"),
+        "no ghost link, no stuck key"
+    );
+    let n = d.app.state.node("1999").expect("node");
+    let t = sim.truth();
+    let tn = t.nodes.get("1999").expect("truth");
+    assert_eq!((n.tx_keyed, n.rx_keyed), (tn.tx_keyed, tn.rx_keyed));
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_disconnected_are_reported_after_the_reconnect() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2000", "192.0.2.10", Direction::Out),
+    );
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2001", "192.0.2.11", Direction::In),
+    );
+    let d = start_daemon(sim.addr(), &["1999"], "").await;
+    wait_for_poll(&d, "1999", None).await;
+    let mut rx = d.app.state.subscribe();
+    sim.pause_listener().await;
+    let down = collect(&mut rx, 1).await;
+    assert_eq!(down[0].event.kind, ChangeKind::AmiDisconnected);
+    assert!(down[0].event.error.is_some());
+    wait_until("stale", || {
+        d.app.state.node("1999").is_some_and(|n| n.stale)
+    })
+    .await;
+    // Meanwhile on the node:
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2100", "192.0.2.12", Direction::In),
+    );
+    sim.disconnect_link("1999", "2000");
+    sim.set_link_keyed("1999", "2001", true);
+    sim.set_tx_keyed("1999", true);
+    sim.resume_listener().await.expect("same port again");
+    let got = collect(&mut rx, 5).await;
+    let kinds: Vec<_> = got
+        .iter()
+        .map(|p| (p.event.kind, p.event.link.as_ref().map(|l| l.node.as_str())))
+        .collect();
+    assert_eq!(kinds[0], (ChangeKind::AmiConnected, None));
+    let rest: BTreeSet<_> = kinds[1..].iter().cloned().collect();
+    let want: BTreeSet<_> = [
+        (ChangeKind::LinkDisconnected, Some("2000")),
+        (ChangeKind::LinkConnected, Some("2100")),
+        (ChangeKind::LinkKeyed, Some("2001")),
+        (ChangeKind::TxKeyed, None),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(rest, want);
+    wait_until("fresh", || {
+        d.app.state.node("1999").is_some_and(|n| !n.stale)
+    })
+    .await;
+    assert_eq!(model_rows(&d, "1999"), truth_rows(&sim, "1999"));
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_server_never_cross() {
+    let sim = sim_on_tcp(&["1999", "2000"]).await;
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("3000", "192.0.2.30", Direction::Out),
+    );
+    sim.connect_link(
+        "2000",
+        SimLink::allstar("4000", "192.0.2.40", Direction::In),
+    );
+    let d = start_daemon(sim.addr(), &["1999", "2000"], "").await;
+    wait_for_poll(&d, "1999", None).await;
+    wait_for_poll(&d, "2000", None).await;
+    let mut rx = d.app.state.subscribe();
+    sim.set_link_keyed("2000", "4000", true);
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("3001", "192.0.2.31", Direction::In),
+    );
+    sim.set_tx_keyed("2000", true);
+    let got = collect(&mut rx, 3).await;
+    for p in &got {
+        let node = p.event.node.as_deref().expect("node");
+        let link = p.event.link.as_ref().map(|l| l.node.as_str());
+        match node {
+            "1999" => assert!(matches!(link, Some("3001")), "{}", p.json),
+            "2000" => assert!(matches!(link, Some("4000") | None), "{}", p.json),
+            other => panic!("unknown node {other}"),
+        }
+    }
+    // The new link's IP and direction come from the poll its appearance triggers.
+    wait_until("1999 complete", || {
+        model_rows(&d, "1999") == truth_rows(&sim, "1999")
+    })
+    .await;
+    assert_eq!(model_rows(&d, "2000"), truth_rows(&sim, "2000"));
+    assert!(!d.app.state.node("1999").expect("node").tx_keyed);
+    assert!(d.app.state.node("2000").expect("node").tx_keyed);
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_with_500_links_is_handled() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    for i in 0..500 {
+        let dir = if i % 2 == 0 {
+            Direction::In
+        } else {
+            Direction::Out
+        };
+        if i % 50 == 7 {
+            sim.connect_link("1999", SimLink::echolink(format!("3{:06}", i)));
+        } else {
+            sim.connect_link(
+                "1999",
+                SimLink::allstar(
+                    format!("{}", 10_000 + i),
+                    format!("10.0.{}.{}", i / 250, i % 250),
+                    dir,
+                ),
+            );
+        }
+    }
+    let d = start_daemon(sim.addr(), &["1999"], "").await;
+    wait_for_poll(&d, "1999", None).await;
+    assert_eq!(d.app.state.node("1999").map(|n| n.links.len()), Some(500));
+    assert_eq!(model_rows(&d, "1999"), truth_rows(&sim, "1999"));
+    let mut rx = d.app.state.subscribe();
+    sim.set_link_keyed("1999", "10010", true);
+    let got = collect(&mut rx, 1).await;
+    assert_eq!(got[0].event.kind, ChangeKind::LinkKeyed);
+    d.shutdown.cancel();
+}
