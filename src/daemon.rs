@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::poller::{self, PollerParts};
-use crate::script::ScriptRegistry;
+use crate::script::{self, ScriptHost, ScriptRegistry};
 use crate::state::StateStore;
 use crate::state::change::now_ms;
 use crate::state::engine::{self, EngineParts, NodeSpec};
@@ -31,6 +31,8 @@ const EVENT_QUEUE: usize = 16_384;
 /// A running daemon.
 pub struct Running {
     pub app: App,
+    /// The Lua host (reload, test hooks).
+    pub scripts: ScriptHost,
     /// Where the HTTP server listens (useful with port 0).
     pub http_addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -149,12 +151,48 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             )
         })?;
     let http_addr = listener.local_addr()?;
-    drop(listener);
+    let scripts = script::spawn(app.clone(), shutdown.clone())?;
+    reload_on_sighup(scripts.clone(), shutdown.clone());
+    {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(app, listener, shutdown).await {
+                tracing::error!("HTTP server stopped: {e:#}");
+            }
+        });
+    }
     Ok(Running {
         app,
+        scripts,
         http_addr,
         shutdown,
     })
+}
+
+/// SIGHUP reloads every script (Unix).
+fn reload_on_sighup(scripts: ScriptHost, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("[LUA] cannot listen for SIGHUP; scripts still reload when saved");
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hup.recv() => {
+                        if got.is_none() { return; }
+                        tracing::info!("[LUA] SIGHUP: reloading every script");
+                        scripts.reload_all();
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (scripts, shutdown);
 }
 
 /// Waits for Ctrl-C (or SIGTERM on Unix).

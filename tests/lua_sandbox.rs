@@ -1,0 +1,252 @@
+//! The sandbox as a running daemon sees it: escapes denied, runaway callbacks aborted in
+//! time (also inside pcall and coroutines) while other scripts go on, memory bombs stopped,
+//! failing scripts disabled with an alert.
+
+mod lua_support;
+
+use std::time::{Duration, Instant};
+
+use allstar_nexus::script::ScriptState;
+use allstar_nexus::state::ChangeKind;
+use lua_support::{Rig, TempDir, event};
+use serde_json::json;
+
+/// The budget is 100 ms; allow this much on top (debug build, busy CI machine).
+const SLACK: Duration = Duration::from_millis(150);
+
+const COUNTER: &str =
+    "n = 0\nnexus.on('tx_keyed', function() n = n + 1 end)\nfunction count() return n end\n";
+
+const ESCAPES: &str = r#"
+function probe()
+  local denied = {}
+  local function check(name, ok) if not ok then denied[#denied + 1] = name end end
+  check("io", io == nil)
+  check("debug", debug == nil)
+  check("package", package == nil)
+  check("require", require == nil)
+  check("dofile", dofile == nil)
+  check("loadfile", loadfile == nil)
+  check("os.execute", os.execute == nil)
+  check("os.getenv", os.getenv == nil)
+  check("os.remove", os.remove == nil)
+  check("os.rename", os.rename == nil)
+  check("os.exit", os.exit == nil)
+  check("os.tmpname", os.tmpname == nil)
+  check("string.dump", string.dump == nil and ("").dump == nil)
+  check("binary load", load("\27Lua\84\0\25\147\r\n\26\n") == nil)
+  check("collectgarbage collect", not pcall(collectgarbage, "collect"))
+  check("collectgarbage stop", not pcall(collectgarbage, "stop"))
+  check("__gc", not pcall(setmetatable, {}, { __gc = function() end }))
+  check("os.time", type(os.time()) == "number")
+  check("load text", load("return 40 + 2")() == 42)
+  check("collectgarbage count", type(collectgarbage("count")) == "number")
+  return table.concat(denied, ", ")
+end
+"#;
+
+#[tokio::test]
+async fn every_escape_is_denied() {
+    let dir = TempDir::new("escapes");
+    dir.save("probe.lua", ESCAPES);
+    dir.save(
+        "uses_io.lua",
+        "local x = 1\nlocal f = io.open('/etc/passwd')\n",
+    );
+    let rig = Rig::start(dir.path(), "", &[]);
+    rig.loaded("probe.lua", ESCAPES).await;
+    assert_eq!(
+        rig.call("probe.lua", "probe", vec![]).await,
+        json!(""),
+        "names the escapes that worked"
+    );
+    let failed = rig
+        .host
+        .wait_until(Duration::from_secs(5), |_| {
+            rig.app
+                .scripts
+                .get("uses_io.lua")
+                .and_then(|s| s.last_error)
+                .is_some_and(|e| e.contains("uses_io.lua:2:"))
+        })
+        .await;
+    assert!(failed, "{:?}", rig.app.scripts.get("uses_io.lua"));
+}
+
+async fn runaway_is_aborted(tag: &str, body: &str) {
+    let dir = TempDir::new(tag);
+    let runaway = format!("nexus.on('tx_keyed', function()\n{body}\nend)\n");
+    dir.save("runaway.lua", &runaway);
+    dir.save("counter.lua", COUNTER);
+    let rig = Rig::start(dir.path(), "", &[]);
+    rig.loaded("runaway.lua", &runaway).await;
+    rig.loaded("counter.lua", COUNTER).await;
+
+    let started = Instant::now();
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(100) + SLACK,
+        "{tag}: delivery took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(90),
+        "{tag}: the loop must have run until its budget ({took:?})"
+    );
+
+    let s = rig.app.scripts.get("runaway.lua").expect("status");
+    assert_eq!(
+        (s.timeouts, s.errors, s.status),
+        (1, 1, ScriptState::Running),
+        "{tag}"
+    );
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("time budget")),
+        "{tag}: {:?}",
+        s.last_error
+    );
+    assert!(
+        rig.app
+            .metrics
+            .render()
+            .contains("nexus_script_timeouts_total{script=\"runaway.lua\"} 1")
+    );
+
+    // The runaway's next callback gets a fresh budget; the other script never noticed.
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    assert_eq!(
+        rig.call("counter.lua", "count", vec![]).await,
+        json!(2),
+        "{tag}"
+    );
+    assert_eq!(
+        rig.app.scripts.get("runaway.lua").map(|s| s.timeouts),
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn infinite_loop_is_aborted() {
+    runaway_is_aborted("loop", "while true do end").await;
+}
+
+#[tokio::test]
+async fn infinite_loop_inside_pcall_is_aborted() {
+    runaway_is_aborted(
+        "pcall",
+        "while true do pcall(function() while true do end end) end",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn infinite_loop_inside_a_coroutine_is_aborted() {
+    runaway_is_aborted(
+        "coroutine",
+        "while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn infinite_loop_in_a_coroutine_wrapped_in_pcall_is_aborted() {
+    runaway_is_aborted(
+        "wrap",
+        "pcall(coroutine.wrap(function() while true do pcall(function() while true do end end) end end))\nwhile true do end",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn memory_bomb_stops_at_the_limit() {
+    let dir = TempDir::new("memory");
+    let bomb =
+        "nexus.on('tx_keyed', function()\n  local s = 'x'\n  while true do s = s .. s end\nend)\n";
+    dir.save("bomb.lua", bomb);
+    dir.save("counter.lua", COUNTER);
+    let rig = Rig::start(dir.path(), "lua:\n  memory_limit_mb: 8\n", &[]);
+    rig.loaded("bomb.lua", bomb).await;
+    rig.loaded("counter.lua", COUNTER).await;
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    let s = rig.app.scripts.get("bomb.lua").expect("status");
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("out of memory")),
+        "{:?}",
+        s.last_error
+    );
+    assert_eq!(s.timeouts, 0);
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    assert_eq!(rig.call("counter.lua", "count", vec![]).await, json!(2));
+}
+
+#[tokio::test]
+async fn a_script_failing_again_and_again_is_disabled_with_an_alert() {
+    let dir = TempDir::new("disable");
+    let bad = "nexus.on('tx_keyed', function(e) error('no luck with ' .. e.node) end)\n";
+    dir.save("bad.lua", bad);
+    let rig = Rig::start(dir.path(), "lua:\n  max_consecutive_errors: 3\n", &[]);
+    rig.loaded("bad.lua", bad).await;
+    for _ in 0..3 {
+        rig.publish(event(ChangeKind::TxKeyed)).await;
+    }
+    let s = rig.app.scripts.get("bad.lua").expect("status");
+    assert_eq!((s.status, s.errors), (ScriptState::Disabled, 3));
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad.lua:1: no luck with 1999")),
+        "{:?}",
+        s.last_error
+    );
+    let alert = rig
+        .alert_titled("bad.lua disabled", Duration::ZERO)
+        .await
+        .expect("alert");
+    assert_eq!(alert.severity.as_str(), "warning");
+    assert!(rig.app.metrics.render().contains("nexus_scripts_loaded 0"));
+
+    // Disabled means no more calls; SIGHUP gives it another chance.
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    assert_eq!(rig.app.scripts.get("bad.lua").map(|s| s.errors), Some(3));
+    rig.host.reload_all();
+    rig.host.flush().await;
+    assert_eq!(
+        rig.app.scripts.get("bad.lua").map(|s| s.status),
+        Some(ScriptState::Running)
+    );
+}
+
+#[tokio::test]
+async fn unknown_change_kind_fails_the_load_naming_the_valid_ones() {
+    let dir = TempDir::new("kinds");
+    dir.save("typo.lua", "nexus.on('tx_key', function() end)\n");
+    let rig = Rig::start(dir.path(), "", &[]);
+    let shown = rig
+        .host
+        .wait_until(Duration::from_secs(5), |_| {
+            rig.app
+                .scripts
+                .get("typo.lua")
+                .and_then(|s| s.last_error)
+                .is_some()
+        })
+        .await;
+    assert!(shown);
+    let err = rig
+        .app
+        .scripts
+        .get("typo.lua")
+        .and_then(|s| s.last_error)
+        .expect("error");
+    assert!(
+        err.contains("typo.lua:1:") && err.contains("\"tx_key\""),
+        "{err}"
+    );
+    for k in ChangeKind::ALL {
+        assert!(err.contains(k.as_str()), "{err} lacks {k}");
+    }
+}
