@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use allstar_nexus::config::Config;
-use allstar_nexus::daemon;
-use allstar_nexus::sim::{self, SimConfig};
+use crate::config::Config;
+use crate::daemon::{self, Running};
+use crate::sim::{self, SimConfig, SimHandle};
 
 /// Where the bundled plugins and example scripts are: beside the working directory when
 /// run from a checkout, else where the crate was built.
@@ -49,8 +49,19 @@ fn demo_config(ami: SocketAddr, listen: SocketAddr, secret: &str) -> anyhow::Res
     Ok(Config::parse(&yaml, "demo", None)?)
 }
 
-pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
+/// A running demo: the simulator and the daemon watching it.
+pub struct Demo {
+    pub sim: SimHandle,
+    pub daemon: Running,
+}
+
+/// Starts the simulator (with the demo network and its activity) and the daemon on
+/// `listen` (port 0 allowed; a busy port falls back to a free one).
+pub async fn start(
+    listen: SocketAddr,
+    seed: u64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Demo> {
     let sim_config = SimConfig {
         nodes: vec!["1999".into(), "2000".into(), "2001".into()],
         ..SimConfig::default()
@@ -61,7 +72,6 @@ pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
         .context("cannot start the simulator")?;
     sim::demo_network(&sim);
     sim::spawn_activity(sim.clone(), seed, shutdown.child_token());
-
     let listen = match tokio::net::TcpListener::bind(listen).await {
         Ok(_) => listen,
         Err(e) => {
@@ -70,7 +80,18 @@ pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
         }
     };
     let config = demo_config(sim.addr(), listen, &secret)?;
-    let running = daemon::start(config, shutdown.clone()).await?;
+    let daemon = daemon::start(config, shutdown).await?;
+    Ok(Demo { sim, daemon })
+}
+
+/// `allstar-nexus demo`: starts, prints what to try, runs until Ctrl-C.
+pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let Demo {
+        sim,
+        daemon: running,
+    } = start(listen, seed, shutdown.clone()).await?;
+    let secret = sim.config().secret.clone();
     let base = format!("http://{}", running.http_addr);
     println!(
         "\nAllStar Nexus demo — a simulated AllStar network (nodes 1999, 2000, 2001) on {sim_addr}\n\n\

@@ -10,6 +10,7 @@ pub mod astdb;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod poller;

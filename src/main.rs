@@ -11,8 +11,6 @@ use allstar_nexus::config::Config;
 use allstar_nexus::daemon;
 use allstar_nexus::sim::{self, Era, SimConfig};
 
-mod demo;
-
 #[derive(Parser)]
 #[command(
     name = "allstar-nexus",
@@ -81,7 +79,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run(config).await,
-            Command::Demo { listen, seed } => demo::run(listen, seed).await,
+            Command::Demo { listen, seed } => allstar_nexus::demo::run(listen, seed).await,
             Command::Simulate {
                 listen,
                 nodes,
