@@ -18,6 +18,10 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio_util::codec::Decoder;
 
+// The daemon's allocator (src/main.rs), so the figures match what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LINKS: usize = 1_000;
 const BEYOND: usize = 500;
 

@@ -11,6 +11,12 @@ use allstar_nexus::config::Config;
 use allstar_nexus::daemon;
 use allstar_nexus::sim::{self, Era, SimConfig};
 
+// mimalloc: the parsers and the change fan-out allocate many small strings; glibc's
+// malloc spent a third of XStat parsing time in trimming and page faults
+// (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "allstar-nexus",

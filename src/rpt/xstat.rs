@@ -82,10 +82,7 @@ impl XStat {
 /// Parses an XStat reply (`Response: Success` required; `ActionID` may come first).
 pub fn parse_xstat(frame: &Frame) -> Result<XStat, RptError> {
     expect_success(frame, "XStat")?;
-    let mut x = XStat {
-        links: Vec::with_capacity(frame.get_all("Conn").count()),
-        ..XStat::default()
-    };
+    let mut x = XStat::default();
     for (key, value) in frame.headers() {
         absorb(&mut x, key, value)?;
     }
