@@ -323,3 +323,20 @@ async fn hundred_thousand_actions_each_reply_reaches_its_caller_with_events_inte
         "events were interleaved with the replies ({events})"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_a_backoff_wait_stops_at_once() {
+    let stop = CancellationToken::new();
+    let (h, attempts, _sim, mut events) = supervise_scripted(vec![Outcome::Refuse], settings(), &stop);
+    // Climb to the 60 s rung, then cancel in the middle of the wait.
+    tokio::time::sleep(Duration::from_secs(110)).await;
+    let before = attempts.lock().expect("lock").len();
+    let cancelled_at = tokio::time::Instant::now();
+    stop.cancel();
+    // The supervisor drops its event sender when it ends: the channel closes at once.
+    while events.recv().await.is_some() {}
+    assert_eq!(cancelled_at.elapsed(), Duration::ZERO, "no waiting out the backoff");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(attempts.lock().expect("lock").len(), before, "no attempt after shutdown");
+    assert!(matches!(h.send(ping()).await, Err(ActionError::NotConnected { .. })));
+}
