@@ -327,7 +327,8 @@ async fn hundred_thousand_actions_each_reply_reaches_its_caller_with_events_inte
 #[tokio::test(start_paused = true)]
 async fn shutdown_during_a_backoff_wait_stops_at_once() {
     let stop = CancellationToken::new();
-    let (h, attempts, _sim, mut events) = supervise_scripted(vec![Outcome::Refuse], settings(), &stop);
+    let (h, attempts, _sim, mut events) =
+        supervise_scripted(vec![Outcome::Refuse], settings(), &stop);
     // Climb to the 60 s rung, then cancel in the middle of the wait.
     tokio::time::sleep(Duration::from_secs(110)).await;
     let before = attempts.lock().expect("lock").len();
@@ -335,8 +336,19 @@ async fn shutdown_during_a_backoff_wait_stops_at_once() {
     stop.cancel();
     // The supervisor drops its event sender when it ends: the channel closes at once.
     while events.recv().await.is_some() {}
-    assert_eq!(cancelled_at.elapsed(), Duration::ZERO, "no waiting out the backoff");
+    assert_eq!(
+        cancelled_at.elapsed(),
+        Duration::ZERO,
+        "no waiting out the backoff"
+    );
     tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(attempts.lock().expect("lock").len(), before, "no attempt after shutdown");
-    assert!(matches!(h.send(ping()).await, Err(ActionError::NotConnected { .. })));
+    assert_eq!(
+        attempts.lock().expect("lock").len(),
+        before,
+        "no attempt after shutdown"
+    );
+    assert!(matches!(
+        h.send(ping()).await,
+        Err(ActionError::NotConnected { .. })
+    ));
 }

@@ -199,6 +199,22 @@ pub struct ConnectionStatus {
     pub banner: Option<String>,
 }
 
+impl ConnectionStatus {
+    /// The status of a server before its first attempt.
+    pub fn never_connected(server: &ServerConfig) -> ConnectionStatus {
+        ConnectionStatus {
+            server: server.name.clone(),
+            host: server.address(),
+            connected: false,
+            since_ms: 0,
+            reconnect_attempts: 0,
+            last_error: None,
+            last_error_kind: None,
+            banner: None,
+        }
+    }
+}
+
 struct Pending {
     tx: oneshot::Sender<Result<Reply, ActionError>>,
     action: String,
@@ -344,17 +360,7 @@ pub fn spawn_tcp(
 
 /// Starts the supervisor task with any connector.
 pub fn spawn(parts: SupervisorParts) -> AmiHandle {
-    let initial = ConnectionStatus {
-        server: parts.server.name.clone(),
-        host: parts.server.address(),
-        connected: false,
-        since_ms: 0,
-        reconnect_attempts: 0,
-        last_error: None,
-        last_error_kind: None,
-        banner: None,
-    };
-    let (status, _) = watch::channel(initial);
+    let (status, _) = watch::channel(ConnectionStatus::never_connected(&parts.server));
     let (changes, _) = broadcast::channel(64);
     let shared = Arc::new(Shared {
         server: parts.server.name.clone(),

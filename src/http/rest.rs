@@ -156,16 +156,7 @@ fn server_statuses(ctx: &Ctx) -> Vec<ConnectionStatus> {
             if let Some(st) = stored.iter().find(|st| st.server == s.name) {
                 return st.clone();
             }
-            ConnectionStatus {
-                server: s.name.clone(),
-                host: s.address(),
-                connected: false,
-                since_ms: 0,
-                reconnect_attempts: 0,
-                last_error: None,
-                last_error_kind: None,
-                banner: None,
-            }
+            ConnectionStatus::never_connected(s)
         })
         .collect()
 }
