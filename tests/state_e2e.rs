@@ -391,8 +391,12 @@ async fn two_nodes_on_one_server_never_cross() {
         SimLink::allstar("3001", "192.0.2.31", Direction::In),
     );
     sim.set_tx_keyed("2000", true);
-    let got = collect(&mut rx, 3).await;
-    for p in &got {
+    // Changes arrive until both nodes' news is in (the poll that 3001's appearance
+    // triggers may answer before the TX event: order across nodes is not fixed).
+    let mut seen_tx = false;
+    let mut seen_3001 = false;
+    while !(seen_tx && seen_3001) {
+        let p = collect(&mut rx, 1).await.remove(0);
         let node = p.event.node.as_deref().expect("node");
         let link = p.event.link.as_ref().map(|l| l.node.as_str());
         match node {
@@ -400,6 +404,8 @@ async fn two_nodes_on_one_server_never_cross() {
             "2000" => assert!(matches!(link, Some("4000") | None), "{}", p.json),
             other => panic!("unknown node {other}"),
         }
+        seen_tx |= p.event.kind == ChangeKind::TxKeyed && node == "2000";
+        seen_3001 |= p.event.kind == ChangeKind::LinkConnected && link == Some("3001");
     }
     // The new link's IP and direction come from the poll its appearance triggers.
     wait_until("1999 complete", || {
