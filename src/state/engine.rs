@@ -5,7 +5,6 @@
 //! channel learned from earlier events), reconciles (`reconcile`), and publishes each
 //! resulting change once, updating metrics as it goes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,8 +70,6 @@ pub struct Engine {
     store: StateStore,
     metrics: Metrics,
     automatic_polling: bool,
-    /// Servers whose loss was already announced (no repeat per failed attempt).
-    down_announced: BTreeMap<String, bool>,
     poll_requests: Option<mpsc::UnboundedSender<String>>,
 }
 
@@ -82,7 +79,6 @@ impl Engine {
             store,
             metrics,
             automatic_polling,
-            down_announced: BTreeMap::new(),
             poll_requests: None,
         }
     }
@@ -216,17 +212,17 @@ impl Engine {
 
     /// A session came up or went down.
     pub fn on_status(&mut self, st: ConnectionStatus) {
-        let announce = if st.connected {
-            self.down_announced.insert(st.server.clone(), false);
-            Some(ChangeKind::AmiConnected)
-        } else if self.down_announced.insert(st.server.clone(), true) != Some(true) {
-            Some(ChangeKind::AmiDisconnected)
-        } else {
-            None
-        };
         let metrics = self.metrics.clone();
         let automatic = self.automatic_polling;
         self.store.update(|m, tx| {
+            // Announce every transition, and a server's first known state when it is down;
+            // repeated failures while down are news for the API, not the change stream.
+            let was_up = m.servers.get(&st.server).map(|old| old.connected);
+            let announce = match (was_up, st.connected) {
+                (_, true) => Some(ChangeKind::AmiConnected),
+                (None | Some(true), false) => Some(ChangeKind::AmiDisconnected),
+                (Some(false), false) => None,
+            };
             m.servers.insert(st.server.clone(), st.clone());
             for n in m.nodes.values_mut().filter(|n| n.server == st.server) {
                 // Down: stale at once. Up: fresh when the first poll lands (or at once
