@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod poller;
 pub mod rpt;
 pub mod script;
