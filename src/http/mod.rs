@@ -9,6 +9,7 @@
 //! and POSTs that carry a foreign `Origin` are refused ([`origin`]). Nothing from the
 //! configuration is serialised (it holds AMI passwords). See `docs/api.md`.
 
+mod dashboard;
 mod errors;
 mod metrics;
 mod openapi;
@@ -76,6 +77,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/api/openapi.json",
+    },
+    Route {
+        method: "GET",
+        path: "/api/dashboard",
     },
     Route {
         method: "GET",
@@ -213,6 +218,8 @@ fn routes(
         .or(ws::route(ctx.clone()))
         .unify()
         .or(metrics::route(ctx.clone()))
+        .unify()
+        .or(dashboard::routes(ctx.clone()))
         .unify()
         .or(wrong_method())
         .unify();
