@@ -9,8 +9,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use allstar_nexus::alerts::{AlertRequest, Severity};
 use allstar_nexus::daemon::Running;
-use allstar_nexus::sim::{self, SimConfig, SimHandle, SimLink};
+use allstar_nexus::sim::{self, SimConfig, SimHandle, SimLink, SimVoterReceiver};
 use allstar_nexus::state::model::Direction;
 use browser::Browser;
 use serde_json::{Value, json};
@@ -18,6 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 /// One browser test at a time: the machine is small and Chromium is not.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Names for the demo network, as AllStarLink's `astdb.txt` has them.
+const DEMO_ASTDB: &str = "1999|W1HUB|Hub node|Springfield, MA\n2000|W1AW|ARRL HQ repeater|Newington, CT\n\
+    2001|K1VOT|Voted repeater|Boston, MA\n27339|N2BIG|Big hub|Albany, NY\n51234|KD1MON|Monitor site|Portland, ME\n\
+    41522|WA1XYZ|Club repeater|Worcester, MA\n48335|K1LOC|Local monitor|Hartford, CT\n";
 
 /// Generous bound for the page to catch up (it normally takes milliseconds).
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -242,11 +248,24 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     .await
     .expect("sim");
     sim::demo_network(&sim);
-    let d = daemon_on(&sim, "127.0.0.1:0", &["1999", "2000", "2001"], None)
+    sim.set_voter(
+        "2001",
+        vec![
+            SimVoterReceiver::new("hilltop", "192.0.2.51:1667", 212).with_flags(&["Master"]),
+            SimVoterReceiver::new("downtown", "192.0.2.52:1667", 140),
+            SimVoterReceiver::new("airport", "198.51.100.53:1667", 37),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("nexus-dash-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("astdb.txt");
+    std::fs::write(&db, DEMO_ASTDB).expect("astdb");
+    let d = daemon_on(&sim, "127.0.0.1:0", &["1999", "2000", "2001"], Some(&db))
         .await
         .expect("daemon");
     let base = format!("http://{}", d.http_addr);
     let nodes = settled_nodes(&base, 8).await;
+    d.app.control.voter_status("2001").await.expect("voter status");
     let mut expected: Vec<Vec<String>> = Vec::new();
     for n in &nodes {
         for l in n["links"].as_array().into_iter().flatten() {
@@ -314,8 +333,33 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         .await;
     assert_eq!(controls, json!(0), "read-only viewers see no controls");
 
-    let dir = screenshot_dir();
-    b.screenshot(&dir.join("dashboard-1280.png")).await;
+    // A lively moment for the screenshots: names, a voter, a talker and a live alert.
+    b.wait_for(
+        "astdb names and voter receivers",
+        PAGE_WAIT,
+        "return document.querySelector('[data-node=\"1999\"] .callsign').textContent === 'W1HUB' && \
+         document.querySelectorAll('[data-node=\"2001\"] .rx-list li').length === 3 && \
+         document.querySelector('[data-node=\"2001\"] .rx-list li.voted')",
+    )
+    .await;
+    assert!(sim.set_link_keyed("1999", "27339", true));
+    d.app.alerts.raise(AlertRequest {
+        severity: Severity::parse("warning").expect("severity"),
+        title: "TX stuck".into(),
+        message: "node 2000 has transmitted for 10 minutes".into(),
+        node: Some("2000".into()),
+        key: None,
+        source: "dashboard test".into(),
+    });
+    b.wait_for(
+        "the talker and the live alert",
+        PAGE_WAIT,
+        "return document.querySelector('tr[data-link=\"27339\"].keyed') && \
+         document.querySelector('#alerts li .title').textContent === 'TX stuck'",
+    )
+    .await;
+    let shots = screenshot_dir();
+    b.screenshot(&shots.join("dashboard-1280.png")).await;
     b.resize(375, 900).await;
     b.wait_for(
         "the page to fit 375 px",
@@ -323,10 +367,11 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         "return window.innerWidth <= 400 && document.documentElement.scrollWidth <= window.innerWidth",
     )
     .await;
-    b.screenshot(&dir.join("dashboard-375.png")).await;
-    eprintln!("screenshots in {}", dir.display());
+    b.screenshot(&shots.join("dashboard-375.png")).await;
+    eprintln!("screenshots in {}", shots.display());
     d.shutdown.cancel();
     sim.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

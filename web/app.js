@@ -456,7 +456,7 @@
     const cap = el("caption", "link-count");
     const thead = el("thead");
     const tr = el("tr");
-    for (const h of ["Node", "Callsign / description", "IP", "Direction", "Mode", "State", "Connected", "Last heard", "Keyups", "Talk time", ""]) {
+    for (const h of ["Node", "Name", "IP", "Dir.", "Mode", "State", "Connected", "Last heard", "Keyups", "Talk", ""]) {
       const th = el("th", null, h); th.scope = "col"; tr.append(th);
     }
     thead.append(tr);
@@ -565,7 +565,7 @@
     if (l.callsign) name.append(el("strong", null, l.callsign));
     const d = [l.description, l.location].filter(Boolean).join(", ");
     if (d) name.append(el("span", "sub", d));
-    if (!l.callsign && !d) name.append(el("span", "muted", l.kind === "echolink" ? "EchoLink" : "—"));
+    if (!l.callsign && !d) name.append(l.kind === "echolink" ? el("span", "muted", "EchoLink") : el("span", "muted none", "—"));
     c("c-ip").textContent = l.ip || "—";
     c("c-dir").textContent = DIRS[l.direction] || "—";
     c("c-mode").textContent = MODES[l.mode] || (l.mode || "—");
