@@ -94,7 +94,8 @@ pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
     let secret = sim.config().secret.clone();
     let base = format!("http://{}", running.http_addr);
     println!(
-        "\nAllStar Nexus demo — a simulated AllStar network (nodes 1999, 2000, 2001) on {sim_addr}\n\n\
+        "\nDashboard: {base}/   (open it in a browser)\n\n\
+         AllStar Nexus demo — a simulated AllStar network (nodes 1999, 2000, 2001) on {sim_addr}\n\n\
          Try:\n\
          \x20 {base}/api/health            connection status in plain words\n\
          \x20 {base}/api/nodes             every node and link, live\n\
