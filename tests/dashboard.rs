@@ -35,7 +35,9 @@ async fn daemon_on(
     nodes: &[&str],
     astdb: Option<&std::path::Path>,
 ) -> anyhow::Result<Running> {
-    let astdb = astdb.map_or("/nonexistent/astdb.txt".to_owned(), |p| p.display().to_string());
+    let astdb = astdb.map_or("/nonexistent/astdb.txt".to_owned(), |p| {
+        p.display().to_string()
+    });
     let mut yaml = format!(
         "listen: \"{listen}\"\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {}\n\
          ami_retry_interval: 1s\nami_retry_max: 1s\nastdb_path: \"{astdb}\"\nscript_dirs: []\nnodes:\n",
@@ -52,7 +54,10 @@ async fn daemon_on(
 /// A simulator with `nodes` and node 1999 linked to 2000 (outbound, transceive).
 async fn small_network() -> SimHandle {
     let sim = common::sim_on_tcp(&["1999"]).await;
-    sim.connect_link("1999", SimLink::allstar("2000", "192.0.2.44", Direction::Out));
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2000", "192.0.2.44", Direction::Out),
+    );
     sim
 }
 
@@ -84,10 +89,7 @@ async fn settled_nodes(base: &str, expect_links: usize) -> Vec<Value> {
         {
             return nodes;
         }
-        assert!(
-            start.elapsed() < PAGE_WAIT,
-            "the daemon never settled: {v}"
-        );
+        assert!(start.elapsed() < PAGE_WAIT, "the daemon never settled: {v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -183,7 +185,10 @@ fn page_sources_have_no_inline_script_and_no_html_sinks() {
     let lower = html.to_ascii_lowercase();
     assert!(!lower.contains(" style="), "inline style attribute");
     assert!(!lower.contains(" onclick=") && !lower.contains(" onload="));
-    assert!(!lower.contains("http://") && !lower.contains("https://"), "nothing from elsewhere");
+    assert!(
+        !lower.contains("http://") && !lower.contains("https://"),
+        "nothing from elsewhere"
+    );
     for sink in [
         "innerHTML",
         "outerHTML",
@@ -265,7 +270,11 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         .expect("daemon");
     let base = format!("http://{}", d.http_addr);
     let nodes = settled_nodes(&base, 8).await;
-    d.app.control.voter_status("2001").await.expect("voter status");
+    d.app
+        .control
+        .voter_status("2001")
+        .await
+        .expect("voter status");
     let mut expected: Vec<Vec<String>> = Vec::new();
     for n in &nodes {
         for l in n["links"].as_array().into_iter().flatten() {
@@ -284,7 +293,8 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     }
     expected.sort();
     assert!(
-        expected.iter().any(|r| r[3] == "Monitor") && expected.iter().any(|r| r[3] == "Local monitor"),
+        expected.iter().any(|r| r[3] == "Monitor")
+            && expected.iter().any(|r| r[3] == "Local monitor"),
         "the demo network has monitor and local-monitor links: {expected:?}"
     );
 
@@ -309,7 +319,11 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
             json!([]),
         )
         .await;
-    assert_eq!(order, json!(["1999", "2000", "2001"]), "cards in config order");
+    assert_eq!(
+        order,
+        json!(["1999", "2000", "2001"]),
+        "cards in config order"
+    );
     let counts = b
         .js(
             "return Array.from(document.querySelectorAll('.link-count')).map(c => c.textContent)",
@@ -389,9 +403,7 @@ async fn browser_keyup_highlights_row_within_500ms_and_sets_title() {
     let b = Browser::open(1280, 900).await;
     b.goto(&base).await;
     let row = row_state_js("1999", "2000");
-    let first = b
-        .wait_for("row 2000", PAGE_WAIT, &row)
-        .await;
+    let first = b.wait_for("row 2000", PAGE_WAIT, &row).await;
     assert_eq!(first["keyed"], json!(false));
     // Connected time ticks on the client without any server message.
     let conn = first["conn"].clone();
@@ -414,16 +426,27 @@ async fn browser_keyup_highlights_row_within_500ms_and_sets_title() {
     let took = t0.elapsed();
     eprintln!("keyup shown after {took:?}");
     assert!(took < Duration::from_millis(500), "keyup took {took:?}");
-    assert!(keyed["text"].as_str().unwrap_or("").contains("KEYED"), "keyed in text too: {keyed}");
+    assert!(
+        keyed["text"].as_str().unwrap_or("").contains("KEYED"),
+        "keyed in text too: {keyed}"
+    );
     let title = b.js("return document.title", json!([])).await;
     assert!(
-        title.as_str().is_some_and(|t| t.contains("2000") && t.contains('🔴')),
+        title
+            .as_str()
+            .is_some_and(|t| t.contains("2000") && t.contains('🔴')),
         "title {title}"
     );
     let talking = b
-        .js("return document.querySelector('[data-node=\"1999\"] .talking').textContent", json!([]))
+        .js(
+            "return document.querySelector('[data-node=\"1999\"] .talking').textContent",
+            json!([]),
+        )
         .await;
-    assert!(talking.as_str().unwrap_or("").contains("Talking now"), "{talking}");
+    assert!(
+        talking.as_str().unwrap_or("").contains("Talking now"),
+        "{talking}"
+    );
 
     assert!(sim.set_link_keyed("1999", "2000", false));
     b.wait_for(
@@ -452,8 +475,11 @@ async fn browser_ami_down_shows_banner_and_restore_clears_it() {
     b.wait_for("row 2000", PAGE_WAIT, &row_state_js("1999", "2000"))
         .await;
     assert_eq!(
-        b.js("return document.getElementById('ami-banner').hidden", json!([]))
-            .await,
+        b.js(
+            "return document.getElementById('ami-banner').hidden",
+            json!([])
+        )
+        .await,
         json!(true)
     );
     sim.pause_listener().await;
@@ -466,7 +492,8 @@ async fn browser_ami_down_shows_banner_and_restore_clears_it() {
         .await;
     let host = format!("127.0.0.1:{}", sim.addr().port());
     assert!(
-        text.as_str().is_some_and(|t| t.contains("unreachable") && t.contains(&host)),
+        text.as_str()
+            .is_some_and(|t| t.contains("unreachable") && t.contains(&host)),
         "plain words with the host: {text}"
     );
     b.wait_for(
@@ -516,14 +543,20 @@ async fn browser_daemon_restart_on_same_port_recovers_without_reload() {
     )
     .await;
     // While the daemon is away the network changes: the page must show the new truth.
-    sim.connect_link("1999", SimLink::allstar("2222", "198.51.100.9", Direction::In));
+    sim.connect_link(
+        "1999",
+        SimLink::allstar("2222", "198.51.100.9", Direction::In),
+    );
     assert!(sim.disconnect_link("1999", "2000"));
     let start = Instant::now();
     let second = loop {
         match daemon_on(&sim, &addr.to_string(), &["1999"], None).await {
             Ok(d) => break d,
             Err(e) => {
-                assert!(start.elapsed() < PAGE_WAIT, "cannot listen again on {addr}: {e:#}");
+                assert!(
+                    start.elapsed() < PAGE_WAIT,
+                    "cannot listen again on {addr}: {e:#}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -587,11 +620,15 @@ async fn browser_astdb_html_stays_text_and_runs_nothing() {
         .await;
     assert_eq!(shown["call"], json!(evil_call));
     assert!(
-        shown["desc"].as_str().is_some_and(|d| d.contains(evil_desc) && d.contains("<b>bold</b>")),
+        shown["desc"]
+            .as_str()
+            .is_some_and(|d| d.contains(evil_desc) && d.contains("<b>bold</b>")),
         "{shown}"
     );
     assert!(
-        shown["link"].as_str().is_some_and(|d| d.contains(evil_link)),
+        shown["link"]
+            .as_str()
+            .is_some_and(|d| d.contains(evil_link)),
         "{shown}"
     );
     // Give any injected handler the chance to run: an image error or script would have
@@ -609,7 +646,11 @@ async fn browser_astdb_html_stays_text_and_runs_nothing() {
             json!([]),
         )
         .await;
-    assert_eq!(verdict, json!({"xss": null, "elements": 0}), "nothing injected ran");
+    assert_eq!(
+        verdict,
+        json!({"xss": null, "elements": 0}),
+        "nothing injected ran"
+    );
     d.shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -703,11 +744,18 @@ async fn browser_control_login_connect_verified_disconnect() {
     settled_nodes(&base, 1).await;
     let b = Browser::open(1280, 900).await;
     b.goto(&base).await;
-    b.wait_for("the login button", PAGE_WAIT, "return document.querySelector('.btn-login')")
-        .await;
+    b.wait_for(
+        "the login button",
+        PAGE_WAIT,
+        "return document.querySelector('.btn-login')",
+    )
+    .await;
     assert_eq!(
-        b.js("return document.querySelectorAll('.connect-form, .btn-disconnect').length", json!([]))
-            .await,
+        b.js(
+            "return document.querySelectorAll('.connect-form, .btn-disconnect').length",
+            json!([])
+        )
+        .await,
         json!(0),
         "no controls before login"
     );
@@ -755,7 +803,11 @@ async fn browser_control_login_connect_verified_disconnect() {
         json!([]),
     )
     .await;
-    click_later(&b, "[data-node=\"1999\"] tr[data-link=\"2003\"] .btn-disconnect").await;
+    click_later(
+        &b,
+        "[data-node=\"1999\"] tr[data-link=\"2003\"] .btn-disconnect",
+    )
+    .await;
     b.accept_dialog().await;
     b.wait_for(
         "the verified disconnect and the row gone",
@@ -767,6 +819,15 @@ async fn browser_control_login_connect_verified_disconnect() {
     .await;
     d.shutdown.cancel();
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A tracing log line (they share stdout with the demo's own text).
+fn is_log_line(l: &str) -> bool {
+    // Coloured (`ESC[2m2026-…`) or plain (`2026-11-29T…`) timestamps.
+    let year = l
+        .get(..5)
+        .is_some_and(|y| y.as_bytes()[..4].iter().all(u8::is_ascii_digit) && y.ends_with('-'));
+    l.starts_with('\u{1b}') || year
 }
 
 #[tokio::test]
@@ -784,7 +845,7 @@ async fn demo_prints_the_dashboard_url_first() {
     let first = tokio::time::timeout(PAGE_WAIT, async {
         loop {
             match lines.next_line().await {
-                Ok(Some(l)) if l.trim().is_empty() => continue,
+                Ok(Some(l)) if l.trim().is_empty() || is_log_line(&l) => continue,
                 Ok(Some(l)) => return l,
                 other => panic!("demo printed nothing: {other:?}"),
             }
@@ -796,7 +857,10 @@ async fn demo_prints_the_dashboard_url_first() {
         .strip_prefix("Dashboard: ")
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("first line is not the dashboard URL: {first:?}"));
-    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with('/'), "{url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
     let r = reqwest::get(url).await.expect("the dashboard answers");
     assert_eq!(r.status(), 200);
     let page = r.text().await.expect("page");

@@ -170,6 +170,8 @@
       S.ws = null;
       setLive(false);
       setConnBanner("Connection to the AllStar Nexus server lost — reconnecting…");
+      // Refused before it ever opened: perhaps reads need a login (anonymous_read: false).
+      if (!S.everConnected && S.retry % 4 === 0) loadSession();
       scheduleReconnect();
     };
   }

@@ -280,11 +280,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = raw_http(
-            "DELETE",
-            &self.base,
-            &format!("/session/{}", self.session),
-        );
+        let _ = raw_http("DELETE", &self.base, &format!("/session/{}", self.session));
     }
 }
 
