@@ -382,6 +382,15 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     )
     .await;
     b.screenshot(&shots.join("dashboard-375.png")).await;
+    b.dark_mode().await;
+    b.wait_for(
+        "the dark colour scheme",
+        PAGE_WAIT,
+        "return matchMedia('(prefers-color-scheme: dark)').matches && \
+         getComputedStyle(document.body).backgroundColor !== 'rgb(244, 245, 247)'",
+    )
+    .await;
+    b.screenshot(&shots.join("dashboard-375-dark.png")).await;
     eprintln!("screenshots in {}", shots.display());
     d.shutdown.cancel();
     sim.shutdown();

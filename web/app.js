@@ -52,9 +52,10 @@
     if (secs < 86400) return `${Math.floor(secs / 3600)} h ago`;
     return `${Math.floor(secs / 86400)} d ago`;
   }
+  function sentence(t) { return /[.?!]$/.test(t) ? t : `${t}.`; }
   function clock(ms) {
     const d = new Date(ms);
-    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   }
 
   async function getJson(path) {
@@ -221,7 +222,7 @@
     const b = $("ami-banner");
     const host = serverHost(server);
     b.textContent = `Asterisk ${host ? "at " + host + " " : ""}unreachable since ${clock(now())}` +
-      (error ? ` — ${error}` : "") + "; retrying automatically.";
+      (error ? ` — ${sentence(error)}` : ".") + " Retrying automatically.";
     b.hidden = false;
   }
 
@@ -238,8 +239,8 @@
     b.textContent = down.map((s) => {
       if (s.state === "connecting") return `Connecting to Asterisk at ${s.host}…`;
       const since = s.since ? ` since ${clock(Date.parse(s.since))}` : "";
-      return `Asterisk at ${s.host} unreachable${since}` + (s.last_error ? ` — ${s.last_error}` : "") +
-        `; retrying automatically (attempt ${s.reconnect_attempts || 0}).`;
+      return `Asterisk at ${s.host} unreachable${since}` + (s.last_error ? ` — ${sentence(s.last_error)}` : ".") +
+        ` Retrying automatically (attempt ${s.reconnect_attempts || 0}).`;
     }).join(" ");
     b.hidden = false;
   }

@@ -251,6 +251,17 @@ impl Browser {
         std::fs::write(path, png).expect("write screenshot");
     }
 
+    /// Emulates `prefers-color-scheme: dark` (Chromium DevTools command through chromedriver).
+    pub async fn dark_mode(&self) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia",
+                        "params": {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}})),
+        )
+        .await;
+    }
+
     /// Accepts the open `confirm()` dialog, waiting for it to appear.
     pub async fn accept_dialog(&self) {
         let start = Instant::now();
