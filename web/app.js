@@ -129,10 +129,12 @@
 
   async function connect() {
     // A restarted daemon numbers its changes anew: resume only within the same run.
+    // No socket before the daemon has answered: the answer tells whether it restarted.
     const h = await refreshHealth();
-    if (h && S.started && h.started !== S.started) { S.seq = null; S.epoch = null; }
-    if (h) S.started = h.started;
-    if (!S.meta || !h) await loadMeta();
+    if (!h) { scheduleReconnect(); return; }
+    if (S.started && h.started !== S.started) { S.seq = null; S.epoch = null; }
+    S.started = h.started;
+    if (!S.meta) await loadMeta();
     const q = [];
     if (S.seq !== null) q.push(`since=${S.seq}`);
     if (S.seq !== null && S.epoch) q.push(`epoch=${encodeURIComponent(S.epoch)}`);
