@@ -373,6 +373,14 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     )
     .await;
     let shots = screenshot_dir();
+    // Tall enough to show the third card's voter receivers too.
+    b.resize(1280, 1400).await;
+    b.wait_for(
+        "the taller window",
+        PAGE_WAIT,
+        "return window.innerHeight > 1200",
+    )
+    .await;
     b.screenshot(&shots.join("dashboard-1280.png")).await;
     b.resize(375, 900).await;
     b.wait_for(
