@@ -19,6 +19,7 @@
     session: null,         // /api/session, or null when absent (read-only)
     alerts: [],
     voter: new Map(),
+    amiDown: new Map(),    // server -> banner text, from the stream (ami_* changes, stale nodes)
     activity: new Map(),
     ws: null,
     retry: 0,
@@ -116,7 +117,9 @@
       }
       case "ami_connected": case "ami_disconnected":
         for (const m of S.nodes.values()) if (m.server === ev.server) m.stale = ev.kind === "ami_disconnected";
-        if (ev.kind === "ami_disconnected") showAmiDown(ev.server, ev.error);
+        if (ev.kind === "ami_disconnected") S.amiDown.set(ev.server, downText(ev.server, ev.error));
+        else S.amiDown.delete(ev.server);
+        renderAmiBanner();
         refreshHealth();
         break;
       default:
@@ -157,6 +160,8 @@
       if (typeof msg.epoch === "string") S.epoch = msg.epoch;
       if (msg.type === "snapshot") {
         setNodes(msg.nodes);
+        S.amiDown.clear();
+        for (const n of S.nodes.values()) if (n.stale) S.amiDown.set(n.server, downText(n.server, null));
         S.seq = msg.seq;
         renderAll();
       } else if (msg.type === "event" && msg.event) {
@@ -220,12 +225,10 @@
     } catch (_) { return null; }
   }
 
-  function showAmiDown(server, error) {
-    const b = $("ami-banner");
+  function downText(server, error) {
     const host = serverHost(server);
-    b.textContent = `Asterisk ${host ? "at " + host + " " : ""}unreachable since ${clock(now())}` +
+    return `Asterisk ${host ? "at " + host : server} unreachable since ${clock(now())}` +
       (error ? ` — ${sentence(error)}` : ".") + " Retrying automatically.";
-    b.hidden = false;
   }
 
   function serverHost(name) {
@@ -236,14 +239,17 @@
   function renderAmiBanner() {
     const b = $("ami-banner");
     const h = S.health;
-    const down = h && h.ami_enabled !== false ? (h.servers || []).filter((s) => !s.connected) : [];
-    if (!down.length) { b.hidden = true; b.textContent = ""; return; }
-    b.textContent = down.map((s) => {
+    if (h && h.ami_enabled === false) { b.hidden = true; b.textContent = ""; return; }
+    const down = h ? (h.servers || []).filter((s) => !s.connected) : [];
+    // The stream may know first (health is read right after): show either.
+    const extra = Array.from(S.amiDown).filter(([name]) => !down.some((s) => s.name === name)).map(([, t]) => t);
+    if (!down.length && !extra.length) { b.hidden = true; b.textContent = ""; return; }
+    b.textContent = extra.concat(down.map((s) => {
       if (s.state === "connecting") return `Connecting to Asterisk at ${s.host}…`;
       const since = s.since ? ` since ${clock(Date.parse(s.since))}` : "";
       return `Asterisk at ${s.host} unreachable${since}` + (s.last_error ? ` — ${sentence(s.last_error)}` : ".") +
         ` Retrying automatically (attempt ${s.reconnect_attempts || 0}).`;
-    }).join(" ");
+    })).join(" ");
     b.hidden = false;
   }
 
