@@ -58,7 +58,10 @@ pub fn read_capped(path: &Path, limit: u64) -> std::io::Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("file is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+            format!(
+                "file is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
@@ -502,11 +505,19 @@ impl Resolver<'_> {
         for (i, line) in self.text.lines().enumerate() {
             for part in line.split([',', '{', '}', '[', ']']) {
                 let t = part.trim().trim_start_matches("- ");
-                let Some(v) = t.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix(':'))
+                let Some(v) = t
+                    .strip_prefix(key)
+                    .and_then(|r| r.trim_start().strip_prefix(':'))
                 else {
                     continue;
                 };
-                if v.split(" #").next().unwrap_or(v).trim().trim_matches(['"', '\'']) == value {
+                if v.split(" #")
+                    .next()
+                    .unwrap_or(v)
+                    .trim()
+                    .trim_matches(['"', '\''])
+                    == value
+                {
                     found += 1;
                     if found == nth {
                         return format!("{key} (line {})", i + 1);
@@ -601,13 +612,38 @@ impl Resolver<'_> {
             self.dur_in(key, v.map(|d| d.0).unwrap_or(dflt), MS, max)
         };
         let s = AmiSettings {
-            retry_interval: pick(f.ami_retry_interval, d.retry_interval, "ami_retry_interval", HOUR)?,
+            retry_interval: pick(
+                f.ami_retry_interval,
+                d.retry_interval,
+                "ami_retry_interval",
+                HOUR,
+            )?,
             retry_max: pick(f.ami_retry_max, d.retry_max, "ami_retry_max", HOUR)?,
             retry_jitter: d.retry_jitter,
-            connect_timeout: pick(f.ami_connect_timeout, d.connect_timeout, "ami_connect_timeout", FIVE_MIN)?,
-            keepalive_interval: pick(f.ami_keepalive_interval, d.keepalive_interval, "ami_keepalive_interval", HOUR)?,
-            keepalive_timeout: pick(f.ami_keepalive_timeout, d.keepalive_timeout, "ami_keepalive_timeout", FIVE_MIN)?,
-            action_timeout: pick(f.ami_action_timeout, d.action_timeout, "ami_action_timeout", FIVE_MIN)?,
+            connect_timeout: pick(
+                f.ami_connect_timeout,
+                d.connect_timeout,
+                "ami_connect_timeout",
+                FIVE_MIN,
+            )?,
+            keepalive_interval: pick(
+                f.ami_keepalive_interval,
+                d.keepalive_interval,
+                "ami_keepalive_interval",
+                HOUR,
+            )?,
+            keepalive_timeout: pick(
+                f.ami_keepalive_timeout,
+                d.keepalive_timeout,
+                "ami_keepalive_timeout",
+                FIVE_MIN,
+            )?,
+            action_timeout: pick(
+                f.ami_action_timeout,
+                d.action_timeout,
+                "ami_action_timeout",
+                FIVE_MIN,
+            )?,
             events: f.ami_events.clone().unwrap_or(d.events),
             max_frame_bytes: self.num_in(
                 "ami_max_frame_bytes",
@@ -635,7 +671,13 @@ impl Resolver<'_> {
     }
 
     /// `v` if it lies in `lo..=hi`, else an error naming the key, its line and the range.
-    fn dur_in(&self, key: &str, v: Duration, lo: Duration, hi: Duration) -> Result<Duration, String> {
+    fn dur_in(
+        &self,
+        key: &str,
+        v: Duration,
+        lo: Duration,
+        hi: Duration,
+    ) -> Result<Duration, String> {
         if v < lo || v > hi {
             return Err(format!(
                 "{}: must be between {} and {}, got {}",
@@ -649,7 +691,13 @@ impl Resolver<'_> {
     }
 
     /// `v` if it lies in `lo..=hi`, else an error naming the key, its line and the range.
-    fn num_in<T: PartialOrd + std::fmt::Display>(&self, key: &str, v: T, lo: T, hi: T) -> Result<T, String> {
+    fn num_in<T: PartialOrd + std::fmt::Display>(
+        &self,
+        key: &str,
+        v: T,
+        lo: T,
+        hi: T,
+    ) -> Result<T, String> {
         if v < lo || v > hi {
             return Err(format!(
                 "{}: must be between {lo} and {hi}, got {v}",
@@ -665,15 +713,35 @@ impl Resolver<'_> {
         self.num_in("max_clients", ws.max_clients, 1, 100_000)?;
         self.num_in("replay_buffer", ws.replay_buffer, 1, 1_000_000)?;
         self.num_in("client_queue", ws.client_queue, 1, 100_000)?;
-        self.num_in("max_message_bytes", ws.max_message_bytes, 64, 16 * 1024 * 1024)?;
+        self.num_in(
+            "max_message_bytes",
+            ws.max_message_bytes,
+            64,
+            16 * 1024 * 1024,
+        )?;
         self.dur_in("heartbeat", ws.heartbeat.0, Duration::from_secs(1), HOUR)?;
         let lua = &f.lua;
         self.num_in("memory_limit_mb", lua.memory_limit_mb, 1, 4096)?;
         self.num_in("queue", lua.queue, 1, 10_000_000)?;
-        self.num_in("max_consecutive_errors", lua.max_consecutive_errors, 1, 1_000_000)?;
-        self.dur_in("callback_budget", lua.callback_budget.0, MS, Duration::from_secs(60))?;
+        self.num_in(
+            "max_consecutive_errors",
+            lua.max_consecutive_errors,
+            1,
+            1_000_000,
+        )?;
+        self.dur_in(
+            "callback_budget",
+            lua.callback_budget.0,
+            MS,
+            Duration::from_secs(60),
+        )?;
         self.num_in("history", f.alerts.history, 0, 1_000_000)?;
-        self.dur_in("repeat_interval", f.alerts.repeat_interval.0, Duration::ZERO, 7 * DAY)?;
+        self.dur_in(
+            "repeat_interval",
+            f.alerts.repeat_interval.0,
+            Duration::ZERO,
+            7 * DAY,
+        )?;
         for w in &f.alert_webhooks {
             self.dur_in("timeout", w.timeout.0, MS, FIVE_MIN)?;
             self.num_in("retries", w.retries, 0, 100)?;
@@ -743,7 +811,10 @@ impl Resolver<'_> {
             return Err(format!("{}: is empty", key("host")));
         }
         if s.port == 0 {
-            return Err(format!("{}: must be between 1 and 65535, got 0", key("port")));
+            return Err(format!(
+                "{}: must be between 1 and 65535, got 0",
+                key("port")
+            ));
         }
         let username = s
             .username
@@ -872,8 +943,24 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn valid_event_mask(mask: &str) -> bool {
     const WORDS: [&str; 6] = ["on", "off", "yes", "no", "true", "false"];
     const CLASSES: [&str; 19] = [
-        "system", "call", "log", "verbose", "command", "agent", "user", "config", "dtmf",
-        "reporting", "cdr", "dialplan", "originate", "agi", "cc", "aoc", "test", "security",
+        "system",
+        "call",
+        "log",
+        "verbose",
+        "command",
+        "agent",
+        "user",
+        "config",
+        "dtmf",
+        "reporting",
+        "cdr",
+        "dialplan",
+        "originate",
+        "agi",
+        "cc",
+        "aoc",
+        "test",
+        "security",
         "message",
     ];
     let m = mask.trim();
@@ -894,7 +981,10 @@ fn split_indent(line: &str) -> (usize, usize, &str) {
     let mut col = line.len() - line.trim_start_matches(' ').len();
     let mut rest = &line[col..];
     let mut dashes = 0;
-    while let Some(r) = rest.strip_prefix("- ").or(if rest == "-" { Some("") } else { None }) {
+    while let Some(r) = rest
+        .strip_prefix("- ")
+        .or(if rest == "-" { Some("") } else { None })
+    {
         let r2 = r.trim_start_matches(' ');
         col += rest.len() - r2.len();
         rest = r2;

@@ -390,7 +390,11 @@ async fn shutdown_sends_logoff_and_the_supervisor_ends() {
         .iter()
         .filter_map(|a| a.action().map(str::to_owned))
         .collect();
-    assert_eq!(actions.last().map(String::as_str), Some("Logoff"), "{actions:?}");
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("Logoff"),
+        "{actions:?}"
+    );
     assert_eq!(
         m.ami_actions
             .with_label_values(&["test", "Logoff", "ok"])
@@ -478,7 +482,9 @@ async fn stray_replies_are_protocol_errors_and_complete_nothing() {
     let stop = CancellationToken::new();
     let (h, m, _rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
     wait_connected(&h, true).await;
-    sim.inject_raw(b"Response: Success\r\nNode: \r\n\r\nResponse: Success\r\nActionID: evil-1\r\n\r\n");
+    sim.inject_raw(
+        b"Response: Success\r\nNode: \r\n\r\nResponse: Success\r\nActionID: evil-1\r\n\r\n",
+    );
     let errors = || m.ami_protocol_errors.with_label_values(&["test"]).get();
     wait_until("two protocol errors", || errors() >= 2).await;
     let reply = h.send(ping()).await.expect("the session still works");
@@ -524,18 +530,32 @@ async fn a_hundred_thousand_link_event_does_not_stall_the_session() {
     let started = Instant::now();
     let frame = loop {
         match rx.recv().await.expect("events flow") {
-            AmiEvent::Event { frame, .. } if frame.event() == Some("RPT_ALINKS") && frame.len() == 4 => break frame,
+            AmiEvent::Event { frame, .. }
+                if frame.event() == Some("RPT_ALINKS") && frame.len() == 4 =>
+            {
+                break frame;
+            }
             _ => {}
         }
     };
     let parsed = allstar_nexus::rpt::parse_event(&frame);
-    eprintln!("100,000-link RPT_ALINKS: received and refused in {:?}", started.elapsed());
+    eprintln!(
+        "100,000-link RPT_ALINKS: received and refused in {:?}",
+        started.elapsed()
+    );
     assert!(
-        matches!(parsed, Some(Err(allstar_nexus::rpt::RptError::TooManyLinks { .. }))),
+        matches!(
+            parsed,
+            Some(Err(allstar_nexus::rpt::RptError::TooManyLinks { .. }))
+        ),
         "{parsed:?}"
     );
     let ping_at = Instant::now();
     h.send(ping()).await.expect("still answering");
-    assert!(ping_at.elapsed() < Duration::from_secs(1), "{:?}", ping_at.elapsed());
+    assert!(
+        ping_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        ping_at.elapsed()
+    );
     stop.cancel();
 }

@@ -351,7 +351,11 @@ impl AmiHandle {
     /// Sends an action and waits up to `timeout` for its reply. An `ActionID` is assigned
     /// here (any given one is replaced). `Response: Error` becomes [`ActionError::Rejected`].
     /// Every outcome is counted in `nexus_ami_actions_total{server,action,result}`.
-    pub async fn send_timeout(&self, action: Action, timeout: Duration) -> Result<Reply, ActionError> {
+    pub async fn send_timeout(
+        &self,
+        action: Action,
+        timeout: Duration,
+    ) -> Result<Reply, ActionError> {
         let name = action.name().to_owned();
         let out = self.send_uncounted(action, timeout).await;
         let result = match &out {
@@ -566,7 +570,11 @@ impl Supervisor {
             };
             let wait = backoff.next_delay();
             if !wait.is_zero() {
-                let how = if probe { " (sooner if the port answers again)" } else { "" };
+                let how = if probe {
+                    " (sooner if the port answers again)"
+                } else {
+                    ""
+                };
                 tracing::info!(server = %self.name, "[AMI] retrying connection in {}{how}...", humantime::format_duration(round_secs(wait)));
             }
             if !self.wait(wait, probe).await {
@@ -627,7 +635,12 @@ impl Supervisor {
         let deadline = Instant::now() + timeout;
         let addr = self.parts.server.address();
         let banner = match tokio::time::timeout_at(deadline, reader.next()).await {
-            Err(_) => return Err(ConnectError::NoGreeting { addr, after: timeout }),
+            Err(_) => {
+                return Err(ConnectError::NoGreeting {
+                    addr,
+                    after: timeout,
+                });
+            }
             Ok(Some(Ok(Incoming::Banner(b)))) => b,
             Ok(Some(Ok(Incoming::Frame(f)))) => {
                 return Err(ConnectError::BadBanner {
@@ -646,8 +659,12 @@ impl Supervisor {
         }
         match tokio::time::timeout_at(deadline, self.login(&mut reader, &mut writer)).await {
             Err(_) => {
-                AmiActionDone { server: &self.name, action: "Login", result: ActionResult::Timeout }
-                    .emit(&self.parts.metrics);
+                AmiActionDone {
+                    server: &self.name,
+                    action: "Login",
+                    result: ActionResult::Timeout,
+                }
+                .emit(&self.parts.metrics);
                 Err(ConnectError::Login(format!(
                     "no reply to Login within {}s",
                     timeout.as_secs_f64()
@@ -673,8 +690,12 @@ impl Supervisor {
             .map_err(|e| ConnectError::Login(e.to_string()))?;
         writer.send(&login).await.map_err(|e| self.codec_error(e))?;
         let failed = |message: &str| {
-            AmiLoginFailed { server: &self.name, user: &server.username, message }
-                .emit(&self.parts.metrics);
+            AmiLoginFailed {
+                server: &self.name,
+                user: &server.username,
+                message,
+            }
+            .emit(&self.parts.metrics);
         };
         loop {
             let frame = match reader.next().await {
@@ -684,7 +705,9 @@ impl Supervisor {
                 // Asterisk closes right after a failed login.
                 None => {
                     failed("connection closed after Login");
-                    return Err(ConnectError::AuthFailed { user: server.username.clone() });
+                    return Err(ConnectError::AuthFailed {
+                        user: server.username.clone(),
+                    });
                 }
             };
             if frame.event().is_some() {
@@ -692,15 +715,21 @@ impl Supervisor {
             }
             return match frame.response() {
                 Some(r) if r.eq_ignore_ascii_case("Success") => {
-                    AmiActionDone { server: &self.name, action: "Login", result: ActionResult::Ok }
-                        .emit(&self.parts.metrics);
+                    AmiActionDone {
+                        server: &self.name,
+                        action: "Login",
+                        result: ActionResult::Ok,
+                    }
+                    .emit(&self.parts.metrics);
                     Ok(())
                 }
                 Some(r) if r.eq_ignore_ascii_case("Error") => {
                     let msg = shown(frame.get("Message").unwrap_or(""));
                     failed(&msg);
                     if msg.to_ascii_lowercase().contains("auth") {
-                        Err(ConnectError::AuthFailed { user: server.username.clone() })
+                        Err(ConnectError::AuthFailed {
+                            user: server.username.clone(),
+                        })
                     } else {
                         Err(ConnectError::Login(msg))
                     }
@@ -715,7 +744,11 @@ impl Supervisor {
     }
 
     fn protocol_error(&self, detail: &str) {
-        AmiProtocolError { server: &self.name, detail }.emit(&self.parts.metrics);
+        AmiProtocolError {
+            server: &self.name,
+            detail,
+        }
+        .emit(&self.parts.metrics);
     }
 
     fn codec_error(&self, e: CodecError) -> ConnectError {
@@ -808,12 +841,17 @@ impl Supervisor {
         let next_id = self.shared.next_id.load(Ordering::Relaxed);
         match take_pending(book, &frame, next_id) {
             Match::Found(p) => {
-                let _ = p.tx.send(Ok(Reply { frame, rx_seq: self.rx_seq }));
+                let _ = p.tx.send(Ok(Reply {
+                    frame,
+                    rx_seq: self.rx_seq,
+                }));
             }
             Match::Late => {
                 tracing::debug!(server = %self.name, "[AMI] late reply to an action whose caller gave up");
             }
-            Match::Stray(why) => self.protocol_error(&format!("{why}: {}", shown(&format!("{frame:?}")))),
+            Match::Stray(why) => {
+                self.protocol_error(&format!("{why}: {}", shown(&format!("{frame:?}"))))
+            }
         }
     }
 
@@ -839,12 +877,19 @@ impl Supervisor {
     /// `Response: Goodbye` or the close that follows it.
     async fn logoff(&self, session: &mut Session) {
         let result = async {
-            let action = Action::new("Logoff").and_then(|a| a.header("ActionID", "nx-logoff")).ok()?;
+            let action = Action::new("Logoff")
+                .and_then(|a| a.header("ActionID", "nx-logoff"))
+                .ok()?;
             session.writer.send(&action).await.ok()?;
             loop {
                 match session.reader.next().await {
                     None | Some(Err(_)) => return Some(()),
-                    Some(Ok(Incoming::Frame(f))) if f.response().is_some_and(|r| r.eq_ignore_ascii_case("Goodbye")) => return Some(()),
+                    Some(Ok(Incoming::Frame(f)))
+                        if f.response()
+                            .is_some_and(|r| r.eq_ignore_ascii_case("Goodbye")) =>
+                    {
+                        return Some(());
+                    }
                     Some(Ok(_)) => {}
                 }
             }
@@ -854,7 +899,12 @@ impl Supervisor {
             Ok(None) => ActionResult::Disconnected,
             Err(_) => ActionResult::Timeout,
         };
-        AmiActionDone { server: &self.name, action: "Logoff", result }.emit(&self.parts.metrics);
+        AmiActionDone {
+            server: &self.name,
+            action: "Logoff",
+            result,
+        }
+        .emit(&self.parts.metrics);
         tracing::info!(server = %self.name, result = result.label(), "[AMI] logged out");
     }
 
@@ -900,7 +950,11 @@ impl Supervisor {
 
     async fn connected(&self, banner: &str) {
         self.set_connected(true);
-        AmiConnected { server: &self.name, banner }.emit(&self.parts.metrics);
+        AmiConnected {
+            server: &self.name,
+            banner,
+        }
+        .emit(&self.parts.metrics);
         let st = self.update_status(|st| {
             st.connected = true;
             st.since_ms = now_ms();
@@ -911,7 +965,13 @@ impl Supervisor {
 
     async fn disconnected(&self, err: &ConnectError, was_up: bool, attempt: u64) {
         self.set_connected(false);
-        AmiDisconnected { server: &self.name, error: err, was_up, attempt }.emit(&self.parts.metrics);
+        AmiDisconnected {
+            server: &self.name,
+            error: err,
+            was_up,
+            attempt,
+        }
+        .emit(&self.parts.metrics);
         let st = self.update_status(|st| {
             if st.connected || st.since_ms == 0 {
                 st.since_ms = now_ms();
@@ -981,7 +1041,11 @@ fn take_pending(book: &mut Book, frame: &Frame, next_id: u64) -> Match {
             .strip_prefix("nx-")
             .and_then(|n| n.parse::<u64>().ok())
             .is_some_and(|n| n < next_id);
-        return if ours { Match::Late } else { Match::Stray("reply with an unknown ActionID") };
+        return if ours {
+            Match::Late
+        } else {
+            Match::Stray("reply with an unknown ActionID")
+        };
     }
     if frame.response().is_some() {
         return Match::Stray("reply without ActionID");
@@ -991,7 +1055,11 @@ fn take_pending(book: &mut Book, frame: &Frame, next_id: u64) -> Match {
             None => {
                 book.order.pop_front();
             }
-            Some(p) if BARE_REPLIES.iter().any(|a| a.eq_ignore_ascii_case(&p.action)) => {
+            Some(p)
+                if BARE_REPLIES
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&p.action)) =>
+            {
                 let id = book.order.pop_front().unwrap_or_default();
                 return match book.pending.remove(&id) {
                     Some(p) => Match::Found(p),

@@ -169,12 +169,30 @@ fn huge_durations_are_config_errors_not_panics() {
 #[test]
 fn numbers_have_ranges_named_in_the_error() {
     for (yaml, want) in [
-        ("websocket:\n  max_clients: 0\n", "max_clients (line 6): must be between 1 and 100000, got 0"),
-        ("lua:\n  memory_limit_mb: 100000\n", "memory_limit_mb (line 6): must be between 1 and 4096"),
-        ("ami_max_frame_bytes: 10\n", "ami_max_frame_bytes (line 5): must be between 65536 and 268435456"),
-        ("polling_interval_seconds: 1e12\n", "must be between 1 and 86400 seconds"),
-        ("lua:\n  callback_budget: 10m\n", "callback_budget (line 6): must be between 1ms and 1m"),
-        ("ami_port: 0\n", "ami_port (line 5): must be between 1 and 65535"),
+        (
+            "websocket:\n  max_clients: 0\n",
+            "max_clients (line 6): must be between 1 and 100000, got 0",
+        ),
+        (
+            "lua:\n  memory_limit_mb: 100000\n",
+            "memory_limit_mb (line 6): must be between 1 and 4096",
+        ),
+        (
+            "ami_max_frame_bytes: 10\n",
+            "ami_max_frame_bytes (line 5): must be between 65536 and 268435456",
+        ),
+        (
+            "polling_interval_seconds: 1e12\n",
+            "must be between 1 and 86400 seconds",
+        ),
+        (
+            "lua:\n  callback_budget: 10m\n",
+            "callback_budget (line 6): must be between 1ms and 1m",
+        ),
+        (
+            "ami_port: 0\n",
+            "ami_port (line 5): must be between 1 and 65535",
+        ),
     ] {
         let e = parse(&format!("{MINIMAL}{yaml}")).unwrap_err();
         assert!(e.contains(want), "{yaml:?}: {e}");
@@ -183,11 +201,18 @@ fn numbers_have_ranges_named_in_the_error() {
 
 #[test]
 fn node_ids_are_digits_and_event_masks_are_checked() {
-    let e = parse("ami_username: a\nami_password: b\nnodes:\n  - node_id: 1999\n  - node_id: abc\n")
-        .unwrap_err();
-    assert!(e.contains("node_id (line 5): \"abc\" is not a node number"), "{e}");
+    let e =
+        parse("ami_username: a\nami_password: b\nnodes:\n  - node_id: 1999\n  - node_id: abc\n")
+            .unwrap_err();
+    assert!(
+        e.contains("node_id (line 5): \"abc\" is not a node number"),
+        "{e}"
+    );
     let e = parse(&format!("{MINIMAL}ami_events: bogus\n")).unwrap_err();
-    assert!(e.contains("ami_events (line 5)") && e.contains("not an AMI event mask"), "{e}");
+    assert!(
+        e.contains("ami_events (line 5)") && e.contains("not an AMI event mask"),
+        "{e}"
+    );
     for ok in ["call", "call,dialplan", "on", "off", "0", "Call, System"] {
         parse(&format!("{MINIMAL}ami_events: {ok}\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
@@ -206,7 +231,10 @@ fn repeated_keys_name_their_line() {
          nodes: [{node_id: 1}]\n",
     )
     .unwrap_err();
-    assert!(e.contains("queue (line 6): is repeated (first at line 4)"), "{e}");
+    assert!(
+        e.contains("queue (line 6): is repeated (first at line 4)"),
+        "{e}"
+    );
     // The same key in different list items or sections is not a repeat.
     parse(
         "ami_servers:\n  - name: a\n    username: u\n    password: p\n    nodes:\n      - node_id: 1\n      - node_id: 2\n\
@@ -216,7 +244,10 @@ fn repeated_keys_name_their_line() {
     // A node listed twice points at the second listing.
     let e = parse("ami_username: a\nami_password: b\nnodes:\n  - node_id: 7\n  - node_id: 8\n  - node_id: 7\n")
         .unwrap_err();
-    assert!(e.contains("node_id (line 6): node 7 is listed twice"), "{e}");
+    assert!(
+        e.contains("node_id (line 6): node 7 is listed twice"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -228,7 +259,9 @@ fn byte_order_mark_is_accepted() {
 #[test]
 fn endless_config_and_secret_files_are_refused_fast() {
     let started = std::time::Instant::now();
-    let e = Config::load(Path::new("/dev/zero")).unwrap_err().to_string();
+    let e = Config::load(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("larger than the 1048576 bytes allowed"), "{e}");
     let e = parse("ami_username: a\nami_password_file: /dev/zero\nnodes: [{node_id: 1}]\n")
         .unwrap_err();
@@ -236,7 +269,11 @@ fn endless_config_and_secret_files_are_refused_fast() {
         e.contains("ami_password_file (line 2): cannot read /dev/zero") && e.contains("4096"),
         "{e}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -257,12 +294,19 @@ fn deep_nesting_is_refused_fast() {
         let started = std::time::Instant::now();
         let e = parse(&text).unwrap_err();
         assert!(e.contains("nesting is deeper than 64 levels"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
     // Ordinary nesting and Lua in a block scalar are fine.
     parse(&format!(
         "{MINIMAL}plugins:\n  a:\n    b:\n      c: [1, [2, {{d: 3}}]]\n  code: |\n{}\n",
-        (0..100).map(|i| format!("    {}x = 1", " ".repeat(i))).collect::<Vec<_>>().join("\n")
+        (0..100)
+            .map(|i| format!("    {}x = 1", " ".repeat(i)))
+            .collect::<Vec<_>>()
+            .join("\n")
     ))
     .expect("valid");
 }

@@ -70,7 +70,10 @@ pub fn parse_linked_nodes(value: &str) -> Vec<LinkedNode> {
 /// Refuses a list with more than `limit` entries (plus the leading count), before any
 /// entry is parsed or stored.
 pub(super) fn check_count(list: &'static str, value: &str, limit: usize) -> Result<(), RptError> {
-    if memchr::memchr_iter(b',', value.as_bytes()).nth(limit).is_some() {
+    if memchr::memchr_iter(b',', value.as_bytes())
+        .nth(limit)
+        .is_some()
+    {
         return Err(RptError::TooManyLinks { list, limit });
     }
     Ok(())

@@ -279,22 +279,51 @@ mod limits {
         let links = format!("100000,{}", vec!["T2000"; 100_000].join(","));
         assert!(matches!(
             parse_links(&links),
-            Err(RptError::TooManyLinks { limit: MAX_REACHABLE, .. })
+            Err(RptError::TooManyLinks {
+                limit: MAX_REACHABLE,
+                ..
+            })
         ));
-        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
-        assert_eq!(parse_alinks(&alinks(MAX_LINKS)).map(|l| l.len()), Ok(MAX_LINKS));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            parse_alinks(&alinks(MAX_LINKS)).map(|l| l.len()),
+            Ok(MAX_LINKS)
+        );
     }
 
     #[test]
     fn replies_with_too_many_links_are_refused() {
         let mut x = vec![("Response", "Success"), ("Node", "1999")];
-        let conn = "2000     127.0.0.1           0           OUT        00:00:01            ESTABLISHED";
+        let conn =
+            "2000     127.0.0.1           0           OUT        00:00:01            ESTABLISHED";
         x.extend(std::iter::repeat_n(("Conn", conn), MAX_LINKS + 1));
         let e = parse_xstat(&Frame::from_headers(&x)).unwrap_err();
-        assert!(matches!(e, RptError::TooManyLinks { list: "XStat Conn", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                RptError::TooManyLinks {
+                    list: "XStat Conn",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut s = vec![("Response", "Success")];
         s.extend(std::iter::repeat_n(("Conn", "2000 0 -1 -1"), MAX_LINKS + 1));
         let e = parse_sawstat(&Frame::from_headers(&s)).unwrap_err();
-        assert!(matches!(e, RptError::TooManyLinks { list: "SawStat Conn", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                RptError::TooManyLinks {
+                    list: "SawStat Conn",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

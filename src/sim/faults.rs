@@ -83,7 +83,12 @@ impl SimFaults {
             (self.fail_login, "fail-login"),
             (self.rptstatus_abort, "rptstatus-abort"),
         ];
-        on.extend(flags.iter().filter(|(b, _)| *b).map(|(_, n)| (*n).to_owned()));
+        on.extend(
+            flags
+                .iter()
+                .filter(|(b, _)| *b)
+                .map(|(_, n)| (*n).to_owned()),
+        );
         if let Some(s) = self.drop_every {
             on.push(format!("drop-every={s}s"));
         }
@@ -96,7 +101,11 @@ impl SimFaults {
         if let Some(s) = self.malformed_every {
             on.push(format!("malformed-every={s}s"));
         }
-        if on.is_empty() { "none".to_owned() } else { on.join(",") }
+        if on.is_empty() {
+            "none".to_owned()
+        } else {
+            on.join(",")
+        }
     }
 }
 
@@ -146,11 +155,17 @@ mod tests {
         .expect("valid flags");
         let f = cli.faults;
         assert!(f.refuse && f.stall && f.coalesce && f.fail_login && f.rptstatus_abort);
-        assert_eq!((f.drop_every, f.chunk_writes, f.malformed_every), (Some(30), Some(7), Some(5)));
+        assert_eq!(
+            (f.drop_every, f.chunk_writes, f.malformed_every),
+            (Some(30), Some(7), Some(5))
+        );
         assert_eq!(f.event_drop_ratio, 0.25);
         assert!(f.describe().contains("event-drop-ratio=0.25"));
         assert!(Cli::try_parse_from(["x", "--event-drop-ratio", "2"]).is_err());
-        assert_eq!(Cli::try_parse_from(["x"]).expect("no flags").faults, SimFaults::default());
+        assert_eq!(
+            Cli::try_parse_from(["x"]).expect("no flags").faults,
+            SimFaults::default()
+        );
     }
 
     #[tokio::test]
@@ -164,9 +179,13 @@ mod tests {
             ..SimFaults::default()
         }
         .apply(&h, &stop);
-        let mut s = tokio::net::TcpStream::connect(h.addr()).await.expect("accepts");
+        let mut s = tokio::net::TcpStream::connect(h.addr())
+            .await
+            .expect("accepts");
         let mut buf = [0u8; 64];
-        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap_or(0);
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .unwrap_or(0);
         assert_eq!(n, 0, "closed at once, no banner");
         stop.cancel();
         h.shutdown();

@@ -1133,7 +1133,10 @@ async fn echolink_dbget_nodename_like_chan_echolink() {
         assert_eq!(f.get_all("Output").collect::<Vec<_>>(), [want], "{lookup}");
     }
     let f = c
-        .action(&[("Action", "Command"), ("Command", "echolink dbget nodename 555")])
+        .action(&[
+            ("Action", "Command"),
+            ("Command", "echolink dbget nodename 555"),
+        ])
         .await;
     assert_eq!(f.response(), Some("Error"));
     assert_eq!(f.get("Output"), Some("Error: Entry for 555 not found!"));

@@ -31,14 +31,27 @@ fn found(m: Match) -> Option<String> {
 
 #[test]
 fn replies_match_by_action_id_only() {
-    let (mut b, _rx) = book(&[("nx-1", "RptStatus"), ("nx-2", "RptStatus"), ("nx-3", "Ping")]);
+    let (mut b, _rx) = book(&[
+        ("nx-1", "RptStatus"),
+        ("nx-2", "RptStatus"),
+        ("nx-3", "Ping"),
+    ]);
     let by_id = Frame::from_headers(&[("Response", "Success"), ("ActionID", "nx-2")]);
-    assert_eq!(found(take_pending(&mut b, &by_id, 9)), Some("RptStatus".into()));
+    assert_eq!(
+        found(take_pending(&mut b, &by_id, 9)),
+        Some("RptStatus".into())
+    );
     // A reply without ActionID no longer completes the oldest request (issue 9 item 12).
     let bare = Frame::from_headers(&[("Response", "Success"), ("Node", "")]);
-    assert!(matches!(take_pending(&mut b, &bare, 9), Match::Stray("reply without ActionID")));
+    assert!(matches!(
+        take_pending(&mut b, &bare, 9),
+        Match::Stray("reply without ActionID")
+    ));
     let stray = Frame::from_headers(&[("Response", "Success"), ("ActionID", "zzz")]);
-    assert!(matches!(take_pending(&mut b, &stray, 9), Match::Stray("reply with an unknown ActionID")));
+    assert!(matches!(
+        take_pending(&mut b, &stray, 9),
+        Match::Stray("reply with an unknown ActionID")
+    ));
     // One of our own ids whose caller gave up: late, not an error.
     let late = Frame::from_headers(&[("Response", "Success"), ("ActionID", "nx-7")]);
     assert!(matches!(take_pending(&mut b, &late, 9), Match::Late));
@@ -52,13 +65,22 @@ fn bare_replies_answer_the_oldest_voter_status_or_local_nodes_only() {
     // app_rpt answers a VoterStatus that matched nothing with a bare blank line, and
     // RptLocalNodes with XML lines: neither echoes ActionID (ami-app-rpt.md §2.5, §2.6).
     let (mut b, _rx) = book(&[("nx-1", "VoterStatus"), ("nx-2", "RptStatus")]);
-    assert_eq!(found(take_pending(&mut b, &Frame::default(), 9)), Some("VoterStatus".into()));
-    assert!(matches!(take_pending(&mut b, &Frame::default(), 9), Match::Stray(_)));
+    assert_eq!(
+        found(take_pending(&mut b, &Frame::default(), 9)),
+        Some("VoterStatus".into())
+    );
+    assert!(matches!(
+        take_pending(&mut b, &Frame::default(), 9),
+        Match::Stray(_)
+    ));
     assert_eq!(b.pending.len(), 1);
     let (mut b, _rx) = book(&[("nx-1", "RptLocalNodes")]);
     let mut xml = Frame::default();
     xml.push("", "<?xml version=\"1.0\"?>");
-    assert_eq!(found(take_pending(&mut b, &xml, 9)), Some("RptLocalNodes".into()));
+    assert_eq!(
+        found(take_pending(&mut b, &xml, 9)),
+        Some("RptLocalNodes".into())
+    );
 }
 
 #[test]
@@ -164,7 +186,9 @@ mod supervised {
     }
 
     fn actions(m: &Metrics, action: &str, result: &str) -> u64 {
-        m.ami_actions.with_label_values(&["t", action, result]).get()
+        m.ami_actions
+            .with_label_values(&["t", action, result])
+            .get()
     }
 
     #[tokio::test(start_paused = true)]
@@ -249,7 +273,10 @@ mod supervised {
         fn connect(&self) -> ConnectFuture {
             let (client, mut server) = tokio::io::duplex(1 << 16);
             let Some(banner) = self.banner.clone() else {
-                self.held.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+                self.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(server);
                 return Box::pin(async move { Ok(Box::new(client) as Box<dyn AmiStream>) });
             };
             let reply = self.reply.clone();
@@ -305,10 +332,14 @@ mod supervised {
         let (h, _m, _rx) = start(peer(Some(long.clone()), &refused), &stop);
         let st = h.subscribe_status().recv().await.expect("status");
         let err = st.last_error.unwrap_or_default();
-        assert!(err.len() < 400 && err.contains("[clipped: 100000 bytes in all]"), "{err}");
+        assert!(
+            err.len() < 400 && err.contains("[clipped: 100000 bytes in all]"),
+            "{err}"
+        );
         stop.cancel();
 
-        let ok = "Response: Success\r\nActionID: nx-login\r\nMessage: Authentication accepted\r\n\r\n";
+        let ok =
+            "Response: Success\r\nActionID: nx-login\r\nMessage: Authentication accepted\r\n\r\n";
         let stop = CancellationToken::new();
         let (h, _m, _rx) = start(peer(Some(long), ok), &stop);
         h.watch_status()
