@@ -5,6 +5,11 @@
 //! `polling_interval_seconds`, `nodes: [{node_id, polling_interval}]`, …). The flat `ami_*`
 //! keys are shorthand for one server named `default`; `ami_servers` lists several.
 //! Every key is documented in `config.example.yaml`.
+//!
+//! Limits (docs/security.md, "AMI and config limits"): the file is read up to
+//! [`MAX_CONFIG_BYTES`], a password file up to [`MAX_SECRET_BYTES`]; nesting deeper than
+//! [`MAX_NESTING`] is refused before YAML parsing; a leading UTF-8 BOM is accepted; every
+//! duration and number has a range, named in the error with the key and its line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +30,42 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
+/// The config file is read up to this size (a larger file, or `/dev/zero`, is an error).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// A password file is read up to this size.
+pub const MAX_SECRET_BYTES: u64 = 4 * 1024;
+/// Deepest nesting of YAML collections accepted (block or flow).
+pub const MAX_NESTING: usize = 64;
+/// The longest duration any setting accepts as written (each key has its own, lower cap).
+const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// Default cap on one AMI frame (the same value as `ami::codec::DEFAULT_MAX_FRAME_BYTES`;
+/// kept here so `config` imports nothing from `ami`).
+pub const DEFAULT_AMI_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads at most `limit` bytes of `path` as UTF-8 text; a longer file (or an endless one
+/// such as `/dev/zero`) is an error that says so, without reading further.
+pub fn read_capped(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("file is larger than the {limit} bytes allowed"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "file is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// Durations written as `15s`, `2m`, `1h30m`, `250ms`, or a plain number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
@@ -38,15 +79,24 @@ impl<'de> Deserialize<'de> for Dur {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Dur(Duration::from_secs_f64(s))),
+            Raw::Secs(s) if (0.0..=MAX_DURATION_SECS).contains(&s) => {
+                Ok(Dur(Duration::from_secs_f64(s)))
+            }
+            Raw::Secs(s) if s > MAX_DURATION_SECS => Err(serde::de::Error::custom(format!(
+                "duration {s} s is too long (at most one year; each key has its own range)"
+            ))),
             Raw::Secs(s) => Err(serde::de::Error::custom(format!(
                 "duration must be positive, got {s}"
             ))),
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map(Dur).map_err(|e| {
-                serde::de::Error::custom(format!(
+            Raw::Text(t) => match humantime::parse_duration(t.trim()) {
+                Ok(d) if d.as_secs_f64() <= MAX_DURATION_SECS => Ok(Dur(d)),
+                Ok(_) => Err(serde::de::Error::custom(format!(
+                    "duration {t:?} is too long (at most one year; each key has its own range)"
+                ))),
+                Err(e) => Err(serde::de::Error::custom(format!(
                     "invalid duration {t:?} ({e}); write e.g. 15s, 2m, 1h"
-                ))
-            }),
+                ))),
+            },
         }
     }
 }
@@ -287,7 +337,7 @@ impl Default for AmiSettings {
             keepalive_timeout: Duration::from_secs(10),
             action_timeout: Duration::from_secs(10),
             events: "call".into(),
-            max_frame_bytes: crate::ami::codec::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: DEFAULT_AMI_MAX_FRAME_BYTES,
         }
     }
 }
@@ -359,7 +409,7 @@ pub const DEFAULT_ASTDB: &str = "/var/lib/asterisk/astdb.txt";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -373,6 +423,21 @@ impl Config {
             path: origin.to_owned(),
             message,
         };
+        // Editors on Windows save a byte-order mark; YAML allows it.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(invalid(format!(
+                "the file is larger than the {MAX_CONFIG_BYTES} bytes allowed"
+            )));
+        }
+        if let Some(line) = too_deep(text, MAX_NESTING) {
+            return Err(invalid(format!(
+                "line {line}: nesting is deeper than {MAX_NESTING} levels (refused before parsing)"
+            )));
+        }
+        if let Some(msg) = repeated_key(text) {
+            return Err(invalid(msg));
+        }
         let file: ConfigFile = if text.trim().is_empty() {
             return Err(invalid(
                 "the file is empty; see config.example.yaml for every key".into(),
@@ -433,6 +498,36 @@ impl Resolver<'_> {
         key.to_owned()
     }
 
+    /// The `nth` (1-based) line where `key` has `value` (quotes ignored), as
+    /// `key (line N)`; falls back to [`Resolver::at`].
+    fn at_value(&self, key: &str, value: &str, nth: usize) -> String {
+        let mut found = 0;
+        for (i, line) in self.text.lines().enumerate() {
+            for part in line.split([',', '{', '}', '[', ']']) {
+                let t = part.trim().trim_start_matches("- ");
+                let Some(v) = t
+                    .strip_prefix(key)
+                    .and_then(|r| r.trim_start().strip_prefix(':'))
+                else {
+                    continue;
+                };
+                if v.split(" #")
+                    .next()
+                    .unwrap_or(v)
+                    .trim()
+                    .trim_matches(['"', '\''])
+                    == value
+                {
+                    found += 1;
+                    if found == nth {
+                        return format!("{key} (line {})", i + 1);
+                    }
+                }
+            }
+        }
+        self.at(key)
+    }
+
     fn path(&self, p: &Path) -> PathBuf {
         match self.base {
             Some(b) if p.is_relative() && !b.as_os_str().is_empty() => b.join(p),
@@ -451,14 +546,15 @@ impl Resolver<'_> {
         let ami = self.ami_settings(&f)?;
         let global_poll = match f.polling_interval_seconds {
             None => Duration::from_secs(60),
-            Some(s) if s >= 1.0 && s.is_finite() => Duration::from_secs_f64(s),
+            Some(s) if (1.0..=DAY.as_secs_f64()).contains(&s) => Duration::from_secs_f64(s),
             Some(s) => {
                 return Err(format!(
-                    "{}: must be at least 1 second, got {s}",
+                    "{}: must be between 1 and 86400 seconds, got {s}",
                     self.at("polling_interval_seconds")
                 ));
             }
         };
+        self.check_sections(&f)?;
         let servers = self.servers(&f, global_poll)?;
         let mut seen = BTreeMap::new();
         for s in &servers {
@@ -466,27 +562,12 @@ impl Resolver<'_> {
                 if let Some(other) = seen.insert(n.node_id.clone(), s.name.clone()) {
                     return Err(format!(
                         "{}: node {} is listed twice (servers {other} and {})",
-                        self.at("node_id"),
+                        self.at_value("node_id", &n.node_id, 2),
                         n.node_id,
                         s.name
                     ));
                 }
             }
-        }
-        if f.websocket.max_clients == 0
-            || f.websocket.replay_buffer == 0
-            || f.websocket.client_queue == 0
-        {
-            return Err(format!(
-                "{}: max_clients, replay_buffer and client_queue must be above 0",
-                self.at("websocket")
-            ));
-        }
-        if f.lua.memory_limit_mb == 0 || f.lua.queue == 0 {
-            return Err(format!(
-                "{}: memory_limit_mb and queue must be above 0",
-                self.at("lua")
-            ));
         }
         for w in &f.alert_webhooks {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
@@ -527,57 +608,49 @@ impl Resolver<'_> {
 
     fn ami_settings(&self, f: &ConfigFile) -> Result<AmiSettings, String> {
         let d = AmiSettings::default();
-        let pick = |v: Option<Dur>,
-                    dflt: Duration,
-                    key: &str,
-                    min: Duration|
-         -> Result<Duration, String> {
-            let v = v.map(|d| d.0).unwrap_or(dflt);
-            if v < min {
-                return Err(format!(
-                    "{}: must be at least {}",
-                    self.at(key),
-                    humantime::format_duration(min)
-                ));
-            }
-            Ok(v)
+        let pick = |v: Option<Dur>, dflt: Duration, key: &str, max: Duration| {
+            self.dur_in(key, v.map(|d| d.0).unwrap_or(dflt), MS, max)
         };
-        let ms = Duration::from_millis(1);
         let s = AmiSettings {
             retry_interval: pick(
                 f.ami_retry_interval,
                 d.retry_interval,
                 "ami_retry_interval",
-                ms,
+                HOUR,
             )?,
-            retry_max: pick(f.ami_retry_max, d.retry_max, "ami_retry_max", ms)?,
+            retry_max: pick(f.ami_retry_max, d.retry_max, "ami_retry_max", HOUR)?,
             retry_jitter: d.retry_jitter,
             connect_timeout: pick(
                 f.ami_connect_timeout,
                 d.connect_timeout,
                 "ami_connect_timeout",
-                ms,
+                FIVE_MIN,
             )?,
             keepalive_interval: pick(
                 f.ami_keepalive_interval,
                 d.keepalive_interval,
                 "ami_keepalive_interval",
-                ms,
+                HOUR,
             )?,
             keepalive_timeout: pick(
                 f.ami_keepalive_timeout,
                 d.keepalive_timeout,
                 "ami_keepalive_timeout",
-                ms,
+                FIVE_MIN,
             )?,
             action_timeout: pick(
                 f.ami_action_timeout,
                 d.action_timeout,
                 "ami_action_timeout",
-                ms,
+                FIVE_MIN,
             )?,
             events: f.ami_events.clone().unwrap_or(d.events),
-            max_frame_bytes: f.ami_max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_frame_bytes: self.num_in(
+                "ami_max_frame_bytes",
+                f.ami_max_frame_bytes.unwrap_or(d.max_frame_bytes),
+                64 * 1024,
+                256 * 1024 * 1024,
+            )?,
         };
         if s.retry_max < s.retry_interval {
             return Err(format!(
@@ -587,16 +660,93 @@ impl Resolver<'_> {
                 humantime::format_duration(s.retry_interval)
             ));
         }
-        if s.max_frame_bytes < 64 * 1024 {
+        if !valid_event_mask(&s.events) {
             return Err(format!(
-                "{}: must be at least 65536 bytes",
-                self.at("ami_max_frame_bytes")
+                "{}: {:?} is not an AMI event mask: write on, off, a number, or classes such as call or call,dialplan",
+                self.at("ami_events"),
+                s.events
             ));
         }
-        if s.events.contains(['\r', '\n']) {
-            return Err(format!("{}: must be one line", self.at("ami_events")));
-        }
         Ok(s)
+    }
+
+    /// `v` if it lies in `lo..=hi`, else an error naming the key, its line and the range.
+    fn dur_in(
+        &self,
+        key: &str,
+        v: Duration,
+        lo: Duration,
+        hi: Duration,
+    ) -> Result<Duration, String> {
+        if v < lo || v > hi {
+            return Err(format!(
+                "{}: must be between {} and {}, got {}",
+                self.at(key),
+                humantime::format_duration(lo),
+                humantime::format_duration(hi),
+                humantime::format_duration(v)
+            ));
+        }
+        Ok(v)
+    }
+
+    /// `v` if it lies in `lo..=hi`, else an error naming the key, its line and the range.
+    fn num_in<T: PartialOrd + std::fmt::Display>(
+        &self,
+        key: &str,
+        v: T,
+        lo: T,
+        hi: T,
+    ) -> Result<T, String> {
+        if v < lo || v > hi {
+            return Err(format!(
+                "{}: must be between {lo} and {hi}, got {v}",
+                self.at(key)
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Ranges of the `websocket`, `lua`, `alerts` and `alert_webhooks` numbers.
+    fn check_sections(&self, f: &ConfigFile) -> Result<(), String> {
+        let ws = &f.websocket;
+        self.num_in("max_clients", ws.max_clients, 1, 100_000)?;
+        self.num_in("replay_buffer", ws.replay_buffer, 1, 1_000_000)?;
+        self.num_in("client_queue", ws.client_queue, 1, 100_000)?;
+        self.num_in(
+            "max_message_bytes",
+            ws.max_message_bytes,
+            64,
+            16 * 1024 * 1024,
+        )?;
+        self.dur_in("heartbeat", ws.heartbeat.0, Duration::from_secs(1), HOUR)?;
+        let lua = &f.lua;
+        self.num_in("memory_limit_mb", lua.memory_limit_mb, 1, 4096)?;
+        self.num_in("queue", lua.queue, 1, 10_000_000)?;
+        self.num_in(
+            "max_consecutive_errors",
+            lua.max_consecutive_errors,
+            1,
+            1_000_000,
+        )?;
+        self.dur_in(
+            "callback_budget",
+            lua.callback_budget.0,
+            MS,
+            Duration::from_secs(60),
+        )?;
+        self.num_in("history", f.alerts.history, 0, 1_000_000)?;
+        self.dur_in(
+            "repeat_interval",
+            f.alerts.repeat_interval.0,
+            Duration::ZERO,
+            7 * DAY,
+        )?;
+        for w in &f.alert_webhooks {
+            self.dur_in("timeout", w.timeout.0, MS, FIVE_MIN)?;
+            self.num_in("retries", w.retries, 0, 100)?;
+        }
+        Ok(())
     }
 
     fn servers(&self, f: &ConfigFile, global_poll: Duration) -> Result<Vec<ServerConfig>, String> {
@@ -660,6 +810,12 @@ impl Resolver<'_> {
         if s.host.trim().is_empty() {
             return Err(format!("{}: is empty", key("host")));
         }
+        if s.port == 0 {
+            return Err(format!(
+                "{}: must be between 1 and 65535, got 0",
+                key("port")
+            ));
+        }
         let username = s
             .username
             .clone()
@@ -687,24 +843,23 @@ impl Resolver<'_> {
         let mut nodes = Vec::new();
         for n in &s.nodes {
             if n.node_id.is_empty()
-                || !n
-                    .node_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                || n.node_id.len() > 10
+                || !n.node_id.bytes().all(|c| c.is_ascii_digit())
             {
                 return Err(format!(
-                    "{}: {:?} is not a node number",
-                    self.at("node_id"),
+                    "{}: {:?} is not a node number (node numbers are 1 to 10 digits, e.g. 1999)",
+                    self.at_value("node_id", &n.node_id, 1),
                     n.node_id
                 ));
             }
             let poll_interval = match n.polling_interval {
                 None => global_poll,
-                Some(Dur(d)) if d >= Duration::from_secs(1) => d,
-                Some(_) => {
+                Some(Dur(d)) if d >= Duration::from_secs(1) && d <= DAY => d,
+                Some(Dur(d)) => {
                     return Err(format!(
-                        "{}: must be at least 1s (node {})",
+                        "{}: must be between 1s and 1day, got {} (node {})",
                         self.at("polling_interval"),
+                        humantime::format_duration(d),
                         n.node_id
                     ));
                 }
@@ -761,7 +916,7 @@ impl Resolver<'_> {
         }
         if let Some(file) = &s.password_file {
             let path = self.path(file);
-            return std::fs::read_to_string(&path)
+            return read_capped(&path, MAX_SECRET_BYTES)
                 .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| {
                     format!(
@@ -777,3 +932,191 @@ impl Resolver<'_> {
 
 #[cfg(test)]
 mod tests;
+
+const MS: Duration = Duration::from_millis(1);
+const FIVE_MIN: Duration = Duration::from_secs(300);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// An `Events:` mask Asterisk understands (ami-app-rpt.md §1.4, `strings_to_mask`): all
+/// digits, a true/false word, or a comma list of event class names.
+fn valid_event_mask(mask: &str) -> bool {
+    const WORDS: [&str; 6] = ["on", "off", "yes", "no", "true", "false"];
+    const CLASSES: [&str; 19] = [
+        "system",
+        "call",
+        "log",
+        "verbose",
+        "command",
+        "agent",
+        "user",
+        "config",
+        "dtmf",
+        "reporting",
+        "cdr",
+        "dialplan",
+        "originate",
+        "agi",
+        "cc",
+        "aoc",
+        "test",
+        "security",
+        "message",
+    ];
+    let m = mask.trim();
+    if !m.is_empty() && m.len() <= 10 && m.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    if WORDS.iter().any(|w| w.eq_ignore_ascii_case(m)) {
+        return true;
+    }
+    !m.is_empty()
+        && m.split(',')
+            .all(|c| CLASSES.iter().any(|k| k.eq_ignore_ascii_case(c.trim())))
+}
+
+/// Leading blanks, and the text after any `- ` list markers: (column of the text, number
+/// of markers, text).
+fn split_indent(line: &str) -> (usize, usize, &str) {
+    let mut col = line.len() - line.trim_start_matches(' ').len();
+    let mut rest = &line[col..];
+    let mut dashes = 0;
+    while let Some(r) = rest
+        .strip_prefix("- ")
+        .or(if rest == "-" { Some("") } else { None })
+    {
+        let r2 = r.trim_start_matches(' ');
+        col += rest.len() - r2.len();
+        rest = r2;
+        dashes += 1;
+    }
+    (col, dashes, rest)
+}
+
+/// True when a line's value opens a block scalar (`key: |`, `- >-`…).
+fn opens_block_scalar(rest: &str) -> bool {
+    let v = rest.split_once(": ").map_or(rest, |(_, v)| v).trim_end();
+    let v = v.split(" #").next().unwrap_or(v).trim_end();
+    matches!(v.chars().next(), Some('|' | '>'))
+        && v.len() <= 3
+        && v[1..].chars().all(|c| matches!(c, '-' | '+' | '0'..='9'))
+}
+
+/// The line where nesting (block indentation levels, or flow `[`/`{` depth) first goes
+/// past `max`, found with one pass over the text (YAML parsing of such input is slow).
+fn too_deep(text: &str, max: usize) -> Option<usize> {
+    let mut stack: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut scalar: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let (col, dashes, rest) = split_indent(line);
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        if let Some(at) = scalar {
+            if line.len() - line.trim_start_matches(' ').len() > at {
+                continue;
+            }
+            scalar = None;
+        }
+        if flow == 0 {
+            let lead = line.len() - line.trim_start_matches(' ').len();
+            while stack.last().is_some_and(|t| *t > lead) {
+                stack.pop();
+            }
+            if stack.last() != Some(&lead) {
+                stack.push(lead);
+            }
+            if stack.len() + dashes > max {
+                return Some(i + 1);
+            }
+            if opens_block_scalar(rest) {
+                scalar = Some(lead);
+                continue;
+            }
+        }
+        let _ = col;
+        let (mut single, mut double) = (false, false);
+        let mut prev = b' ';
+        for &b in rest.as_bytes() {
+            match b {
+                b'\'' if !double => single = !single,
+                b'"' if !single && prev != b'\\' => double = !double,
+                b'#' if !single && !double && prev == b' ' => break,
+                b'[' | b'{' if !single && !double => {
+                    flow += 1;
+                    if flow > max {
+                        return Some(i + 1);
+                    }
+                }
+                b']' | b'}' if !single && !double => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            prev = b;
+        }
+    }
+    None
+}
+
+/// A key written twice in the same block mapping, named with both lines (serde's own
+/// message would point at the wrong place or not say which key).
+fn repeated_key(text: &str) -> Option<String> {
+    let mut maps: Vec<(usize, BTreeMap<String, usize>)> = Vec::new();
+    let mut scalar: Option<usize> = None;
+    let mut flow = false;
+    for (i, line) in text.lines().enumerate() {
+        let (col, dashes, rest) = split_indent(line);
+        if rest.is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        let lead = line.len() - line.trim_start_matches(' ').len();
+        if let Some(at) = scalar {
+            if lead > at {
+                continue;
+            }
+            scalar = None;
+        }
+        if flow {
+            // Inside a multi-line flow collection: not block keys.
+            flow = rest.contains(['[', '{']) || !rest.contains([']', '}']);
+            continue;
+        }
+        while maps
+            .last()
+            .is_some_and(|(c, _)| *c > col || (dashes > 0 && *c >= col))
+        {
+            maps.pop();
+        }
+        if opens_block_scalar(rest) {
+            scalar = Some(lead);
+        }
+        let opens = rest.matches(['[', '{']).count();
+        let closes = rest.matches([']', '}']).count();
+        let Some((key, _)) = rest.split_once(':') else {
+            flow = opens > closes;
+            continue;
+        };
+        flow = opens > closes;
+        let after = &rest[key.len() + 1..];
+        let key = key.trim().trim_matches(['"', '\'']);
+        let plain = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !plain || !(after.is_empty() || after.starts_with(' ')) {
+            continue;
+        }
+        if maps.last().is_none_or(|(c, _)| *c != col) {
+            maps.push((col, BTreeMap::new()));
+        }
+        if let Some((_, keys)) = maps.last_mut() {
+            if let Some(first) = keys.insert(key.to_owned(), i + 1) {
+                return Some(format!(
+                    "{key} (line {}): is repeated (first at line {first}); keep only one",
+                    i + 1
+                ));
+            }
+        }
+    }
+    None
+}

@@ -64,6 +64,8 @@ enum Command {
         /// Generate activity (keyups, links coming and going) with this seed.
         #[arg(long)]
         activity: Option<u64>,
+        #[command(flatten)]
+        faults: sim::SimFaults,
     },
     /// Check a configuration file and exit (non-zero with the problem when invalid).
     CheckConfig { path: PathBuf },
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
                 legacy,
                 demo_network,
                 activity,
+                faults,
             } => {
                 let era = if legacy { Era::Legacy } else { Era::Modern };
                 let config = SimConfig {
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
                     secret,
                     era,
                     nodes,
+                    faults,
                 };
                 let shutdown = CancellationToken::new();
                 let stop = shutdown.clone();

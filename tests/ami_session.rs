@@ -352,3 +352,210 @@ async fn shutdown_during_a_backoff_wait_stops_at_once() {
         Err(ActionError::NotConnected { .. })
     ));
 }
+
+/// A supervisor over TCP whose metrics the test can read.
+fn supervise_tcp_with_metrics(
+    addr: std::net::SocketAddr,
+    settings: AmiSettings,
+    stop: &CancellationToken,
+) -> (
+    allstar_nexus::ami::AmiHandle,
+    allstar_nexus::metrics::Metrics,
+    tokio::sync::mpsc::Receiver<AmiEvent>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(100_000);
+    let metrics = allstar_nexus::metrics::Metrics::default();
+    let h = allstar_nexus::ami::connection::spawn_tcp(
+        server(addr, &["1999"]),
+        settings,
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    );
+    (h, metrics, rx)
+}
+
+#[tokio::test]
+async fn shutdown_sends_logoff_and_the_supervisor_ends() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let stop = CancellationToken::new();
+    let (h, m, _rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
+    wait_connected(&h, true).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), h.stopped())
+        .await
+        .expect("the supervisor task ends within the grace period");
+    let actions: Vec<String> = sim
+        .recorded_actions()
+        .iter()
+        .filter_map(|a| a.action().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("Logoff"),
+        "{actions:?}"
+    );
+    assert_eq!(
+        m.ami_actions
+            .with_label_values(&["test", "Logoff", "ok"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn login_follows_asterisk_back_within_two_seconds() {
+    // The ladder waits 15 s after the immediate retry; the probe must beat it.
+    let sim = sim_on_tcp(&["1999"]).await;
+    let stop = CancellationToken::new();
+    let (h, _m, _rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
+    wait_connected(&h, true).await;
+    let mut w = h.watch_status();
+    sim.pause_listener().await;
+    // Barrier: the immediate retry was refused, so the supervisor is in its 15 s wait.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        w.wait_for(|s| !s.connected && s.last_error_kind == Some("refused")),
+    )
+    .await
+    .expect("refused in time")
+    .expect("alive");
+    let logins_before = sim
+        .recorded_actions()
+        .iter()
+        .filter(|a| a.action() == Some("Login"))
+        .count();
+    sim.resume_listener().await.expect("listens again");
+    let back = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), w.wait_for(|s| s.connected))
+        .await
+        .expect("reconnected")
+        .expect("alive");
+    let took = back.elapsed();
+    eprintln!("reconnected {took:?} after the port answered again");
+    assert!(took <= Duration::from_millis(2500), "{took:?}");
+    let logins = sim
+        .recorded_actions()
+        .iter()
+        .filter(|a| a.action() == Some("Login"))
+        .count();
+    assert_eq!(logins, logins_before + 1, "one login, no hammering");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_port_that_never_greets_gets_its_own_error() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            socks.push(s);
+        }
+    });
+    let stop = CancellationToken::new();
+    let s = AmiSettings {
+        connect_timeout: Duration::from_millis(300),
+        ..settings()
+    };
+    let (h, _rx) = supervise_tcp(addr, s, &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), h.subscribe_status().recv())
+        .await
+        .expect("in time")
+        .expect("status");
+    assert_eq!(st.last_error_kind, Some("no_greeting"), "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("answered but sent no AMI greeting within 0.3s")),
+        "{st:?}"
+    );
+    stop.cancel();
+    held.abort();
+}
+
+#[tokio::test]
+async fn stray_replies_are_protocol_errors_and_complete_nothing() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let stop = CancellationToken::new();
+    let (h, m, _rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
+    wait_connected(&h, true).await;
+    sim.inject_raw(
+        b"Response: Success\r\nNode: \r\n\r\nResponse: Success\r\nActionID: evil-1\r\n\r\n",
+    );
+    let errors = || m.ami_protocol_errors.with_label_values(&["test"]).get();
+    wait_until("two protocol errors", || errors() >= 2).await;
+    let reply = h.send(ping()).await.expect("the session still works");
+    assert_eq!(reply.frame.get("Ping"), Some("Pong"));
+    assert_eq!(errors(), 2);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn event_names_outside_the_fixed_set_count_as_other() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let stop = CancellationToken::new();
+    let (h, m, _rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
+    wait_connected(&h, true).await;
+    let mut burst = String::new();
+    for i in 0..2_000 {
+        burst.push_str(&format!("Event: RPT_FAKE{i}\r\nNode: 1999\r\n\r\n"));
+    }
+    sim.inject_raw(burst.as_bytes());
+    let other = || m.ami_events.with_label_values(&["test", "other"]).get();
+    wait_until("2000 events counted", || other() >= 2_000).await;
+    let text = m.render();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("nexus_ami_events_total{"))
+        .count();
+    assert!(series <= 3, "{series} series:\n{text}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_link_event_does_not_stall_the_session() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let stop = CancellationToken::new();
+    let (h, _m, mut rx) = supervise_tcp_with_metrics(sim.addr(), settings(), &stop);
+    wait_connected(&h, true).await;
+    let entries: Vec<String> = (0..100_000).map(|i| format!("{}TU", 100_000 + i)).collect();
+    let event = format!(
+        "Event: RPT_ALINKS\r\nPrivilege: call,all\r\nNode: 1999\r\nEventValue: 100000,{}\r\n\r\n",
+        entries.join(",")
+    );
+    sim.inject_raw(event.as_bytes());
+    let started = Instant::now();
+    let frame = loop {
+        match rx.recv().await.expect("events flow") {
+            AmiEvent::Event { frame, .. }
+                if frame.event() == Some("RPT_ALINKS") && frame.len() == 4 =>
+            {
+                break frame;
+            }
+            _ => {}
+        }
+    };
+    let parsed = allstar_nexus::rpt::parse_event(&frame);
+    eprintln!(
+        "100,000-link RPT_ALINKS: received and refused in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            parsed,
+            Some(Err(allstar_nexus::rpt::RptError::TooManyLinks { .. }))
+        ),
+        "{parsed:?}"
+    );
+    let ping_at = Instant::now();
+    h.send(ping()).await.expect("still answering");
+    assert!(
+        ping_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        ping_at.elapsed()
+    );
+    stop.cancel();
+}

@@ -1,7 +1,8 @@
 //! The reconnect policy, in one place: retry at once, then `ami_retry_interval`, doubling
 //! up to `ami_retry_max` (0 s, 15 s, 30 s, 60 s, 60 s … by default), plus a little jitter
-//! so many daemons do not hammer one Asterisk in step. The ladder starts again from the
-//! bottom once a session has stayed up for `stable_after`.
+//! so many daemons do not hammer one Asterisk in step. Jitter never takes a wait past
+//! `ami_retry_max`: at the top of the ladder it shortens the wait instead. The ladder starts
+//! again from the bottom once a session has stayed up for `stable_after`.
 
 use std::time::Duration;
 
@@ -42,12 +43,22 @@ impl Backoff {
 
     /// The wait before the next attempt (with jitter), and one more step up the ladder.
     pub fn next_delay(&mut self) -> Duration {
+        self.next_delay_with(rand::random::<f64>())
+    }
+
+    /// [`Backoff::next_delay`] with the random draw given (`r` in 0..1): the jitter is
+    /// `base × jitter × r`, added below the cap and subtracted where it would pass it.
+    fn next_delay_with(&mut self, r: f64) -> Duration {
         let base = self.base_delay();
         self.failures = self.failures.saturating_add(1);
         if base.is_zero() || self.jitter == 0.0 {
             return base;
         }
-        base.mul_f64(1.0 + rand::random::<f64>() * self.jitter)
+        let extra = base.mul_f64(r.clamp(0.0, 1.0) * self.jitter);
+        match base.checked_add(extra) {
+            Some(up) if up <= self.max => up,
+            _ => base.saturating_sub(extra),
+        }
     }
 
     /// How long a session must stay up for the ladder to start again from the bottom.
@@ -86,9 +97,29 @@ mod tests {
         for _ in 0..100 {
             let d = j.next_delay();
             assert!(
-                d >= Duration::from_secs(10) && d <= Duration::from_secs(11),
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(10),
                 "{d:?}"
             );
+        }
+    }
+
+    #[test]
+    fn jitter_never_passes_the_maximum() {
+        // The default ladder with 10 % jitter once gave 61 s and 65 s waits with a 60 s max.
+        for r in [0.0, 0.5, 0.999_999, 1.0] {
+            let mut b = Backoff::new(Duration::from_secs(15), Duration::from_secs(60), 0.1);
+            let waits: Vec<Duration> = (0..8).map(|_| b.next_delay_with(r)).collect();
+            for w in &waits {
+                assert!(*w <= Duration::from_secs(60), "r={r}: {waits:?}");
+            }
+            // Below the cap the jitter still adds (15 s step → 15..16.5 s).
+            assert!(waits[1] >= Duration::from_secs(15), "{waits:?}");
+        }
+        let mut top = Backoff::new(Duration::from_secs(15), Duration::from_secs(60), 0.1);
+        let waits: Vec<Duration> = (0..6).map(|_| top.next_delay_with(1.0)).collect();
+        assert_eq!(waits[3], Duration::from_secs(54), "{waits:?}");
+        for _ in 0..1000 {
+            assert!(top.next_delay() <= Duration::from_secs(60));
         }
     }
 

@@ -19,7 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Default cap on one frame: far above any real XStat/LinkedNodes reply.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = crate::config::DEFAULT_AMI_MAX_FRAME_BYTES;
 
 /// The marker that ends a legacy (Asterisk ≤ 13) `Response: Follows` block.
 const END_COMMAND: &[u8] = b"--END COMMAND--";

@@ -1,13 +1,19 @@
 //! The connection supervisor: one task per Asterisk server that keeps an AMI session alive
 //! forever.
 //!
-//! It connects with a timeout, checks the banner, logs in and checks the reply before
-//! calling the session connected; matches replies to actions by `ActionID` (or, for a reply
-//! without one, to the oldest action waiting); sends `Ping` on an idle session and resets a
-//! peer that stops answering; fails every pending action at once on disconnect (nothing is
-//! re-sent); and reconnects along the [`Backoff`] ladder. Events go to the state engine
-//! through a bounded channel (overflow is counted, and the next poll recovers it); status
-//! changes go to everyone through [`AmiHandle`].
+//! It connects with a timeout, checks the banner (a peer that accepts TCP but sends no
+//! greeting gets its own error), logs in and checks the reply before calling the session
+//! connected; matches replies to actions by `ActionID` (see [`take_pending`] for the one
+//! exception app_rpt requires); sends `Ping` on an idle session and resets a peer that stops
+//! answering; fails every pending action at once on disconnect (nothing is re-sent); and
+//! reconnects along the [`Backoff`] ladder. While it waits out a step of the ladder after
+//! the port stopped answering, it probes the port with a bare TCP connect every
+//! [`PROBE_EVERY`] and logs in as soon as it answers, so recovery after an Asterisk restart
+//! takes seconds, with no more login attempts than the ladder alone. On shutdown it sends
+//! `Action: Logoff` (waiting at most [`LOGOFF_WAIT`]) and ends; [`AmiHandle::stopped`]
+//! awaits that. Events go to the state engine through a bounded channel (overflow is
+//! counted, and the next poll recovers it); status changes go to everyone through
+//! [`AmiHandle`]. Notable things are typed [`super::events`] (metric + log line).
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -25,9 +31,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::codec::{Action, AmiCodec, CodecError, Frame, Incoming};
+use super::events::{
+    ActionResult, AmiActionDone, AmiConnected, AmiDisconnected, AmiLoginFailed, AmiProtocolError,
+    event_label,
+};
 use crate::config::{AmiSettings, ServerConfig};
 use crate::metrics::Metrics;
-use crate::state::change::now_ms;
+use crate::observe::{InternalEvent, clip, now_ms};
+
+/// Text a peer sends that is stored, logged or shown (banner, login reply) is cut to this
+/// many characters, with a note that it was cut.
+pub const MAX_PEER_TEXT: usize = 200;
+
+/// While waiting to reconnect to a port that stopped answering, probe it this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// On shutdown, how long to wait for Asterisk's `Response: Goodbye` to our `Logoff`.
+pub const LOGOFF_WAIT: Duration = Duration::from_secs(1);
+
+/// `text` clipped to [`MAX_PEER_TEXT`] characters, saying so when it was cut.
+pub fn shown(text: &str) -> String {
+    match clip(text, MAX_PEER_TEXT) {
+        (t, false) => t,
+        (t, true) => format!("{t}… [clipped: {} bytes in all]", text.len()),
+    }
+}
 
 /// Any byte stream an AMI session can run over (TCP, or an in-memory pipe in tests).
 pub trait AmiStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -37,9 +65,18 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AmiStream for T {}
 pub type ConnectFuture =
     Pin<Box<dyn Future<Output = Result<Box<dyn AmiStream>, ConnectError>> + Send>>;
 
+/// A boxed future saying whether the port answered a bare connect.
+pub type ProbeFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
+
 /// How the supervisor opens a stream: TCP in production, anything in tests.
 pub trait Connector: Send + Sync + 'static {
     fn connect(&self) -> ConnectFuture;
+
+    /// A cheap check that the server's port answers again (a bare TCP connect, closed at
+    /// once; no login). `None`: this connector cannot probe, the ladder is waited out.
+    fn probe(&self) -> Option<ProbeFuture> {
+        None
+    }
 }
 
 /// Opens TCP connections to `host:port` with a timeout.
@@ -79,6 +116,16 @@ impl Connector for TcpConnector {
                 }))
         })
     }
+
+    fn probe(&self) -> Option<ProbeFuture> {
+        let (host, port) = (self.host.clone(), self.port);
+        let limit = self.timeout.min(PROBE_EVERY);
+        Some(Box::pin(async move {
+            let attempt = tokio::net::TcpStream::connect((host.as_str(), port));
+            // Dropped at once: Asterisk sees a connection that closes before its banner.
+            matches!(tokio::time::timeout(limit, attempt).await, Ok(Ok(_)))
+        }))
+    }
 }
 
 /// Why a session could not be established or was lost, in words an operator can act on.
@@ -90,6 +137,8 @@ pub enum ConnectError {
     Refused { addr: String },
     #[error("connection to {addr} timed out after {}s — is the host up and port open (firewall)?", after.as_secs_f64())]
     TimedOut { addr: String, after: Duration },
+    #[error("{addr} answered but sent no AMI greeting within {}s — is this port really Asterisk's manager interface?", after.as_secs_f64())]
+    NoGreeting { addr: String, after: Duration },
     #[error("host not found: {host:?} — check ami_host")]
     HostNotFound { host: String },
     #[error("authentication failed for user {user} — check ami_username/ami_password")]
@@ -132,6 +181,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused { .. } => "refused",
             ConnectError::TimedOut { .. } => "timeout",
+            ConnectError::NoGreeting { .. } => "no_greeting",
             ConnectError::HostNotFound { .. } => "host_not_found",
             ConnectError::AuthFailed { .. } => "auth_failed",
             ConnectError::BadBanner { .. } | ConnectError::Protocol(_) => "protocol",
@@ -141,6 +191,18 @@ impl ConnectError {
             ConnectError::Io { .. } => "io",
             ConnectError::Shutdown => "shutdown",
         }
+    }
+
+    /// True when the port itself did not answer (refused, unreachable, timed out): only
+    /// then is probing it worth anything.
+    fn port_down(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Refused { .. }
+                | ConnectError::TimedOut { .. }
+                | ConnectError::HostNotFound { .. }
+                | ConnectError::Io { .. }
+        )
     }
 }
 
@@ -232,6 +294,9 @@ struct Shared {
     action_timeout: Duration,
     status: watch::Sender<ConnectionStatus>,
     changes: broadcast::Sender<ConnectionStatus>,
+    metrics: Metrics,
+    /// Cancelled when the supervisor task has ended (after its Logoff).
+    stopped: CancellationToken,
 }
 
 /// The handle everyone uses to talk to one server. Cheap to clone.
@@ -267,6 +332,17 @@ impl AmiHandle {
         self.shared.status.subscribe()
     }
 
+    /// Waits until the supervisor task has ended: after shutdown was signalled, it logged
+    /// out (`Action: Logoff`, at most [`LOGOFF_WAIT`]) and closed the session.
+    pub async fn stopped(&self) {
+        self.shared.stopped.cancelled().await
+    }
+
+    /// True once the supervisor task has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.is_cancelled()
+    }
+
     /// Sends an action and waits for its reply with the configured timeout.
     pub async fn send(&self, action: Action) -> Result<Reply, ActionError> {
         self.send_timeout(action, self.shared.action_timeout).await
@@ -274,7 +350,31 @@ impl AmiHandle {
 
     /// Sends an action and waits up to `timeout` for its reply. An `ActionID` is assigned
     /// here (any given one is replaced). `Response: Error` becomes [`ActionError::Rejected`].
+    /// Every outcome is counted in `nexus_ami_actions_total{server,action,result}`.
     pub async fn send_timeout(
+        &self,
+        action: Action,
+        timeout: Duration,
+    ) -> Result<Reply, ActionError> {
+        let name = action.name().to_owned();
+        let out = self.send_uncounted(action, timeout).await;
+        let result = match &out {
+            Ok(_) => ActionResult::Ok,
+            Err(ActionError::Rejected { .. }) => ActionResult::Error,
+            Err(ActionError::Timeout { .. }) => ActionResult::Timeout,
+            Err(ActionError::Disconnected { .. }) => ActionResult::Disconnected,
+            Err(ActionError::NotConnected { .. }) => ActionResult::NotConnected,
+        };
+        AmiActionDone {
+            server: &self.shared.server,
+            action: &name,
+            result,
+        }
+        .emit(&self.shared.metrics);
+        out
+    }
+
+    async fn send_uncounted(
         &self,
         mut action: Action,
         timeout: Duration,
@@ -369,6 +469,8 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         action_timeout: parts.settings.action_timeout,
         status,
         changes,
+        metrics: parts.metrics.clone(),
+        stopped: CancellationToken::new(),
     });
     let (commands, rx) = mpsc::channel(1024);
     let handle = AmiHandle {
@@ -380,7 +482,12 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         .ami_up
         .with_label_values(&[&parts.server.name])
         .set(0);
-    tokio::spawn(Supervisor::new(parts, shared, rx).run());
+    // Dropped when the task ends, however it ends (even by a panic): `stopped()` returns.
+    let done = shared.stopped.clone().drop_guard();
+    tokio::spawn(async move {
+        let _done = done;
+        Supervisor::new(parts, shared, rx).run().await;
+    });
     handle
 }
 
@@ -392,10 +499,14 @@ struct Supervisor {
     rx_seq: u64,
 }
 
+type Reader = FramedRead<tokio::io::ReadHalf<Box<dyn AmiStream>>, AmiCodec>;
+type Writer = FramedWrite<tokio::io::WriteHalf<Box<dyn AmiStream>>, AmiCodec>;
+
 /// A logged-in session's streams.
 struct Session {
-    reader: FramedRead<tokio::io::ReadHalf<Box<dyn AmiStream>>, AmiCodec>,
-    writer: FramedWrite<tokio::io::WriteHalf<Box<dyn AmiStream>>, AmiCodec>,
+    reader: Reader,
+    writer: Writer,
+    /// The greeting, clipped for display.
     banner: String,
 }
 
@@ -438,7 +549,7 @@ impl Supervisor {
                 r = self.establish() => r,
                 _ = shutdown.cancelled() => return self.stop(),
             };
-            match outcome {
+            let probe = match outcome {
                 Ok(session) => {
                     let started = Instant::now();
                     self.connected(&session.banner).await;
@@ -446,37 +557,63 @@ impl Supervisor {
                     if err == ConnectError::Shutdown {
                         return self.stop();
                     }
-                    tracing::warn!(server = %self.name, "[AMI] connection lost: {err}");
-                    self.disconnected(&err).await;
+                    self.disconnected(&err, true, attempt).await;
                     if started.elapsed() >= backoff.stable_after() {
                         backoff.reset();
                     }
+                    err.port_down()
                 }
                 Err(err) => {
-                    tracing::warn!(server = %self.name, "[AMI] connection failed (attempt #{attempt}): {err}");
-                    self.disconnected(&err).await;
+                    self.disconnected(&err, false, attempt).await;
+                    err.port_down()
                 }
-            }
+            };
             let wait = backoff.next_delay();
             if !wait.is_zero() {
-                tracing::info!(server = %self.name, "[AMI] retrying connection in {}...", humantime::format_duration(round_secs(wait)));
+                let how = if probe {
+                    " (sooner if the port answers again)"
+                } else {
+                    ""
+                };
+                tracing::info!(server = %self.name, "[AMI] retrying connection in {}{how}...", humantime::format_duration(round_secs(wait)));
             }
-            if !self.wait(wait).await {
+            if !self.wait(wait, probe).await {
                 return self.stop();
             }
         }
     }
 
-    /// Waits out a backoff delay, failing any action that arrives meanwhile. False on shutdown.
-    async fn wait(&mut self, wait: Duration) -> bool {
-        let sleep = tokio::time::sleep(wait);
+    /// Waits out a backoff delay, failing any action that arrives meanwhile. With `probe`,
+    /// the port is probed every [`PROBE_EVERY`] and the wait ends as soon as it answers.
+    /// False on shutdown.
+    async fn wait(&mut self, wait: Duration, probe: bool) -> bool {
+        let deadline = Instant::now() + wait;
+        let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
+        let connector = &self.parts.connector;
+        let probing = probe && connector.probe().is_some();
+        let mut next_probe = Instant::now() + PROBE_EVERY;
         loop {
+            let probe_now = probing && next_probe < deadline;
+            let probe_fut = async {
+                tokio::time::sleep_until(next_probe).await;
+                match connector.probe() {
+                    Some(f) => f.await,
+                    None => false,
+                }
+            };
             tokio::select! {
                 _ = &mut sleep => return true,
                 _ = self.parts.shutdown.cancelled() => return false,
                 Some(cmd) = self.commands.recv() => {
                     let _ = cmd.tx.send(Err(ActionError::NotConnected { server: self.name.to_string() }));
+                }
+                answered = probe_fut, if probe_now => {
+                    if answered {
+                        tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in now");
+                        return true;
+                    }
+                    next_probe = Instant::now() + PROBE_EVERY;
                 }
             }
         }
@@ -494,106 +631,154 @@ impl Supervisor {
         let max = self.parts.settings.max_frame_bytes;
         let mut reader = FramedRead::new(r, AmiCodec::client(max));
         let mut writer = FramedWrite::new(w, AmiCodec::client(max));
-        let deadline = self.parts.settings.connect_timeout;
+        let timeout = self.parts.settings.connect_timeout;
+        let deadline = Instant::now() + timeout;
         let addr = self.parts.server.address();
-        let login = async {
-            let banner = match reader.next().await {
-                Some(Ok(Incoming::Banner(b))) => b,
-                Some(Ok(Incoming::Frame(f))) => {
-                    return Err(ConnectError::BadBanner {
-                        banner: format!("{f:?}"),
-                    });
-                }
-                Some(Err(e)) => return Err(self.codec_error(e)),
-                None => return Err(ConnectError::Closed),
-            };
-            if !banner.starts_with("Asterisk Call Manager") {
-                return Err(ConnectError::BadBanner {
-                    banner: banner.chars().take(80).collect(),
+        let banner = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Err(_) => {
+                return Err(ConnectError::NoGreeting {
+                    addr,
+                    after: timeout,
                 });
             }
-            let server = &self.parts.server;
-            let login = Action::new("Login")
-                .and_then(|a| a.header("Username", &server.username))
-                .and_then(|a| a.header("Secret", &server.password))
-                .and_then(|a| a.header("Events", &self.parts.settings.events))
-                .and_then(|a| a.header("ActionID", "nx-login"))
-                .map_err(|e| ConnectError::Login(e.to_string()))?;
-            writer.send(&login).await.map_err(|e| self.codec_error(e))?;
-            loop {
-                let frame = match reader.next().await {
-                    Some(Ok(Incoming::Frame(f))) => f,
-                    Some(Ok(Incoming::Banner(_))) => continue,
-                    Some(Err(e)) => return Err(self.codec_error(e)),
-                    // Asterisk closes right after a failed login.
-                    None => {
-                        return Err(ConnectError::AuthFailed {
-                            user: server.username.clone(),
-                        });
-                    }
-                };
-                if frame.event().is_some() {
-                    continue;
-                }
-                return match frame.response() {
-                    Some(r) if r.eq_ignore_ascii_case("Success") => Ok(banner),
-                    Some(r) if r.eq_ignore_ascii_case("Error") => {
-                        let msg = frame.get("Message").unwrap_or("");
-                        if msg.to_ascii_lowercase().contains("auth") {
-                            Err(ConnectError::AuthFailed {
-                                user: server.username.clone(),
-                            })
-                        } else {
-                            Err(ConnectError::Login(msg.to_owned()))
-                        }
-                    }
-                    _ => Err(ConnectError::Login(format!("unexpected reply {frame:?}"))),
-                };
+            Ok(Some(Ok(Incoming::Banner(b)))) => b,
+            Ok(Some(Ok(Incoming::Frame(f)))) => {
+                return Err(ConnectError::BadBanner {
+                    banner: shown(&format!("{f:?}")),
+                });
             }
+            Ok(Some(Err(e))) => return Err(self.codec_error(e)),
+            Ok(None) => return Err(ConnectError::Closed),
         };
-        let banner =
-            tokio::time::timeout(deadline, login)
-                .await
-                .map_err(|_| ConnectError::TimedOut {
-                    addr,
-                    after: deadline,
-                })??;
-        Ok(Session {
-            reader,
-            writer,
-            banner,
-        })
+        if !banner.starts_with("Asterisk Call Manager") {
+            let err = ConnectError::BadBanner {
+                banner: shown(&banner),
+            };
+            self.protocol_error(&err.to_string());
+            return Err(err);
+        }
+        match tokio::time::timeout_at(deadline, self.login(&mut reader, &mut writer)).await {
+            Err(_) => {
+                AmiActionDone {
+                    server: &self.name,
+                    action: "Login",
+                    result: ActionResult::Timeout,
+                }
+                .emit(&self.parts.metrics);
+                Err(ConnectError::Login(format!(
+                    "no reply to Login within {}s",
+                    timeout.as_secs_f64()
+                )))
+            }
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(Session {
+                reader,
+                writer,
+                banner: shown(&banner),
+            }),
+        }
+    }
+
+    /// Sends `Login` and reads its reply (events before it are skipped).
+    async fn login(&self, reader: &mut Reader, writer: &mut Writer) -> Result<(), ConnectError> {
+        let server = &self.parts.server;
+        let login = Action::new("Login")
+            .and_then(|a| a.header("Username", &server.username))
+            .and_then(|a| a.header("Secret", &server.password))
+            .and_then(|a| a.header("Events", &self.parts.settings.events))
+            .and_then(|a| a.header("ActionID", "nx-login"))
+            .map_err(|e| ConnectError::Login(e.to_string()))?;
+        writer.send(&login).await.map_err(|e| self.codec_error(e))?;
+        let failed = |message: &str| {
+            AmiLoginFailed {
+                server: &self.name,
+                user: &server.username,
+                message,
+            }
+            .emit(&self.parts.metrics);
+        };
+        loop {
+            let frame = match reader.next().await {
+                Some(Ok(Incoming::Frame(f))) => f,
+                Some(Ok(Incoming::Banner(_))) => continue,
+                Some(Err(e)) => return Err(self.codec_error(e)),
+                // Asterisk closes right after a failed login.
+                None => {
+                    failed("connection closed after Login");
+                    return Err(ConnectError::AuthFailed {
+                        user: server.username.clone(),
+                    });
+                }
+            };
+            if frame.event().is_some() {
+                continue;
+            }
+            return match frame.response() {
+                Some(r) if r.eq_ignore_ascii_case("Success") => {
+                    AmiActionDone {
+                        server: &self.name,
+                        action: "Login",
+                        result: ActionResult::Ok,
+                    }
+                    .emit(&self.parts.metrics);
+                    Ok(())
+                }
+                Some(r) if r.eq_ignore_ascii_case("Error") => {
+                    let msg = shown(frame.get("Message").unwrap_or(""));
+                    failed(&msg);
+                    if msg.to_ascii_lowercase().contains("auth") {
+                        Err(ConnectError::AuthFailed {
+                            user: server.username.clone(),
+                        })
+                    } else {
+                        Err(ConnectError::Login(msg))
+                    }
+                }
+                _ => {
+                    let text = shown(&format!("unexpected reply {frame:?}"));
+                    failed(&text);
+                    Err(ConnectError::Login(text))
+                }
+            };
+        }
+    }
+
+    fn protocol_error(&self, detail: &str) {
+        AmiProtocolError {
+            server: &self.name,
+            detail,
+        }
+        .emit(&self.parts.metrics);
     }
 
     fn codec_error(&self, e: CodecError) -> ConnectError {
         match e {
             CodecError::Io(io) => ConnectError::from_io(io, &self.parts.server.address()),
             other => {
-                self.parts
-                    .metrics
-                    .ami_protocol_errors
-                    .with_label_values(&[&self.name])
-                    .inc();
-                ConnectError::Protocol(other.to_string())
+                let text = other.to_string();
+                self.protocol_error(&text);
+                ConnectError::Protocol(text)
             }
         }
     }
 
     /// Runs a logged-in session until it fails; returns why.
     async fn serve(&mut self, mut session: Session) -> ConnectError {
-        let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut order: VecDeque<String> = VecDeque::new();
+        let mut book = Book::default();
         let keepalive = self.parts.settings.keepalive_interval;
         let ping_timeout = self.parts.settings.keepalive_timeout;
         let mut last_rx = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
+        let mut ping: Option<(String, Instant)> = None;
         let timer = tokio::time::sleep(keepalive);
         tokio::pin!(timer);
         let shutdown = self.parts.shutdown.clone();
         let err = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break ConnectError::Shutdown,
+                _ = shutdown.cancelled() => {
+                    self.logoff(&mut session).await;
+                    break ConnectError::Shutdown;
+                }
                 item = session.reader.next() => match item {
                     None => break ConnectError::Closed,
                     Some(Err(e)) => break self.codec_error(e),
@@ -603,9 +788,12 @@ impl Supervisor {
                         self.rx_seq += 1;
                         if frame.event().is_some() {
                             self.forward_event(frame);
-                        } else if let Some(p) = take_pending(&mut pending, &mut order, &frame) {
-                            if p.action == "Ping" { ping_sent = None; }
-                            let _ = p.tx.send(Ok(Reply { frame, rx_seq: self.rx_seq }));
+                        } else if ping.as_ref().is_some_and(|(id, _)| frame.action_id() == Some(id.as_str())) {
+                            ping = None;
+                            AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Ok }
+                                .emit(&self.parts.metrics);
+                        } else {
+                            self.on_reply(&mut book, frame);
                         }
                     }
                 },
@@ -615,34 +803,28 @@ impl Supervisor {
                         let _ = cmd.tx.send(Err(ActionError::Disconnected { server: self.name.to_string(), reason: e.to_string() }));
                         break self.codec_error(e);
                     }
-                    order.push_back(id.clone());
-                    pending.insert(id, Pending { tx: cmd.tx, action: cmd.action.name().to_owned() });
-                    if order.len() > 4 * pending.len() + 64 {
-                        order.retain(|id| pending.contains_key(id));
-                    }
+                    book.add(id, Pending { tx: cmd.tx, action: cmd.action.name().to_owned() });
                 },
                 _ = &mut timer => {
                     // Forget actions whose caller gave up (timed out).
-                    pending.retain(|_, p| !p.tx.is_closed());
-                    order.retain(|id| pending.contains_key(id));
+                    book.forget_abandoned();
                     let now = Instant::now();
-                    if let Some(sent) = ping_sent {
+                    if let Some((_, sent)) = &ping {
+                        let sent = *sent;
                         if now >= sent + ping_timeout {
+                            AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Timeout }
+                                .emit(&self.parts.metrics);
                             break ConnectError::KeepaliveTimeout(ping_timeout);
                         }
                         timer.as_mut().reset(sent + ping_timeout);
                     } else if now >= last_rx + keepalive {
                         let id = format!("nx-{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-                        let ping = Action::new("Ping").and_then(|a| a.header("ActionID", &id));
-                        if let Ok(ping) = ping {
-                            if let Err(e) = session.writer.send(&ping).await {
+                        if let Ok(action) = Action::new("Ping").and_then(|a| a.header("ActionID", &id)) {
+                            if let Err(e) = session.writer.send(&action).await {
                                 break self.codec_error(e);
                             }
-                            let (tx, _rx) = oneshot::channel();
-                            order.push_back(id.clone());
-                            pending.insert(id, Pending { tx, action: "Ping".into() });
                         }
-                        ping_sent = Some(now);
+                        ping = Some((id, now));
                         timer.as_mut().reset(now + ping_timeout);
                     } else {
                         timer.as_mut().reset(last_rx + keepalive);
@@ -650,10 +832,34 @@ impl Supervisor {
                 }
             }
         };
-        // Every waiting action fails now; nothing is re-sent.
+        self.fail_all(book, &err);
+        err
+    }
+
+    /// A reply: completes the action it belongs to, or is counted as a protocol error.
+    fn on_reply(&self, book: &mut Book, frame: Frame) {
+        let next_id = self.shared.next_id.load(Ordering::Relaxed);
+        match take_pending(book, &frame, next_id) {
+            Match::Found(p) => {
+                let _ = p.tx.send(Ok(Reply {
+                    frame,
+                    rx_seq: self.rx_seq,
+                }));
+            }
+            Match::Late => {
+                tracing::debug!(server = %self.name, "[AMI] late reply to an action whose caller gave up");
+            }
+            Match::Stray(why) => {
+                self.protocol_error(&format!("{why}: {}", shown(&format!("{frame:?}"))))
+            }
+        }
+    }
+
+    /// Every waiting action fails now; nothing is re-sent.
+    fn fail_all(&mut self, book: Book, err: &ConnectError) {
         self.set_connected(false);
         let reason = err.to_string();
-        for (_, p) in pending.drain() {
+        for (_, p) in book.pending {
             let _ = p.tx.send(Err(ActionError::Disconnected {
                 server: self.name.to_string(),
                 reason: reason.clone(),
@@ -665,15 +871,46 @@ impl Supervisor {
                 reason: reason.clone(),
             }));
         }
-        err
+    }
+
+    /// Says goodbye: `Action: Logoff`, then waits (at most [`LOGOFF_WAIT`]) for
+    /// `Response: Goodbye` or the close that follows it.
+    async fn logoff(&self, session: &mut Session) {
+        let result = async {
+            let action = Action::new("Logoff")
+                .and_then(|a| a.header("ActionID", "nx-logoff"))
+                .ok()?;
+            session.writer.send(&action).await.ok()?;
+            loop {
+                match session.reader.next().await {
+                    None | Some(Err(_)) => return Some(()),
+                    Some(Ok(Incoming::Frame(f)))
+                        if f.response()
+                            .is_some_and(|r| r.eq_ignore_ascii_case("Goodbye")) =>
+                    {
+                        return Some(());
+                    }
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        let result = match tokio::time::timeout(LOGOFF_WAIT, result).await {
+            Ok(Some(())) => ActionResult::Ok,
+            Ok(None) => ActionResult::Disconnected,
+            Err(_) => ActionResult::Timeout,
+        };
+        AmiActionDone {
+            server: &self.name,
+            action: "Logoff",
+            result,
+        }
+        .emit(&self.parts.metrics);
+        tracing::info!(server = %self.name, result = result.label(), "[AMI] logged out");
     }
 
     fn forward_event(&self, frame: Frame) {
         let metrics = &self.parts.metrics;
-        let name = match frame.event() {
-            Some(e) if e.starts_with("RPT_") || e == "VarSet" => e,
-            _ => "other",
-        };
+        let name = frame.event().map_or("other", event_label);
         metrics
             .ami_events
             .with_label_values(&[&self.name, name])
@@ -713,12 +950,11 @@ impl Supervisor {
 
     async fn connected(&self, banner: &str) {
         self.set_connected(true);
-        let m = &self.parts.metrics;
-        m.ami_up.with_label_values(&[&self.name]).set(1);
-        m.ami_connected_since
-            .with_label_values(&[&self.name])
-            .set(now_ms() as f64 / 1000.0);
-        tracing::info!(server = %self.name, banner, "AMI connection established");
+        AmiConnected {
+            server: &self.name,
+            banner,
+        }
+        .emit(&self.parts.metrics);
         let st = self.update_status(|st| {
             st.connected = true;
             st.since_ms = now_ms();
@@ -727,13 +963,15 @@ impl Supervisor {
         self.publish(st).await;
     }
 
-    async fn disconnected(&self, err: &ConnectError) {
+    async fn disconnected(&self, err: &ConnectError, was_up: bool, attempt: u64) {
         self.set_connected(false);
-        let m = &self.parts.metrics;
-        m.ami_up.with_label_values(&[&self.name]).set(0);
-        m.ami_connected_since
-            .with_label_values(&[&self.name])
-            .set(0.0);
+        AmiDisconnected {
+            server: &self.name,
+            error: err,
+            was_up,
+            attempt,
+        }
+        .emit(&self.parts.metrics);
         let st = self.update_status(|st| {
             if st.connected || st.since_ms == 0 {
                 st.since_ms = now_ms();
@@ -747,25 +985,91 @@ impl Supervisor {
     }
 }
 
-/// Finds the action a reply belongs to: by `ActionID`, else the oldest one waiting.
-fn take_pending(
-    pending: &mut HashMap<String, Pending>,
-    order: &mut VecDeque<String>,
-    frame: &Frame,
-) -> Option<Pending> {
+/// The actions of one session waiting for their replies, and the order they were sent in.
+#[derive(Default)]
+struct Book {
+    pending: HashMap<String, Pending>,
+    order: VecDeque<String>,
+}
+
+impl Book {
+    fn add(&mut self, id: String, p: Pending) {
+        self.order.push_back(id.clone());
+        self.pending.insert(id, p);
+        if self.order.len() > 4 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.order.retain(|id| pending.contains_key(id));
+        }
+    }
+
+    fn forget_abandoned(&mut self) {
+        self.pending.retain(|_, p| !p.tx.is_closed());
+        let pending = &self.pending;
+        self.order.retain(|id| pending.contains_key(id));
+    }
+}
+
+/// What a reply frame turned out to answer.
+enum Match {
+    Found(Pending),
+    /// One of our ids whose caller already gave up (timed out): ignored.
+    Late,
+    /// It answers nothing: a protocol error (counted), never a completed request.
+    Stray(&'static str),
+}
+
+/// Actions app_rpt may answer with no `ActionID` and no `Response:` line at all
+/// (ami-app-rpt.md §2.5, §2.6): `RptLocalNodes` (XML lines) and a `VoterStatus` that
+/// matched nothing (a bare blank line).
+const BARE_REPLIES: [&str; 2] = ["VoterStatus", "RptLocalNodes"];
+
+/// Finds the action a reply belongs to, by `ActionID` only, with one exception the
+/// reference requires: a frame with neither `ActionID` nor `Response:` answers the oldest
+/// waiting action when that is a `VoterStatus` or `RptLocalNodes` (Asterisk answers one
+/// action at a time, in order, and never puts events inside a reply, §1.6). Any other
+/// reply without a known `ActionID` completes nothing (issue 9 item 12: a bare
+/// `Response: Success` once completed a poll as "ok" with an empty node).
+fn take_pending(book: &mut Book, frame: &Frame, next_id: u64) -> Match {
     if let Some(id) = frame.action_id() {
-        let p = pending.remove(id)?;
-        if order.front().map(String::as_str) == Some(id) {
-            order.pop_front();
+        if let Some(p) = book.pending.remove(id) {
+            if book.order.front().map(String::as_str) == Some(id) {
+                book.order.pop_front();
+            }
+            return Match::Found(p);
         }
-        return Some(p);
+        let ours = id
+            .strip_prefix("nx-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n < next_id);
+        return if ours {
+            Match::Late
+        } else {
+            Match::Stray("reply with an unknown ActionID")
+        };
     }
-    while let Some(id) = order.pop_front() {
-        if let Some(p) = pending.remove(&id) {
-            return Some(p);
+    if frame.response().is_some() {
+        return Match::Stray("reply without ActionID");
+    }
+    while let Some(id) = book.order.front() {
+        match book.pending.get(id) {
+            None => {
+                book.order.pop_front();
+            }
+            Some(p)
+                if BARE_REPLIES
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&p.action)) =>
+            {
+                let id = book.order.pop_front().unwrap_or_default();
+                return match book.pending.remove(&id) {
+                    Some(p) => Match::Found(p),
+                    None => Match::Stray("reply without ActionID"),
+                };
+            }
+            Some(_) => break,
         }
     }
-    None
+    Match::Stray("reply without ActionID")
 }
 
 fn round_secs(d: Duration) -> Duration {

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod codec;
 pub mod connection;
+pub mod events;
 
 pub use codec::{Action, AmiCodec, CodecError, Frame, Incoming};
 pub use connection::{ActionError, AmiEvent, AmiHandle, ConnectError, ConnectionStatus, Reply};

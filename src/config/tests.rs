@@ -118,7 +118,7 @@ fn bad_files_name_the_key_and_line() {
     );
     assert_err(
         "ami_username: a\nami_password: b\npolling_interval_seconds: 0\nnodes: [{node_id: 1}]\n",
-        &["polling_interval_seconds (line 3)", "at least 1"],
+        &["polling_interval_seconds (line 3)", "between 1 and 86400"],
     );
     assert_err(
         "ami_username: a\nami_password: b\nami_retry_interval: 2m\nami_retry_max: 1m\nnodes: [{node_id: 1}]\n",
@@ -148,4 +148,165 @@ fn example_config_is_valid() {
     let text = include_str!("../../config.example.yaml");
     unsafe { std::env::set_var("NEXUS_AMI_PASSWORD", "example") };
     parse(text).expect("config.example.yaml must be valid");
+}
+
+#[test]
+fn huge_durations_are_config_errors_not_panics() {
+    let e = parse(&format!("{MINIMAL}ami_retry_max: 1e20\n")).unwrap_err();
+    assert!(
+        e.contains("ami_retry_max") && e.contains("line 5") && e.contains("too long"),
+        "{e}"
+    );
+    let e = parse(&format!("{MINIMAL}ami_retry_max: 2h\n")).unwrap_err();
+    assert!(
+        e.contains("ami_retry_max (line 5): must be between 1ms and 1h, got 2h"),
+        "{e}"
+    );
+    let e = parse(&format!("{MINIMAL}ami_connect_timeout: 99999y\n")).unwrap_err();
+    assert!(e.contains("ami_connect_timeout"), "{e}");
+}
+
+#[test]
+fn numbers_have_ranges_named_in_the_error() {
+    for (yaml, want) in [
+        (
+            "websocket:\n  max_clients: 0\n",
+            "max_clients (line 6): must be between 1 and 100000, got 0",
+        ),
+        (
+            "lua:\n  memory_limit_mb: 100000\n",
+            "memory_limit_mb (line 6): must be between 1 and 4096",
+        ),
+        (
+            "ami_max_frame_bytes: 10\n",
+            "ami_max_frame_bytes (line 5): must be between 65536 and 268435456",
+        ),
+        (
+            "polling_interval_seconds: 1e12\n",
+            "must be between 1 and 86400 seconds",
+        ),
+        (
+            "lua:\n  callback_budget: 10m\n",
+            "callback_budget (line 6): must be between 1ms and 1m",
+        ),
+        (
+            "ami_port: 0\n",
+            "ami_port (line 5): must be between 1 and 65535",
+        ),
+    ] {
+        let e = parse(&format!("{MINIMAL}{yaml}")).unwrap_err();
+        assert!(e.contains(want), "{yaml:?}: {e}");
+    }
+}
+
+#[test]
+fn node_ids_are_digits_and_event_masks_are_checked() {
+    let e =
+        parse("ami_username: a\nami_password: b\nnodes:\n  - node_id: 1999\n  - node_id: abc\n")
+            .unwrap_err();
+    assert!(
+        e.contains("node_id (line 5): \"abc\" is not a node number"),
+        "{e}"
+    );
+    let e = parse(&format!("{MINIMAL}ami_events: bogus\n")).unwrap_err();
+    assert!(
+        e.contains("ami_events (line 5)") && e.contains("not an AMI event mask"),
+        "{e}"
+    );
+    for ok in ["call", "call,dialplan", "on", "off", "0", "Call, System"] {
+        parse(&format!("{MINIMAL}ami_events: {ok}\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
+fn repeated_keys_name_their_line() {
+    let e = parse("ami_username: a\nami_password: b\nnodes: [{node_id: 1}]\nami_username: c\n")
+        .unwrap_err();
+    assert!(
+        e.contains("ami_username (line 4): is repeated (first at line 1)"),
+        "{e}"
+    );
+    let e = parse(
+        "ami_username: a\nami_password: b\nlua:\n  queue: 5\n  memory_limit_mb: 4\n  queue: 6\n\
+         nodes: [{node_id: 1}]\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("queue (line 6): is repeated (first at line 4)"),
+        "{e}"
+    );
+    // The same key in different list items or sections is not a repeat.
+    parse(
+        "ami_servers:\n  - name: a\n    username: u\n    password: p\n    nodes:\n      - node_id: 1\n      - node_id: 2\n\
+         \x20 - name: b\n    username: u\n    password: p\n    nodes: [{node_id: 3}]\n",
+    )
+    .expect("valid");
+    // A node listed twice points at the second listing.
+    let e = parse("ami_username: a\nami_password: b\nnodes:\n  - node_id: 7\n  - node_id: 8\n  - node_id: 7\n")
+        .unwrap_err();
+    assert!(
+        e.contains("node_id (line 6): node 7 is listed twice"),
+        "{e}"
+    );
+}
+
+#[test]
+fn byte_order_mark_is_accepted() {
+    let c = parse(&format!("\u{feff}{MINIMAL}")).expect("a BOM is fine");
+    assert_eq!(c.servers[0].nodes[0].node_id, "1999");
+}
+
+#[test]
+fn endless_config_and_secret_files_are_refused_fast() {
+    let started = std::time::Instant::now();
+    let e = Config::load(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("larger than the 1048576 bytes allowed"), "{e}");
+    let e = parse("ami_username: a\nami_password_file: /dev/zero\nnodes: [{node_id: 1}]\n")
+        .unwrap_err();
+    assert!(
+        e.contains("ami_password_file (line 2): cannot read /dev/zero") && e.contains("4096"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused_fast() {
+    let flow = format!(
+        "{MINIMAL}plugins:\n  x: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let mut block = format!("{MINIMAL}plugins:\n");
+    let mut depth = 1;
+    while block.len() < 200_000 {
+        block.push_str(&" ".repeat(depth));
+        block.push_str("k:\n");
+        depth += 1;
+    }
+    for text in [flow, block] {
+        let started = std::time::Instant::now();
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains("nesting is deeper than 64 levels"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Ordinary nesting and Lua in a block scalar are fine.
+    parse(&format!(
+        "{MINIMAL}plugins:\n  a:\n    b:\n      c: [1, [2, {{d: 3}}]]\n  code: |\n{}\n",
+        (0..100)
+            .map(|i| format!("    {}x = 1", " ".repeat(i)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ))
+    .expect("valid");
 }

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::RptError;
+use super::{MAX_LINKS, MAX_REACHABLE, RptError};
 use crate::state::model::{LinkedNode, Mode};
 
 /// One adjacent link from `RPT_ALINKS`.
@@ -28,6 +28,7 @@ const LINKS_SENTINEL: &str = "R000000";
 
 /// Parses an `RPT_ALINKS` value.
 pub fn parse_alinks(value: &str) -> Result<Vec<ALink>, RptError> {
+    check_count("RPT_ALINKS", value, MAX_LINKS)?;
     let mut links = Vec::with_capacity(entry_capacity(value));
     for entry in counted_entries("RPT_ALINKS", value)? {
         if entry != ALINKS_SENTINEL {
@@ -39,6 +40,7 @@ pub fn parse_alinks(value: &str) -> Result<Vec<ALink>, RptError> {
 
 /// Parses an `RPT_LINKS` value. Entries without a mode letter get `mode: None`.
 pub fn parse_links(value: &str) -> Result<Vec<LinkedNode>, RptError> {
+    check_count("RPT_LINKS", value, MAX_REACHABLE)?;
     let mut nodes = Vec::with_capacity(entry_capacity(value));
     let entries = counted_entries("RPT_LINKS", value)?;
     nodes.extend(
@@ -63,6 +65,18 @@ pub fn parse_linked_nodes(value: &str) -> Vec<LinkedNode> {
             .map(mode_and_name),
     );
     nodes
+}
+
+/// Refuses a list with more than `limit` entries (plus the leading count), before any
+/// entry is parsed or stored.
+pub(super) fn check_count(list: &'static str, value: &str, limit: usize) -> Result<(), RptError> {
+    if memchr::memchr_iter(b',', value.as_bytes())
+        .nth(limit)
+        .is_some()
+    {
+        return Err(RptError::TooManyLinks { list, limit });
+    }
+    Ok(())
 }
 
 /// An upper bound on the entries of a comma-separated list (lists can hold thousands).

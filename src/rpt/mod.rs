@@ -27,6 +27,16 @@ pub use sawstat::{SawStatLink, parse_sawstat, parse_sawstat_line};
 pub use voter::{VoterInstance, VoterReceiver, parse_voter_status};
 pub use xstat::{XStat, XStatLink, parse_conn_line, parse_xstat};
 
+/// Most adjacent links accepted from one event or reply (`RPT_ALINKS`, XStat and SawStat
+/// `Conn:` lines). app_rpt's own limits are far lower (a node serves tens of links; the
+/// old `MAXLINKLIST` string buffer held about 70); a longer list is refused as a protocol
+/// error, so one hostile 100,000-link event cannot stall the state engine.
+pub const MAX_LINKS: usize = 1_000;
+
+/// Most reachable nodes accepted from one `RPT_LINKS` or `LinkedNodes:` value (every node
+/// of a hub network is listed; the largest real networks list hundreds).
+pub const MAX_REACHABLE: usize = 10_000;
+
 use crate::ami::Frame;
 
 /// Why an app_rpt reply, link string or event could not be understood.
@@ -88,6 +98,9 @@ pub enum RptError {
     /// A header the frame must carry is missing.
     #[error("{what} has no {header} header")]
     MissingHeader { what: String, header: &'static str },
+    /// A list longer than app_rpt ever sends ([`MAX_LINKS`], [`MAX_REACHABLE`]).
+    #[error("{list} lists more than {limit} entries (protocol error; the whole value is ignored)")]
+    TooManyLinks { list: &'static str, limit: usize },
     /// RptStat's `RptUptime` is not `HH:MM:SS`.
     #[error("RptStat RptUptime {value:?} is not HH:MM:SS")]
     Uptime { value: String },
@@ -234,6 +247,83 @@ mod tests {
         assert_eq!(
             none.unwrap_err().to_string(),
             r#"SawStat reply has no "Response: Success" (Response: None)"#
+        );
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn alinks(n: usize) -> String {
+        let entries: Vec<String> = (0..n).map(|i| format!("{}TU", 100_000 + i)).collect();
+        format!("{n},{}", entries.join(","))
+    }
+
+    #[test]
+    fn a_100000_link_event_is_refused_fast_and_1000_pass() {
+        let huge = alinks(100_000);
+        let started = Instant::now();
+        let refused = RptError::TooManyLinks {
+            list: "RPT_ALINKS",
+            limit: MAX_LINKS,
+        };
+        assert_eq!(parse_alinks(&huge), Err(refused.clone()));
+        let frame = Frame::from_headers(&[
+            ("Event", "RPT_ALINKS"),
+            ("Node", "1999"),
+            ("EventValue", huge.as_str()),
+        ]);
+        assert_eq!(parse_event(&frame), Some(Err(refused)));
+        let links = format!("100000,{}", vec!["T2000"; 100_000].join(","));
+        assert!(matches!(
+            parse_links(&links),
+            Err(RptError::TooManyLinks {
+                limit: MAX_REACHABLE,
+                ..
+            })
+        ));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            parse_alinks(&alinks(MAX_LINKS)).map(|l| l.len()),
+            Ok(MAX_LINKS)
+        );
+    }
+
+    #[test]
+    fn replies_with_too_many_links_are_refused() {
+        let mut x = vec![("Response", "Success"), ("Node", "1999")];
+        let conn =
+            "2000     127.0.0.1           0           OUT        00:00:01            ESTABLISHED";
+        x.extend(std::iter::repeat_n(("Conn", conn), MAX_LINKS + 1));
+        let e = parse_xstat(&Frame::from_headers(&x)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RptError::TooManyLinks {
+                    list: "XStat Conn",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut s = vec![("Response", "Success")];
+        s.extend(std::iter::repeat_n(("Conn", "2000 0 -1 -1"), MAX_LINKS + 1));
+        let e = parse_sawstat(&Frame::from_headers(&s)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RptError::TooManyLinks {
+                    list: "SawStat Conn",
+                    ..
+                }
+            ),
+            "{e}"
         );
     }
 }

@@ -24,6 +24,12 @@ pub struct SawStatLink {
 /// Parses a SawStat reply (`Response: Success` required; `ActionID` may come first).
 pub fn parse_sawstat(frame: &Frame) -> Result<Vec<SawStatLink>, RptError> {
     expect_success(frame, "SawStat")?;
+    if frame.get_all("Conn").nth(super::MAX_LINKS).is_some() {
+        return Err(RptError::TooManyLinks {
+            list: "SawStat Conn",
+            limit: super::MAX_LINKS,
+        });
+    }
     frame.get_all("Conn").map(parse_sawstat_line).collect()
 }
 

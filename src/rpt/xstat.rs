@@ -85,6 +85,18 @@ pub fn parse_xstat(frame: &Frame) -> Result<XStat, RptError> {
     let mut x = XStat::default();
     for (key, value) in frame.headers() {
         absorb(&mut x, key, value)?;
+        if x.links.len() > super::MAX_LINKS {
+            return Err(RptError::TooManyLinks {
+                list: "XStat Conn",
+                limit: super::MAX_LINKS,
+            });
+        }
+        if x.linked_nodes.len() > super::MAX_REACHABLE {
+            return Err(RptError::TooManyLinks {
+                list: "XStat LinkedNodes",
+                limit: super::MAX_REACHABLE,
+            });
+        }
     }
     x.alinks = x.var("RPT_ALINKS").map(parse_alinks).transpose()?;
     x.rx_keyed = keyed_var(&x, "RPT_RXKEYED")?;
@@ -101,6 +113,7 @@ fn absorb(x: &mut XStat, key: &str, value: &str) -> Result<(), RptError> {
         let (name, val) = value.split_once('=').unwrap_or((value, ""));
         x.vars.push((name.trim().to_owned(), val.to_owned()));
     } else if is("LinkedNodes") {
+        super::links::check_count("XStat LinkedNodes", value, super::MAX_REACHABLE)?;
         x.linked_nodes.extend(parse_linked_nodes(value));
     } else if is("Node") {
         x.node.get_or_insert_with(|| value.trim().to_owned());

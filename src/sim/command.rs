@@ -9,6 +9,13 @@
 //! 1/2/3. Connections are outbound and established at once. When the target is another
 //! node of this server, the matching inbound link appears on it too, as it would when
 //! app_rpt dials itself over IAX.
+//!
+//! `echolink dbget nodename <n>` answers from the simulator's EchoLink directory
+//! ([`super::SimHandle::set_echolink_entry`]; the demo's three EchoLink users are in it) as
+//! chan_echolink's `el_do_dbget` does: `<node>|<callsign>|<ip>` when found (the format
+//! app_rpt's own `elink_db_get` splits on `|`, and Allmon3/Supermon read), and
+//! `Error: Entry for <n> not found!` (a failed command) when not. The not-found wording
+//! is recalled from chan_echolink.c, not from a capture.
 
 use super::SimHandle;
 use super::format;
@@ -53,7 +60,19 @@ pub(crate) fn run(h: &SimHandle, line: &str) -> CliOutput {
         ["rpt", "showvars", _] => with_node(h, words[2], showvars),
         ["rpt", "set", "variable", _, _, ..] => set_variable(h, words[3], &words[4..]),
         ["rpt", "cmd", _, "ilink", _, ..] => ilink(h, words[2], words[4], words.get(5).copied()),
+        ["echolink", "dbget", "nodename", _] => echolink_dbget(h, words[3]),
         _ => no_such_command(h, line.trim()),
+    }
+}
+
+fn echolink_dbget(h: &SimHandle, lookup: &str) -> CliOutput {
+    let found = lookup.parse::<u32>().ok().and_then(|n| {
+        let dir = h.shared.echolink.lock().unwrap_or_else(|p| p.into_inner());
+        dir.get(&n).map(|(call, ip)| format!("{n}|{call}|{ip}\n"))
+    });
+    match found {
+        Some(line) => CliOutput::ok(line),
+        None => CliOutput::fail(format!("Error: Entry for {lookup} not found!\n")),
     }
 }
 

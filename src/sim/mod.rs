@@ -22,6 +22,7 @@
 mod actions;
 pub mod activity;
 mod command;
+pub mod faults;
 mod format;
 mod mask;
 mod rng;
@@ -41,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use activity::{demo_network, spawn_activity};
+pub use faults::SimFaults;
 pub use truth::{SimLink, SimLinkTruth, SimNodeTruth, SimTruth, SimVoterReceiver};
 
 use crate::state::model::{LinkState, Mode};
@@ -70,6 +72,8 @@ pub struct SimConfig {
     pub era: Era,
     /// Node ids hosted by this server, e.g. `["1999", "2000"]`.
     pub nodes: Vec<String>,
+    /// Faults switched on by [`run_standalone`] (`allstar-nexus simulate` flags).
+    pub faults: SimFaults,
 }
 
 impl Default for SimConfig {
@@ -79,6 +83,7 @@ impl Default for SimConfig {
             secret: "nexus-sim".to_owned(),
             era: Era::Modern,
             nodes: vec!["1999".to_owned()],
+            faults: SimFaults::default(),
         }
     }
 }
@@ -143,9 +148,11 @@ pub async fn run_standalone(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (user, secret, era) = (config.username.clone(), config.secret.clone(), config.era);
+    let faults = config.faults.clone();
     let handle = start(listen, config).await.with_context(|| {
         format!("simulator cannot listen on {listen} (port in use, or no permission?)")
     })?;
+    faults.apply(&handle, &shutdown);
     if with_demo_network {
         demo_network(&handle);
     }
@@ -159,6 +166,7 @@ pub async fn run_standalone(
         era = ?era,
         nodes = %nodes.join(","),
         activity = activity_seed.is_some(),
+        faults = %faults.describe(),
         "app_rpt simulator listening: point an AMI client at it with these credentials"
     );
     shutdown.cancelled().await;
@@ -329,6 +337,12 @@ impl SimHandle {
     pub fn set_variable(&self, node: &str, name: &str, value: &str) {
         self.shared
             .mutate(|t, _| ((), t.set_variable(node, name, value)));
+    }
+
+    /// Adds (or replaces) an entry of the EchoLink directory `echolink dbget nodename`
+    /// answers from (`node` without the leading 3, e.g. 123456).
+    pub fn set_echolink_entry(&self, node: u32, callsign: &str, ip: &str) {
+        lock(&self.shared.echolink).insert(node, (callsign.to_owned(), ip.to_owned()));
     }
 
     /// A copy of the truth.

@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     /// The bound address (kept across pause/resume).
     pub(crate) addr: Mutex<Option<SocketAddr>>,
     pub(crate) listener: Mutex<Option<ListenerTask>>,
+    /// chan_echolink's directory for `echolink dbget nodename <n>`: number → (callsign, IP).
+    pub(crate) echolink: Mutex<BTreeMap<u32, (String, String)>>,
 }
 
 impl Shared {
@@ -160,6 +162,16 @@ impl Shared {
             recorded_count: watch::Sender::new(0),
             addr: Mutex::new(None),
             listener: Mutex::new(None),
+            echolink: Mutex::new(
+                [
+                    (123_456, ("W1AW-L", "192.0.2.10")),
+                    (345_678, ("K2XYZ-R", "192.0.2.11")),
+                    (987_654, ("N0CALL", "192.0.2.12")),
+                ]
+                .into_iter()
+                .map(|(n, (c, ip))| (n, (c.to_owned(), ip.to_owned())))
+                .collect(),
+            ),
             config,
         };
         for node in shared.config.nodes.clone() {

@@ -1114,3 +1114,30 @@ async fn run_standalone_serves_until_cancelled() {
     let err = run_standalone(busy, SimConfig::default(), false, None, stop).await;
     assert!(err.is_err_and(|e| e.to_string().contains("cannot listen")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn echolink_dbget_nodename_like_chan_echolink() {
+    let h = SimHandle::detached(config(&["1999"]));
+    h.set_echolink_entry(42, "KD2ABC", "203.0.113.9");
+    let mut c = logged_in(&h, "off").await;
+    for (lookup, want) in [
+        ("123456", "123456|W1AW-L|192.0.2.10"),
+        ("42", "42|KD2ABC|203.0.113.9"),
+        ("000042", "42|KD2ABC|203.0.113.9"),
+    ] {
+        let cmd = format!("echolink dbget nodename {lookup}");
+        let f = c
+            .action(&[("Action", "Command"), ("Command", cmd.as_str())])
+            .await;
+        assert_eq!(f.response(), Some("Success"), "{lookup}");
+        assert_eq!(f.get_all("Output").collect::<Vec<_>>(), [want], "{lookup}");
+    }
+    let f = c
+        .action(&[
+            ("Action", "Command"),
+            ("Command", "echolink dbget nodename 555"),
+        ])
+        .await;
+    assert_eq!(f.response(), Some("Error"));
+    assert_eq!(f.get("Output"), Some("Error: Entry for 555 not found!"));
+}
