@@ -420,6 +420,25 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         )
         .await;
     assert_eq!(controls, json!(0), "read-only viewers see no controls");
+    // Activity follows the history API: shown when it answers, hidden when absent (404)
+    // or disabled (503).
+    let activity = reqwest::get(format!("{base}/api/stats/activity?node=1999&bucket=1h"))
+        .await
+        .expect("daemon answers")
+        .status();
+    let want = if activity.is_success() {
+        "false"
+    } else {
+        "true"
+    };
+    b.wait_for(
+        &format!("activity hidden = {want} (the API said {activity})"),
+        PAGE_WAIT,
+        &format!(
+            "const a = document.querySelector('[data-node=\"1999\"] .activity'); return a && a.hidden === {want}"
+        ),
+    )
+    .await;
     lively_screenshots(&b, &sim, &d).await;
     d.shutdown.cancel();
     sim.shutdown();
