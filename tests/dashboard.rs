@@ -237,12 +237,9 @@ async fn dashboard_meta_lists_nodes_in_config_order_with_astdb_names() {
 
 // ---- in the browser ------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_demo_network_shows_every_node_and_link_read_only() {
-    if !browser::available() {
-        return;
-    }
-    let _one = ONE_BROWSER.lock().await;
+/// The demo network with names in `astdb.txt` and a voter reading; returns the simulator,
+/// the daemon and the temporary directory holding the astdb file.
+async fn demo_with_names() -> (SimHandle, Running, PathBuf) {
     let sim = sim::start(
         "127.0.0.1:0".parse().expect("addr"),
         SimConfig {
@@ -268,15 +265,13 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     let d = daemon_on(&sim, "127.0.0.1:0", &["1999", "2000", "2001"], Some(&db))
         .await
         .expect("daemon");
-    let base = format!("http://{}", d.http_addr);
-    let nodes = settled_nodes(&base, 8).await;
-    d.app
-        .control
-        .voter_status("2001")
-        .await
-        .expect("voter status");
+    (sim, d, dir)
+}
+
+/// The API's links as the page should show them: `[node, link, direction, mode]`, sorted.
+fn expected_rows(nodes: &[Value]) -> Vec<Vec<String>> {
     let mut expected: Vec<Vec<String>> = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         for l in n["links"].as_array().into_iter().flatten() {
             let dir = match l["direction"].as_str() {
                 Some("IN") => "In",
@@ -292,20 +287,17 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         }
     }
     expected.sort();
-    assert!(
-        expected.iter().any(|r| r[3] == "Monitor")
-            && expected.iter().any(|r| r[3] == "Local monitor"),
-        "the demo network has monitor and local-monitor links: {expected:?}"
-    );
+    expected
+}
 
-    let b = Browser::open(1280, 1000).await;
-    b.goto(&base).await;
+/// Waits until the page's link rows are exactly `expected`.
+async fn wait_rows(b: &Browser, expected: &[Vec<String>]) {
     let start = Instant::now();
     loop {
         let rows: Vec<Vec<String>> =
             serde_json::from_value(b.js(ROWS_JS, json!([])).await).unwrap_or_default();
         if rows == expected {
-            break;
+            return;
         }
         assert!(
             start.elapsed() < PAGE_WAIT,
@@ -313,41 +305,11 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let order = b
-        .js(
-            "return Array.from(document.querySelectorAll('#nodes > .card')).map(c => c.dataset.node)",
-            json!([]),
-        )
-        .await;
-    assert_eq!(
-        order,
-        json!(["1999", "2000", "2001"]),
-        "cards in config order"
-    );
-    let counts = b
-        .js(
-            "return Array.from(document.querySelectorAll('.link-count')).map(c => c.textContent)",
-            json!([]),
-        )
-        .await;
-    assert_eq!(counts[0], json!("6 links"), "{counts}");
-    b.wait_for(
-        "AMI status in each card",
-        PAGE_WAIT,
-        "return Array.from(document.querySelectorAll('.ami-status')).every(s => s.textContent.startsWith('AMI connected'))",
-    )
-    .await;
-    // Read-only (no control API here): no login, no connect form, no disconnect button.
-    let controls = b
-        .js(
-            "return document.querySelectorAll('.connect-form, .btn-disconnect, .btn-login, .btn-logout').length \
-             + (document.getElementById('login-panel').hidden ? 0 : 1)",
-            json!([]),
-        )
-        .await;
-    assert_eq!(controls, json!(0), "read-only viewers see no controls");
+}
 
-    // A lively moment for the screenshots: names, a voter, a talker and a live alert.
+/// A lively moment (names, voter, a talker, a live alert), then screenshots at 1280 px,
+/// 375 px and 375 px dark under `target/dashboard/`.
+async fn lively_screenshots(b: &Browser, sim: &SimHandle, d: &Running) {
     b.wait_for(
         "astdb names and voter receivers",
         PAGE_WAIT,
@@ -400,6 +362,84 @@ async fn browser_demo_network_shows_every_node_and_link_read_only() {
     .await;
     b.screenshot(&shots.join("dashboard-375-dark.png")).await;
     eprintln!("screenshots in {}", shots.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_demo_network_shows_every_node_and_link_read_only() {
+    if !browser::available() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let (sim, d, dir) = demo_with_names().await;
+    let base = format!("http://{}", d.http_addr);
+    let expected = expected_rows(&settled_nodes(&base, 8).await);
+    assert!(
+        expected.iter().any(|r| r[3] == "Monitor")
+            && expected.iter().any(|r| r[3] == "Local monitor"),
+        "the demo network has monitor and local-monitor links: {expected:?}"
+    );
+    d.app
+        .control
+        .voter_status("2001")
+        .await
+        .expect("voter status");
+
+    let b = Browser::open(1280, 1000).await;
+    b.goto(&base).await;
+    wait_rows(&b, &expected).await;
+    let order = b
+        .js(
+            "return Array.from(document.querySelectorAll('#nodes > .card')).map(c => c.dataset.node)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        order,
+        json!(["1999", "2000", "2001"]),
+        "cards in config order"
+    );
+    let counts = b
+        .js(
+            "return Array.from(document.querySelectorAll('.link-count')).map(c => c.textContent)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(counts[0], json!("6 links"), "{counts}");
+    b.wait_for(
+        "AMI status in each card",
+        PAGE_WAIT,
+        "return Array.from(document.querySelectorAll('.ami-status')).every(s => s.textContent.startsWith('AMI connected'))",
+    )
+    .await;
+    // Read-only (no control API here): no login, no connect form, no disconnect button.
+    let controls = b
+        .js(
+            "return document.querySelectorAll('.connect-form, .btn-disconnect, .btn-login, .btn-logout').length \
+             + (document.getElementById('login-panel').hidden ? 0 : 1)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(controls, json!(0), "read-only viewers see no controls");
+    // Activity follows the history API: shown when it answers, hidden when absent (404)
+    // or disabled (503).
+    let activity = reqwest::get(format!("{base}/api/stats/activity?node=1999&bucket=1h"))
+        .await
+        .expect("daemon answers")
+        .status();
+    let want = if activity.is_success() {
+        "false"
+    } else {
+        "true"
+    };
+    b.wait_for(
+        &format!("activity hidden = {want} (the API said {activity})"),
+        PAGE_WAIT,
+        &format!(
+            "const a = document.querySelector('[data-node=\"1999\"] .activity'); return a && a.hidden === {want}"
+        ),
+    )
+    .await;
+    lively_screenshots(&b, &sim, &d).await;
     d.shutdown.cancel();
     sim.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
@@ -724,6 +764,26 @@ async fn click_later(b: &Browser, selector: &str) {
     .await;
 }
 
+/// A daemon for node 1999 with one `control` user, `op` / `op-password-1` (the control
+/// API's configuration: `users`, `state_dir`).
+async fn daemon_with_operator(sim: &SimHandle, state: &std::path::Path) -> Running {
+    std::fs::create_dir_all(state).expect("state dir");
+    let yaml = format!(
+        "listen: \"127.0.0.1:0\"\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {}\n\
+         ami_retry_interval: 1s\nami_retry_max: 1s\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
+         state_dir: \"{}\"\nnodes:\n  - node_id: 1999\n\
+         users:\n  - name: op\n    password_hash: \"{}\"\n    role: control\n",
+        sim.addr().port(),
+        common::SECRET,
+        state.display(),
+        hash_password("op-password-1")
+    );
+    let config = allstar_nexus::config::Config::parse(&yaml, "test", None).expect("config");
+    allstar_nexus::daemon::start(config, CancellationToken::new())
+        .await
+        .expect("daemon")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_control_login_connect_verified_disconnect() {
     if !browser::available() {
@@ -742,21 +802,7 @@ async fn browser_control_login_connect_verified_disconnect() {
         }
     }
     let state = std::env::temp_dir().join(format!("nexus-dash-ctl-{}", std::process::id()));
-    std::fs::create_dir_all(&state).expect("state dir");
-    let yaml = format!(
-        "listen: \"127.0.0.1:0\"\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {}\n\
-         ami_retry_interval: 1s\nami_retry_max: 1s\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
-         state_dir: \"{}\"\nnodes:\n  - node_id: 1999\n\
-         users:\n  - name: op\n    password_hash: \"{}\"\n    role: control\n",
-        sim.addr().port(),
-        common::SECRET,
-        state.display(),
-        hash_password("op-password-1")
-    );
-    let config = allstar_nexus::config::Config::parse(&yaml, "test", None).expect("config");
-    let d = allstar_nexus::daemon::start(config, CancellationToken::new())
-        .await
-        .expect("daemon");
+    let d = daemon_with_operator(&sim, &state).await;
     let base = format!("http://{}", d.http_addr);
     settled_nodes(&base, 1).await;
     let b = Browser::open(1280, 900).await;
