@@ -719,7 +719,7 @@ impl Resolver<'_> {
             64,
             16 * 1024 * 1024,
         )?;
-        self.dur_in("heartbeat", ws.heartbeat.0, Duration::from_secs(1), HOUR)?;
+        self.dur_in("heartbeat", ws.heartbeat.0, Duration::from_millis(100), HOUR)?;
         let lua = &f.lua;
         self.num_in("memory_limit_mb", lua.memory_limit_mb, 1, 4096)?;
         self.num_in("queue", lua.queue, 1, 10_000_000)?;
