@@ -1084,3 +1084,60 @@ fn docs_cover_every_route_and_series() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn every_message_carries_the_epoch_and_a_foreign_epoch_gets_a_snapshot() {
+    let h = start("  heartbeat: 200ms\n", 1024).await;
+    let epoch = h.app.state.epoch().to_owned();
+    assert!(!epoch.is_empty());
+    let (_, nodes) = get_json(&h.url("/api/nodes")).await;
+    assert_eq!(nodes["epoch"], epoch.as_str());
+    let mut ws = h.ws("").await;
+    let snap = next_json(&mut ws).await;
+    assert_eq!(snap["epoch"], epoch.as_str());
+    h.publish(ChangeKind::TxKeyed);
+    h.publish(ChangeKind::TxUnkeyed);
+    let ev = next_event(&mut ws).await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["epoch"].as_str()),
+        (Some("event"), Some(epoch.as_str()))
+    );
+    // Heartbeats, pongs and alerts too.
+    ws.send(Message::text("{\"type\":\"ping\"}"))
+        .await
+        .expect("ping");
+    h.app.alerts.raise(AlertRequest {
+        severity: Severity::Warning,
+        title: "epoch test".into(),
+        message: "m".into(),
+        node: None,
+        key: None,
+        source: "test".into(),
+    });
+    let mut kinds = std::collections::BTreeSet::new();
+    while kinds.len() < 3 {
+        let v = next_json(&mut ws).await;
+        assert_eq!(v["epoch"], epoch.as_str(), "{v}");
+        kinds.insert(v["type"].as_str().unwrap_or("").to_owned());
+        kinds.remove("event");
+    }
+
+    // The same run resumes with its epoch: a replay, no snapshot.
+    let mut ws = h.ws(&format!("?since=1&epoch={epoch}")).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["seq"].as_u64()),
+        (Some("event"), Some(2))
+    );
+    // Another run's seq 1 is not ours: a fresh snapshot, never our deltas.
+    let mut ws = h.ws("?since=1&epoch=another-run").await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["reason"].as_str(), v["seq"].as_u64()),
+        (Some("snapshot"), Some("epoch_changed"), Some(2))
+    );
+    assert_eq!(h.resyncs("epoch_changed"), 1);
+    // Without `epoch`, today's behaviour: a replay.
+    let mut ws = h.ws("?since=1").await;
+    assert_eq!(next_json(&mut ws).await["type"], "event");
+}

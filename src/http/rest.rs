@@ -139,6 +139,8 @@ struct Health {
     websocket_clients: usize,
     /// Sequence number of the last change (resume point for `/ws?since=`).
     last_seq: u64,
+    /// This run's id (`/ws?since=SEQ&epoch=EPOCH`).
+    epoch: String,
 }
 
 /// The status of every configured server: from its live AMI session handle, else from
@@ -226,20 +228,23 @@ fn health(ctx: &Ctx) -> Response {
         servers,
         websocket_clients: ctx.hub.clients(),
         last_seq: ctx.app.state.seq(),
+        epoch: ctx.app.state.epoch().to_owned(),
     };
     json_reply(StatusCode::OK, &body)
 }
 
 fn nodes(ctx: &Ctx) -> Response {
     #[derive(Serialize)]
-    struct Nodes {
-        /// The snapshot's sequence number: `/ws?since=seq` continues from here.
+    struct Nodes<'a> {
+        /// The snapshot's sequence number: `/ws?since=seq&epoch=epoch` continues from here.
         seq: u64,
+        epoch: &'a str,
         nodes: Vec<crate::state::NodeView>,
     }
     // Taken under one lock so that `seq` and `nodes` agree.
     let (seq, nodes, _rx) = ctx.app.state.subscribe_with_snapshot();
-    json_reply(StatusCode::OK, &Nodes { seq, nodes })
+    let epoch = ctx.app.state.epoch();
+    json_reply(StatusCode::OK, &Nodes { seq, epoch, nodes })
 }
 
 /// Whether the node is in the configuration.
