@@ -133,6 +133,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub websocket: WebSocketConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub lua: LuaConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -174,6 +176,36 @@ impl Default for WebSocketConfig {
             heartbeat: Dur(Duration::from_secs(15)),
             max_message_bytes: 4096,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// `http:` section: limits of the HTTP server (see `docs/security-http.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Host names (or `host:port`) accepted in the `Host` header besides the listen
+    /// address and loopback names; `"*"` accepts any (DNS rebinding protection off).
+    pub allowed_hosts: Vec<String>,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_read_timeout: Dur,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Open connections in all (HTTP and WebSocket).
+    pub max_connections: usize,
+    /// `POST /api/nodes/{id}/poll` per client address per minute.
+    pub poll_requests_per_minute: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            allowed_hosts: Vec::new(),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_connections_per_ip: 128,
+            max_connections: 2048,
+            poll_requests_per_minute: 30,
         }
     }
 }
@@ -347,6 +379,7 @@ pub struct Config {
     pub astdb_path: PathBuf,
     pub metrics: MetricsConfig,
     pub websocket: WebSocketConfig,
+    pub http: HttpConfig,
     pub lua: LuaConfig,
     pub alerts: AlertsConfig,
     pub alert_webhooks: Vec<WebhookConfig>,
@@ -482,6 +515,18 @@ impl Resolver<'_> {
                 self.at("websocket")
             ));
         }
+        let h = &f.http;
+        let secs = |d: Dur| d.0.as_secs_f64();
+        if !(0.1..=3600.0).contains(&secs(h.header_read_timeout))
+            || !(1..=1_000_000).contains(&h.max_connections_per_ip)
+            || !(1..=1_000_000).contains(&h.max_connections)
+            || h.poll_requests_per_minute == 0
+        {
+            return Err(format!(
+                "{}: header_read_timeout must be 100ms..1h, max_connections_per_ip and max_connections 1..1000000, poll_requests_per_minute above 0",
+                self.at("http")
+            ));
+        }
         if f.lua.memory_limit_mb == 0 || f.lua.queue == 0 {
             return Err(format!(
                 "{}: memory_limit_mb and queue must be above 0",
@@ -518,6 +563,7 @@ impl Resolver<'_> {
                 .unwrap_or_else(|| DEFAULT_ASTDB.into()),
             metrics: f.metrics,
             websocket: f.websocket,
+            http: f.http,
             lua: f.lua,
             alerts: f.alerts,
             alert_webhooks: f.alert_webhooks,

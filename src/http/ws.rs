@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -39,6 +39,7 @@ use warp::ws::{Message, WebSocket, Ws};
 use warp::{Filter, Rejection, Reply};
 
 use super::errors::{clip, error_reply};
+use super::server::ConnInfo;
 use super::{Ctx, origin};
 use crate::alerts::Alert;
 use crate::state::{NodeView, Published, Replay};
@@ -52,6 +53,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Shortest time a slow client gets to drain its queue before it is dropped.
 const MIN_STALL: Duration = Duration::from_secs(1);
+/// A client that sends nothing at all — not even the pong its WebSocket stack owes for
+/// our pings — for three heartbeats (and at least this long) is dropped.
+const MIN_SILENCE: Duration = Duration::from_secs(10);
 
 /// The WebSocket clients: a count for the cap and the gauge, and a tracker so shutdown
 /// can wait for their goodbyes.
@@ -106,9 +110,19 @@ pub(super) fn route(
         .and(warp::ws())
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ext::optional::<ConnInfo>())
         .map(
-            move |ws: Ws, headers: HeaderMap, query: HashMap<String, String>| {
-                handshake(&ctx, ws, &headers, &query)
+            move |ws: Ws,
+                  headers: HeaderMap,
+                  query: HashMap<String, String>,
+                  conn: Option<ConnInfo>| {
+                let res = handshake(&ctx, ws, &headers, &query);
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(c) = conn {
+                        c.mark_upgraded();
+                    }
+                }
+                res
             },
         )
 }
@@ -270,9 +284,14 @@ impl Client {
         let (sink, inbound) = socket.split();
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
-        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone()));
+        let stall = (heartbeat * 2).max(MIN_STALL);
+        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone(), stall));
         let (from_tx, mut from_client) = mpsc::channel(4);
-        let reader = tokio::spawn(read_loop(inbound, from_tx));
+        let heard = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_loop(inbound, from_tx, heard.clone()));
+        let silence_limit =
+            (heartbeat * 3).max(MIN_SILENCE).as_millis() / heartbeat.as_millis().max(1);
+        let mut silent_beats: u128 = 0;
         let alerts = alert_stream(ctx.app.alerts.subscribe());
         tokio::pin!(alerts);
         let mut client = Client {
@@ -281,7 +300,7 @@ impl Client {
             drained,
             last_seq: 0,
             resync_by: None,
-            stall: (heartbeat * 2).max(MIN_STALL),
+            stall,
         };
         tracing::debug!(
             "[WS] client connected (since {since:?}); {} connected",
@@ -341,8 +360,16 @@ impl Client {
                             }
                         }
                         _ = ticker.tick(), if !resyncing => {
-                            let frame = simple_frame("heartbeat", client.last_seq, ctx.app.state.epoch());
-                            client.push_or_resync(frame)
+                            silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
+                            if silent_beats > silence_limit {
+                                Err(Exit::Drop)
+                            } else {
+                                let frame = simple_frame("heartbeat", client.last_seq, ctx.app.state.epoch());
+                                // A protocol ping too: every WebSocket stack answers it,
+                                // so a client that stopped reading falls silent.
+                                let _ = client.queue.try_send(Message::ping(Vec::<u8>::new()));
+                                client.push_or_resync(frame)
+                            }
                         }
                     };
                     // A resync that can complete at once (queue already empty).
@@ -362,8 +389,9 @@ impl Client {
             Exit::Gone => writer.abort(),
             Exit::Drop => {
                 tracing::info!(
-                    "[WS] dropped a client that did not read for {:?}",
-                    client.stall
+                    "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
+                    client.stall,
+                    silence_limit
                 );
                 ctx.app
                     .metrics
@@ -603,9 +631,15 @@ enum FromClient {
 /// has data. (Polling a tungstenite stream that has no data still prepares its whole read
 /// buffer — 128 KiB — so it must not sit in the pump's `select!`, which runs for every
 /// change.)
-async fn read_loop(mut inbound: SplitStream<WebSocket>, to_pump: mpsc::Sender<FromClient>) {
+async fn read_loop(
+    mut inbound: SplitStream<WebSocket>,
+    to_pump: mpsc::Sender<FromClient>,
+    heard: Arc<AtomicBool>,
+) {
     let end = loop {
-        match inbound.next().await {
+        let next = inbound.next().await;
+        heard.store(true, Ordering::Release);
+        match next {
             None => break FromClient::Gone,
             Some(Err(e)) => {
                 let text = e.to_string();
@@ -653,18 +687,24 @@ fn alert_stream(
 }
 
 /// Drains the client's queue into its socket, flushing whenever the queue runs empty.
+/// A write that cannot complete within `stall` (the client stopped reading and its socket
+/// is full) ends the connection.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
     drained: Arc<Notify>,
+    stall: Duration,
 ) {
     while let Some(msg) = queue.recv().await {
         let close = msg.is_close();
-        if sink.feed(msg).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(stall, sink.feed(msg)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         if close || queue.is_empty() {
-            if sink.flush().await.is_err() {
+            if !matches!(tokio::time::timeout(stall, sink.flush()).await, Ok(Ok(()))) {
                 return;
             }
             drained.notify_one();
