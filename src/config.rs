@@ -183,6 +183,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub websocket: WebSocketConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub lua: LuaConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -224,6 +226,36 @@ impl Default for WebSocketConfig {
             heartbeat: Dur(Duration::from_secs(15)),
             max_message_bytes: 4096,
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// `http:` section: limits of the HTTP server (see `docs/security-http.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Host names (or `host:port`) accepted in the `Host` header besides the listen
+    /// address and loopback names; `"*"` accepts any (DNS rebinding protection off).
+    pub allowed_hosts: Vec<String>,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    pub header_read_timeout: Dur,
+    /// Open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Open connections in all (HTTP and WebSocket).
+    pub max_connections: usize,
+    /// `POST /api/nodes/{id}/poll` per client address per minute.
+    pub poll_requests_per_minute: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            allowed_hosts: Vec::new(),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_connections_per_ip: 128,
+            max_connections: 2048,
+            poll_requests_per_minute: 30,
         }
     }
 }
@@ -397,6 +429,7 @@ pub struct Config {
     pub astdb_path: PathBuf,
     pub metrics: MetricsConfig,
     pub websocket: WebSocketConfig,
+    pub http: HttpConfig,
     pub lua: LuaConfig,
     pub alerts: AlertsConfig,
     pub alert_webhooks: Vec<WebhookConfig>,
@@ -599,6 +632,7 @@ impl Resolver<'_> {
                 .unwrap_or_else(|| DEFAULT_ASTDB.into()),
             metrics: f.metrics,
             websocket: f.websocket,
+            http: f.http,
             lua: f.lua,
             alerts: f.alerts,
             alert_webhooks: f.alert_webhooks,
@@ -741,6 +775,21 @@ impl Resolver<'_> {
             f.alerts.repeat_interval.0,
             Duration::ZERO,
             7 * DAY,
+        )?;
+        let h = &f.http;
+        self.dur_in(
+            "header_read_timeout",
+            h.header_read_timeout.0,
+            Duration::from_millis(100),
+            HOUR,
+        )?;
+        self.num_in("max_connections_per_ip", h.max_connections_per_ip, 1, 1_000_000)?;
+        self.num_in("max_connections", h.max_connections, 1, 1_000_000)?;
+        self.num_in(
+            "poll_requests_per_minute",
+            h.poll_requests_per_minute as usize,
+            1,
+            1_000_000,
         )?;
         for w in &f.alert_webhooks {
             self.dur_in("timeout", w.timeout.0, MS, FIVE_MIN)?;

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub ws_clients: IntGauge,
     pub ws_resyncs: IntCounterVec,
     pub http_requests: IntCounterVec,
+    /// Connections refused, evicted or closed for breaking the HTTP limits, by kind.
+    pub http_connection_errors: IntCounterVec,
 
     // Lua
     pub script_errors: IntCounterVec,
@@ -332,9 +334,19 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "nexus_websocket_resyncs_total",
-                        "WebSocket clients resynced or dropped, by reason (slow, replay_miss, dropped)."
+                        "WebSocket clients resynced or dropped, by reason (slow, replay_miss, epoch_changed, dropped)."
                     ),
                     &["reason"]
+                )
+            ),
+            http_connection_errors: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_http_connection_errors_total",
+                        "HTTP connections refused, evicted or closed, by kind (malformed, header_timeout, evicted, refused, accept)."
+                    ),
+                    &["kind"]
                 )
             ),
             http_requests: reg!(

@@ -60,11 +60,21 @@ async fn closed_port() -> u16 {
 /// Starts the server with the given `websocket:` settings (YAML, indented by 2) and a
 /// replay buffer of `replay` changes.
 async fn start(websocket: &str, replay: usize) -> Harness {
+    start_with(websocket, "", replay, Duration::from_secs(5)).await
+}
+
+/// [`start`] with an `http:` section (YAML, indented by 2) and a shutdown grace period.
+async fn start_with(websocket: &str, http: &str, replay: usize, grace: Duration) -> Harness {
     let port = closed_port().await;
+    let http = if http.is_empty() {
+        String::new()
+    } else {
+        format!("http:\n{http}\n")
+    };
     let yaml = format!(
         "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {port}\nami_username: admin\nami_password: {PASSWORD}\n\
          ami_retry_interval: 30s\nami_retry_max: 60s\nami_connect_timeout: 1s\n\
-         nodes:\n  - node_id: 1999\n  - node_id: 2000\nwebsocket:\n{websocket}\n"
+         nodes:\n  - node_id: 1999\n  - node_id: 2000\nwebsocket:\n{websocket}\n{http}"
     );
     let config = Config::parse(&yaml, "test", None).expect("test config is valid");
     let metrics = Metrics::new(false);
@@ -118,10 +128,11 @@ async fn start(websocket: &str, replay: usize) -> Harness {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(allstar_nexus::http::serve(
+    let server = tokio::spawn(allstar_nexus::http::serve_with_grace(
         app.clone(),
         listener,
         shutdown.clone(),
+        grace,
     ));
     Harness {
         addr,
@@ -1082,5 +1093,355 @@ fn docs_cover_every_route_and_series() {
         "promtool check rules: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn every_message_carries_the_epoch_and_a_foreign_epoch_gets_a_snapshot() {
+    let h = start("  heartbeat: 200ms\n", 1024).await;
+    let epoch = h.app.state.epoch().to_owned();
+    assert!(!epoch.is_empty());
+    let (_, nodes) = get_json(&h.url("/api/nodes")).await;
+    assert_eq!(nodes["epoch"], epoch.as_str());
+    let mut ws = h.ws("").await;
+    let snap = next_json(&mut ws).await;
+    assert_eq!(snap["epoch"], epoch.as_str());
+    h.publish(ChangeKind::TxKeyed);
+    h.publish(ChangeKind::TxUnkeyed);
+    let ev = next_event(&mut ws).await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["epoch"].as_str()),
+        (Some("event"), Some(epoch.as_str()))
+    );
+    // Heartbeats, pongs and alerts too.
+    ws.send(Message::text("{\"type\":\"ping\"}"))
+        .await
+        .expect("ping");
+    h.app.alerts.raise(AlertRequest {
+        severity: Severity::Warning,
+        title: "epoch test".into(),
+        message: "m".into(),
+        node: None,
+        key: None,
+        source: "test".into(),
+    });
+    let mut kinds = std::collections::BTreeSet::new();
+    while kinds.len() < 3 {
+        let v = next_json(&mut ws).await;
+        assert_eq!(v["epoch"], epoch.as_str(), "{v}");
+        kinds.insert(v["type"].as_str().unwrap_or("").to_owned());
+        kinds.remove("event");
+    }
+
+    // The same run resumes with its epoch: a replay, no snapshot.
+    let mut ws = h.ws(&format!("?since=1&epoch={epoch}")).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["seq"].as_u64()),
+        (Some("event"), Some(2))
+    );
+    // Another run's seq 1 is not ours: a fresh snapshot, never our deltas.
+    let mut ws = h.ws("?since=1&epoch=another-run").await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["reason"].as_str(), v["seq"].as_u64()),
+        (Some("snapshot"), Some("epoch_changed"), Some(2))
+    );
+    assert_eq!(h.resyncs("epoch_changed"), 1);
+    // Without `epoch`, today's behaviour: a replay.
+    let mut ws = h.ws("?since=1").await;
+    assert_eq!(next_json(&mut ws).await["type"], "event");
+}
+
+/// Sends raw bytes on a new connection and reads the reply until the server closes it (or
+/// `wait` passes).
+async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a raw reply.
+fn raw_body(reply: &str) -> Value {
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body expected ({e}): {reply}"))
+}
+
+fn connection_errors(h: &Harness, kind: &str) -> u64 {
+    h.app
+        .metrics
+        .http_connection_errors
+        .with_label_values(&[kind])
+        .get()
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused_dns_rebinding() {
+    let h = start_with(
+        WS_DEFAULT,
+        "  allowed_hosts: [nexus.lan]\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    let evil = b"GET /api/health HTTP/1.1\r\nHost: evil.example\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n";
+    let reply = raw(h.addr, evil, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 421 "), "{reply}");
+    assert_error(&raw_body(&reply), "http.allowed_hosts");
+    // The WebSocket too.
+    let ws = b"GET /ws HTTP/1.1\r\nHost: evil.example:8080\r\nOrigin: http://evil.example:8080\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let reply = raw(h.addr, ws, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 421 "), "{reply}");
+    assert_eq!(h.app.metrics.ws_clients.get(), 0);
+    // Configured names, loopback names and addresses pass.
+    for host in ["nexus.lan:8080", "localhost", "127.0.0.1"] {
+        let req = format!("GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let reply = raw(h.addr, req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 200 "), "{host}: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors_and_are_counted() {
+    let h = start(WS_DEFAULT, 64).await;
+    let reply = raw(h.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    assert!(reply.contains("content-type: application/json"), "{reply}");
+    assert_error(&raw_body(&reply), "malformed");
+    let huge = format!(
+        "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1_000_000)
+    );
+    let reply = raw(h.addr, huge.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
+    assert_error(&raw_body(&reply), "too large");
+    assert_eq!(connection_errors(&h, "malformed"), 2);
+}
+
+#[tokio::test]
+async fn head_works_where_get_does() {
+    let h = start(WS_DEFAULT, 64).await;
+    let client = reqwest::Client::new();
+    for path in ["/api/health", "/api/nodes", "/metrics", "/api/openapi.json"] {
+        let res = client.head(h.url(path)).send().await.expect("HEAD");
+        assert_eq!(res.status().as_u16(), 200, "HEAD {path}");
+        assert!(
+            res.bytes().await.expect("body").is_empty(),
+            "HEAD {path} has no body"
+        );
+    }
+    let res = client
+        .head(h.url("/api/nodes/1999/poll"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(res.status().as_u16(), 405);
+}
+
+#[tokio::test]
+async fn poll_requests_past_the_rate_get_429() {
+    let h = start_with(
+        WS_DEFAULT,
+        "  poll_requests_per_minute: 3\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let res = client
+            .post(h.url("/api/nodes/1999/poll"))
+            .send()
+            .await
+            .expect("poll");
+        assert_eq!(res.status().as_u16(), 202);
+    }
+    let res = client
+        .post(h.url("/api/nodes/1999/poll"))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(res.status().as_u16(), 429);
+    let retry: u64 = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert_error(&res.json().await.expect("json"), "poll_requests_per_minute");
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let h = start_with(
+        WS_DEFAULT,
+        "  header_read_timeout: 300ms\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    let started = Instant::now();
+    // Headers that never finish: closed after the header timeout, not held open.
+    let reply = raw(
+        h.addr,
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after the timeout"
+    );
+    assert!(!reply.contains("200 OK"), "{reply}");
+    // An idle keep-alive connection likewise.
+    let started = Instant::now();
+    let reply = raw(
+        h.addr,
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "idle keep-alive closed"
+    );
+    assert!(connection_errors(&h, "header_timeout") >= 1);
+}
+
+#[tokio::test]
+async fn idle_sockets_never_lock_out_a_new_client() {
+    let h = start_with(
+        WS_DEFAULT,
+        "  max_connections_per_ip: 20\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    // 200 idle sockets from this address (as a slowloris would open).
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(h.addr).await.expect("connect"));
+    }
+    let started = Instant::now();
+    let (status, v) = get_json(&h.url("/api/health")).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(v["status"].is_string());
+    println!("/api/health with 200 idle sockets open: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(connection_errors(&h, "evicted") >= 180);
+
+    // Busy connections (WebSockets) are never evicted: past the cap, a newcomer is refused.
+    drop(idle);
+    let h = start_with(
+        WS_DEFAULT,
+        "  max_connections_per_ip: 2\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut a = h.ws("").await;
+    let mut b = h.ws("").await;
+    next_json(&mut a).await;
+    next_json(&mut b).await;
+    let reply = raw(
+        h.addr,
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 503 "), "{reply}");
+    assert_error(&raw_body(&reply), "too many connections");
+    assert_eq!(connection_errors(&h, "refused"), 1);
+    drop(a);
+    // The slot comes back once the WebSocket is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = raw(
+            h.addr,
+            b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        if reply.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_finishes_in_flight_requests_then_returns() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = start(WS_DEFAULT, 64).await;
+    let mut inflight = TcpStream::connect(h.addr).await.expect("connect");
+    inflight
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("write");
+    // Let the server read the first half (loopback delivers at once).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.shutdown.cancel();
+    // 1. No new connections.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while TcpStream::connect(h.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 2. serve has not returned: a request is in flight.
+    assert!(
+        !h.server.is_finished(),
+        "serve waits for the request in flight"
+    );
+    inflight
+        .write_all(b"\r\n")
+        .await
+        .expect("finish the request");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), inflight.read_to_end(&mut reply))
+        .await
+        .expect("answered and closed")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    // 3. Then serve returns.
+    let res = tokio::time::timeout(Duration::from_secs(5), &mut h.server)
+        .await
+        .expect("serve returns")
+        .expect("join");
+    assert!(res.is_ok());
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_by_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let mut h = start_with(WS_DEFAULT, "", 64, Duration::from_millis(300)).await;
+    let mut stuck = TcpStream::connect(h.addr).await.expect("connect");
+    stuck
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    h.shutdown.cancel();
+    let res = tokio::time::timeout(Duration::from_secs(5), &mut h.server)
+        .await
+        .expect("serve returns within the grace period")
+        .expect("join");
+    assert!(res.is_ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
     );
 }

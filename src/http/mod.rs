@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod origin;
 mod rest;
+mod server;
 mod ws;
 
 use std::sync::Arc;
@@ -134,6 +135,8 @@ pub(crate) struct Ctx {
     pub app: App,
     pub hub: ws::Hub,
     pub shutdown: CancellationToken,
+    /// `POST /api/nodes/{id}/poll` per client address.
+    pub poll_limit: rest::PollLimiter,
 }
 
 /// A JSON reply with `status`; API data is live, so it is never cached.
@@ -145,68 +148,115 @@ pub(crate) fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting,
-/// says goodbye to WebSocket clients (close 1001) and waits up to a few seconds for
-/// in-flight requests.
+/// says goodbye to WebSocket clients (close 1001), lets in-flight requests finish and
+/// returns — within [`SHUTDOWN_GRACE`] (5 s).
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_grace(app, listener, shutdown, SHUTDOWN_GRACE).await
+}
+
+/// [`serve`] with a chosen grace period: after `grace`, connections still open are closed.
+pub async fn serve_with_grace(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("the HTTP listener has no local address")?;
-    if let Err(e) = nodelay_for_accepted(&listener) {
-        tracing::debug!("[HTTP] could not set TCP_NODELAY on the listener: {e}");
-    }
+    let limits = server::Limits::new(&app.config.http);
     let ctx = Arc::new(Ctx {
+        poll_limit: rest::PollLimiter::new(app.config.http.poll_requests_per_minute),
         app,
         hub: ws::Hub::default(),
         shutdown: shutdown.clone(),
     });
-    let server = warp::serve(routes(ctx.clone()))
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned());
-    tracing::info!(
-        "[HTTP] listening on http://{addr} (REST /api, WebSocket /ws, Prometheus /metrics)"
+    let server = server::Server::new(
+        handler(routes(ctx.clone()).map(Reply::into_response)),
+        limits.clone(),
+        shutdown.clone(),
+        ctx.app.metrics.clone(),
     );
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        _ = server.run() => {}
-        _ = grace => tracing::warn!("[HTTP] requests still open {}s after shutdown: closing them", SHUTDOWN_GRACE.as_secs()),
-    }
+    tracing::info!(
+        "[HTTP] listening on http://{addr} (REST /api, WebSocket /ws, Prometheus /metrics; at most {} connections, {} per address)",
+        limits.max_total,
+        limits.max_per_ip
+    );
+    // 1. Stop accepting (the listener is closed when the loop returns).
+    server.accept_loop(listener).await;
+    tracing::info!(
+        "[HTTP] shutting down: no new connections; finishing {} open connection(s), closing WebSockets (1001)",
+        server.registry.len()
+    );
+    // 2. WebSocket clients see the same token and send their close frames; HTTP
+    //    connections finish the request in flight with keep-alive off.
+    server.conns.close();
     ctx.hub.tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, ctx.hub.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("[HTTP] some WebSocket clients did not close in time");
+    let finished = async {
+        server.conns.wait().await;
+        ctx.hub.tracker.wait().await;
+    };
+    // 3. Past the grace period, whatever is left is closed.
+    if tokio::time::timeout(grace, finished).await.is_err() {
+        tracing::warn!(
+            "[HTTP] connections still open {:?} after shutdown: closing them",
+            grace
+        );
+        server.force.cancel();
     }
     tracing::info!("[HTTP] stopped");
     Ok(())
 }
 
-/// Sets `TCP_NODELAY` on the listening socket; Linux copies it to every accepted socket.
-/// warp accepts connections itself and leaves Nagle's algorithm on, which can hold a small
-/// WebSocket frame back until the previous one is acknowledged (up to the peer's delayed
-/// ACK, ~40 ms).
-#[cfg(unix)]
-fn nodelay_for_accepted(listener: &tokio::net::TcpListener) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-    // SAFETY: the descriptor belongs to `listener`, which outlives this call; the temporary
-    // `TcpSocket` only sets an option and hands the descriptor back with `into_raw_fd`, so
-    // it is never closed here.
-    let socket = unsafe { tokio::net::TcpSocket::from_raw_fd(listener.as_raw_fd()) };
-    let result = socket.set_nodelay(true);
-    let _ = socket.into_raw_fd();
-    result
+/// The routes as one boxed request handler for the accept loop.
+fn handler<F>(filter: F) -> server::Handler
+where
+    F: Filter<Extract = (Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let svc = warp::service(filter);
+    Arc::new(move |req| {
+        let mut svc = svc.clone();
+        Box::pin(async move {
+            match tower_service::Service::call(&mut svc, req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        })
+    })
 }
 
-#[cfg(not(unix))]
-fn nodelay_for_accepted(_listener: &tokio::net::TcpListener) -> std::io::Result<()> {
-    Ok(())
+/// 421 for a `Host` that is not this daemon's (DNS rebinding): see [`origin::host_allowed`].
+fn host_check(ctx: Arc<Ctx>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("host")
+        .and_then(move |host: Option<String>| {
+            let allowed = match &host {
+                // HTTP/1.0 without Host: not a browser.
+                None => true,
+                Some(h) => origin::host_allowed(h, &ctx.app.config.http.allowed_hosts),
+            };
+            async move {
+                if allowed {
+                    return Ok(());
+                }
+                let host = host.unwrap_or_default();
+                Err(ApiReject::rejection(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!(
+                        "host {:?} is not served here: use an IP address or localhost, or add the name to http.allowed_hosts",
+                        errors::clip(&host)
+                    ),
+                ))
+            }
+        })
+        .untuple_one()
 }
 
 /// Every route, the JSON error handling, the request counter and the common headers.
@@ -224,7 +274,8 @@ fn routes(
         .or(wrong_method())
         .unify();
     let counted = ctx.app.metrics.clone();
-    body_limit()
+    host_check(ctx.clone())
+        .and(body_limit())
         .and(api)
         .recover(errors::recover)
         .unify()
@@ -303,27 +354,6 @@ fn wrong_method() -> impl Filter<Extract = (Response,), Error = Rejection> + Clo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        nodelay_for_accepted(&listener).expect("set");
-        let addr = listener.local_addr().expect("addr");
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (accepted, _) = listener.accept().await.expect("accept");
-        assert!(
-            accepted.nodelay().expect("get"),
-            "accepted sockets inherit TCP_NODELAY"
-        );
-        // The listener still works afterwards (its descriptor was not closed).
-        let _second = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect again");
-        assert!(listener.accept().await.is_ok());
-    }
 
     #[test]
     fn paths_map_to_their_templates() {

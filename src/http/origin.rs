@@ -1,4 +1,5 @@
-//! The browser `Origin` check for WebSocket handshakes and state-changing requests.
+//! The browser `Origin` check for WebSocket handshakes and state-changing requests, and
+//! the `Host` check against DNS rebinding ([`host_allowed`]).
 //!
 //! A page on another site can open a WebSocket to this daemon from a visitor's browser
 //! (cross-site WebSocket hijacking) and can send simple cross-site POSTs. Browsers always
@@ -35,6 +36,37 @@ pub fn allowed(
         .flatten()
         .filter_map(|h| split_authority(&h.trim().to_ascii_lowercase()))
         .any(|(h, p)| h == o_host && p.unwrap_or(default_port) == o_port)
+}
+
+/// Whether a request's `Host` names this daemon (DNS rebinding protection): an IP
+/// address (the listen address, or any other — a rebinding page always uses a name),
+/// `localhost` or a `*.localhost` name, or a name in `http.allowed_hosts` (an entry with a
+/// port must match it; `*.example.org` matches subdomains; `"*"` allows any host).
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let Some((name, port)) = split_authority(&host.trim().to_ascii_lowercase()) else {
+        return false;
+    };
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+    {
+        return true;
+    }
+    allowed.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        if entry == "*" {
+            return true;
+        }
+        let Some((e_name, e_port)) = split_authority(&entry) else {
+            return false;
+        };
+        let name_ok = match e_name.strip_prefix("*.") {
+            Some(domain) => name.ends_with(&format!(".{domain}")),
+            None => e_name == name,
+        };
+        name_ok && e_port.is_none_or(|p| Some(p) == port)
+    })
 }
 
 /// `scheme://host[:port]` → (scheme, host, port).
@@ -98,6 +130,42 @@ mod tests {
         assert!(!ok("http://localhost.evil.com", "localhost"));
         assert!(!ok("http://user@localhost", "localhost"));
         assert!(!allowed("http://localhost:8080", None, None, &[]));
+    }
+
+    #[test]
+    fn hosts_must_name_this_daemon() {
+        let none: &[String] = &[];
+        for ok in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "localhost",
+            "LOCALHOST:80",
+            "a.localhost",
+            "192.168.1.5",
+            "10.0.0.1:8080",
+        ] {
+            assert!(host_allowed(ok, none), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.com",
+            "",
+            "user@localhost",
+        ] {
+            assert!(!host_allowed(bad, none), "{bad}");
+        }
+        let list = vec![
+            "nexus.lan".to_owned(),
+            "*.radio.example".to_owned(),
+            "pi:8080".to_owned(),
+        ];
+        assert!(host_allowed("nexus.lan:8080", &list));
+        assert!(host_allowed("a.radio.example", &list));
+        assert!(!host_allowed("radio.example.evil", &list));
+        assert!(host_allowed("pi:8080", &list));
+        assert!(!host_allowed("pi:9090", &list));
+        assert!(host_allowed("anything", &["*".to_owned()]));
     }
 
     #[test]

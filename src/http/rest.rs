@@ -6,7 +6,9 @@
 //! node model (`state::model`), documented in `docs/api.md`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use warp::http::{HeaderMap, StatusCode, header};
@@ -14,6 +16,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::errors::{clip, error_reply};
+use super::server::ConnInfo;
 use super::{Ctx, json_reply, openapi, origin};
 use crate::ami::ConnectionStatus;
 use crate::control::ControlError;
@@ -24,6 +27,51 @@ use crate::state::node::rfc3339;
 const DEFAULT_ALERT_LIMIT: usize = 100;
 /// Largest `limit` accepted.
 const MAX_ALERT_LIMIT: usize = 10_000;
+
+/// Client addresses tracked by [`PollLimiter`] before idle ones are forgotten.
+const MAX_TRACKED_CLIENTS: usize = 4096;
+
+/// A token bucket per client address for `POST /api/nodes/{id}/poll`: `per_minute`
+/// requests a minute, in bursts of up to `per_minute`.
+pub(crate) struct PollLimiter {
+    pub per_minute: u32,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl PollLimiter {
+    pub fn new(per_minute: u32) -> PollLimiter {
+        PollLimiter {
+            per_minute: per_minute.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `ip`, or says in how many whole seconds one is due.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let cap = f64::from(self.per_minute);
+        let rate = cap / 60.0;
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() >= MAX_TRACKED_CLIENTS && !b.contains_key(&ip) {
+            // Forget clients whose bucket has refilled; they lose nothing.
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < cap
+            });
+            if b.len() >= MAX_TRACKED_CLIENTS {
+                b.clear();
+            }
+        }
+        let (tokens, at) = b.entry(ip).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
 
 /// Every `/api` route.
 pub(super) fn routes(
@@ -48,8 +96,14 @@ pub(super) fn routes(
     let poll = warp::path!("api" / "nodes" / String / "poll")
         .and(warp::post())
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<ConnInfo>())
         .and(with())
-        .map(|id: String, h: HeaderMap, c: Arc<Ctx>| poll(&c, &id, &h));
+        .map(
+            |id: String, h: HeaderMap, conn: Option<ConnInfo>, c: Arc<Ctx>| {
+                let ip = conn.map_or(IpAddr::from([0, 0, 0, 0]), |i| i.peer.ip());
+                poll(&c, &id, &h, ip)
+            },
+        );
     let voter = warp::path!("api" / "nodes" / String / "voter")
         .and(warp::get())
         .and(with())
@@ -139,6 +193,8 @@ struct Health {
     websocket_clients: usize,
     /// Sequence number of the last change (resume point for `/ws?since=`).
     last_seq: u64,
+    /// This run's id (`/ws?since=SEQ&epoch=EPOCH`).
+    epoch: String,
 }
 
 /// The status of every configured server: from its live AMI session handle, else from
@@ -226,20 +282,23 @@ fn health(ctx: &Ctx) -> Response {
         servers,
         websocket_clients: ctx.hub.clients(),
         last_seq: ctx.app.state.seq(),
+        epoch: ctx.app.state.epoch().to_owned(),
     };
     json_reply(StatusCode::OK, &body)
 }
 
 fn nodes(ctx: &Ctx) -> Response {
     #[derive(Serialize)]
-    struct Nodes {
-        /// The snapshot's sequence number: `/ws?since=seq` continues from here.
+    struct Nodes<'a> {
+        /// The snapshot's sequence number: `/ws?since=seq&epoch=epoch` continues from here.
         seq: u64,
+        epoch: &'a str,
         nodes: Vec<crate::state::NodeView>,
     }
     // Taken under one lock so that `seq` and `nodes` agree.
     let (seq, nodes, _rx) = ctx.app.state.subscribe_with_snapshot();
-    json_reply(StatusCode::OK, &Nodes { seq, nodes })
+    let epoch = ctx.app.state.epoch();
+    json_reply(StatusCode::OK, &Nodes { seq, epoch, nodes })
 }
 
 /// Whether the node is in the configuration.
@@ -274,9 +333,22 @@ fn node(ctx: &Ctx, id: &str) -> Response {
     }
 }
 
-fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap) -> Response {
+fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap, ip: IpAddr) -> Response {
     if let Some(refused) = foreign_origin(ctx, headers) {
         return refused;
+    }
+    if let Err(wait) = ctx.poll_limit.check(ip) {
+        let per_minute = ctx.poll_limit.per_minute;
+        let mut res = error_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many poll requests from {ip}: at most {per_minute} a minute (http.poll_requests_per_minute); try again in {wait} s"
+            ),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
     }
     match ctx.app.control.poll_now(id) {
         Ok(()) => {
@@ -368,4 +440,19 @@ fn alerts(ctx: &Ctx, q: &HashMap<String, String>) -> Response {
             alerts: recent.iter().map(|a| a.as_ref()).collect(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_limiter_allows_a_burst_then_refuses_per_address() {
+        let l = PollLimiter::new(3);
+        let a = IpAddr::from([10, 0, 0, 1]);
+        assert!((0..3).all(|_| l.check(a).is_ok()));
+        let wait = l.check(a).expect_err("fourth refused");
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
+    }
 }

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -39,6 +39,7 @@ use warp::ws::{Message, WebSocket, Ws};
 use warp::{Filter, Rejection, Reply};
 
 use super::errors::{clip, error_reply};
+use super::server::ConnInfo;
 use super::{Ctx, origin};
 use crate::alerts::Alert;
 use crate::state::{NodeView, Published, Replay};
@@ -52,6 +53,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Shortest time a slow client gets to drain its queue before it is dropped.
 const MIN_STALL: Duration = Duration::from_secs(1);
+/// A client that sends nothing at all — not even the pong its WebSocket stack owes for
+/// our pings — for three heartbeats (and at least this long) is dropped.
+const MIN_SILENCE: Duration = Duration::from_secs(10);
 
 /// The WebSocket clients: a count for the cap and the gauge, and a tracker so shutdown
 /// can wait for their goodbyes.
@@ -106,9 +110,19 @@ pub(super) fn route(
         .and(warp::ws())
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
+        .and(warp::ext::optional::<ConnInfo>())
         .map(
-            move |ws: Ws, headers: HeaderMap, query: HashMap<String, String>| {
-                handshake(&ctx, ws, &headers, &query)
+            move |ws: Ws,
+                  headers: HeaderMap,
+                  query: HashMap<String, String>,
+                  conn: Option<ConnInfo>| {
+                let res = handshake(&ctx, ws, &headers, &query);
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(c) = conn {
+                        c.mark_upgraded();
+                    }
+                }
+                res
             },
         )
 }
@@ -137,7 +151,10 @@ fn handshake(
     }
     let since = match query.get("since").map(|v| v.trim().parse::<u64>()) {
         None => None,
-        Some(Ok(s)) => Some(s),
+        Some(Ok(s)) => Some(Resume {
+            since: s,
+            epoch: query.get("epoch").map(|e| e.trim().to_owned()),
+        }),
         Some(Err(_)) => {
             return error_reply(
                 StatusCode::BAD_REQUEST,
@@ -178,8 +195,10 @@ struct SnapshotMsg<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     seq: u64,
-    /// `connect`, `replay_miss` (the `since` point is no longer buffered) or `resync`
-    /// (the client fell behind).
+    /// This run's id (see [`crate::state::StateStore::epoch`]).
+    epoch: &'a str,
+    /// `connect`, `replay_miss` (the `since` point is no longer buffered), `resync`
+    /// (the client fell behind) or `epoch_changed` (`since` belongs to another run).
     reason: &'static str,
     nodes: &'a [NodeView],
 }
@@ -189,6 +208,7 @@ struct AlertMsg<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     seq: u64,
+    epoch: &'a str,
     alert: &'a Alert,
 }
 
@@ -200,21 +220,32 @@ struct Inbound<'a> {
 }
 
 /// `{"type":"event","seq":N,"event":<json>}` around the change's JSON, made once per change.
-fn event_frame(p: &Published) -> String {
-    let mut s = String::with_capacity(p.json.len() + 48);
-    let _ = write!(s, "{{\"type\":\"event\",\"seq\":{},\"event\":", p.event.seq);
+fn event_frame(p: &Published, epoch: &str) -> String {
+    let mut s = String::with_capacity(p.json.len() + 64 + epoch.len());
+    let _ = write!(
+        s,
+        "{{\"type\":\"event\",\"seq\":{},\"epoch\":\"{epoch}\",\"event\":",
+        p.event.seq
+    );
     s.push_str(&p.json);
     s.push('}');
     s
 }
 
-fn snapshot_frame(seq: u64, nodes: &[NodeView], reason: &'static str) -> String {
-    serde_json::to_string(&SnapshotMsg { kind: "snapshot", seq, reason, nodes })
-        .unwrap_or_else(|e| format!("{{\"type\":\"snapshot\",\"seq\":{seq},\"reason\":\"{reason}\",\"nodes\":[],\"error\":\"{e}\"}}"))
+fn snapshot_frame(seq: u64, epoch: &str, nodes: &[NodeView], reason: &'static str) -> String {
+    serde_json::to_string(&SnapshotMsg { kind: "snapshot", seq, epoch, reason, nodes })
+        .unwrap_or_else(|e| format!("{{\"type\":\"snapshot\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"reason\":\"{reason}\",\"nodes\":[],\"error\":\"{e}\"}}"))
 }
 
-fn simple_frame(kind: &str, seq: u64) -> String {
-    format!("{{\"type\":\"{kind}\",\"seq\":{seq}}}")
+fn simple_frame(kind: &str, seq: u64, epoch: &str) -> String {
+    format!("{{\"type\":\"{kind}\",\"seq\":{seq},\"epoch\":\"{epoch}\"}}")
+}
+
+/// A resume request: `?since=SEQ`, with the run it came from (`&epoch=`) when known.
+#[derive(Debug)]
+struct Resume {
+    since: u64,
+    epoch: Option<String>,
 }
 
 /// Why the pump stopped.
@@ -247,15 +278,20 @@ enum Push {
 }
 
 impl Client {
-    async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<u64>, slot: Slot) {
+    async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<Resume>, slot: Slot) {
         let cfg = ctx.app.config.websocket.clone();
         let heartbeat = cfg.heartbeat.0.max(MIN_HEARTBEAT);
         let (sink, inbound) = socket.split();
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
-        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone()));
+        let stall = (heartbeat * 2).max(MIN_STALL);
+        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone(), stall));
         let (from_tx, mut from_client) = mpsc::channel(4);
-        let reader = tokio::spawn(read_loop(inbound, from_tx));
+        let heard = Arc::new(AtomicBool::new(true));
+        let reader = tokio::spawn(read_loop(inbound, from_tx, heard.clone()));
+        let silence_limit =
+            (heartbeat * 3).max(MIN_SILENCE).as_millis() / heartbeat.as_millis().max(1);
+        let mut silent_beats: u128 = 0;
         let alerts = alert_stream(ctx.app.alerts.subscribe());
         tokio::pin!(alerts);
         let mut client = Client {
@@ -264,7 +300,7 @@ impl Client {
             drained,
             last_seq: 0,
             resync_by: None,
-            stall: (heartbeat * 2).max(MIN_STALL),
+            stall,
         };
         tracing::debug!(
             "[WS] client connected (since {since:?}); {} connected",
@@ -324,8 +360,16 @@ impl Client {
                             }
                         }
                         _ = ticker.tick(), if !resyncing => {
-                            let frame = simple_frame("heartbeat", client.last_seq);
-                            client.push_or_resync(frame)
+                            silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
+                            if silent_beats > silence_limit {
+                                Err(Exit::Drop)
+                            } else {
+                                let frame = simple_frame("heartbeat", client.last_seq, ctx.app.state.epoch());
+                                // A protocol ping too: every WebSocket stack answers it,
+                                // so a client that stopped reading falls silent.
+                                let _ = client.queue.try_send(Message::ping(Vec::<u8>::new()));
+                                client.push_or_resync(frame)
+                            }
                         }
                     };
                     // A resync that can complete at once (queue already empty).
@@ -345,8 +389,9 @@ impl Client {
             Exit::Gone => writer.abort(),
             Exit::Drop => {
                 tracing::info!(
-                    "[WS] dropped a client that did not read for {:?}",
-                    client.stall
+                    "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
+                    client.stall,
+                    silence_limit
                 );
                 ctx.app
                     .metrics
@@ -373,14 +418,26 @@ impl Client {
     /// subscription that continues right after them.
     async fn start(
         &mut self,
-        since: Option<u64>,
+        resume: Option<Resume>,
     ) -> Result<broadcast::Receiver<Arc<Published>>, Exit> {
         let store = &self.ctx.app.state;
-        let Some(since) = since else {
+        let Some(Resume { since, epoch }) = resume else {
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
             self.queue_snapshot(seq, &nodes, "connect")?;
             return Ok(rx);
         };
+        if epoch.as_deref().is_some_and(|e| e != store.epoch()) {
+            // `since` counts another run's changes: never replay ours against it.
+            self.ctx
+                .app
+                .metrics
+                .ws_resyncs
+                .with_label_values(&["epoch_changed"])
+                .inc();
+            let (seq, nodes, rx) = store.subscribe_with_snapshot();
+            self.queue_snapshot(seq, &nodes, "epoch_changed")?;
+            return Ok(rx);
+        }
         match store.replay_since(since) {
             (Replay::Changes(missed), rx) => {
                 self.last_seq = since;
@@ -391,7 +448,7 @@ impl Client {
                 let send_all = async {
                     for p in &missed {
                         queue
-                            .send(Message::text(event_frame(p)))
+                            .send(Message::text(event_frame(p, store.epoch())))
                             .await
                             .map_err(|_| Exit::Gone)?;
                     }
@@ -427,7 +484,12 @@ impl Client {
         nodes: &[NodeView],
         reason: &'static str,
     ) -> Result<(), Exit> {
-        match self.push(snapshot_frame(seq, nodes, reason)) {
+        match self.push(snapshot_frame(
+            seq,
+            self.ctx.app.state.epoch(),
+            nodes,
+            reason,
+        )) {
             Push::Queued => {
                 self.last_seq = seq;
                 Ok(())
@@ -463,7 +525,7 @@ impl Client {
                 if p.event.seq <= self.last_seq {
                     return Ok(()); // already covered by the snapshot or replay
                 }
-                match self.push(event_frame(&p)) {
+                match self.push(event_frame(&p, self.ctx.app.state.epoch())) {
                     Push::Queued => {
                         self.last_seq = p.event.seq;
                         Ok(())
@@ -489,6 +551,7 @@ impl Client {
         let frame = serde_json::to_string(&AlertMsg {
             kind: "alert",
             seq: self.last_seq,
+            epoch: self.ctx.app.state.epoch(),
             alert,
         })
         .unwrap_or_default();
@@ -501,7 +564,7 @@ impl Client {
     fn on_client(&mut self, msg: Option<FromClient>, max: usize) -> Result<(), Exit> {
         match msg {
             Some(FromClient::Ping) if self.resync_by.is_none() => {
-                let frame = simple_frame("pong", self.last_seq);
+                let frame = simple_frame("pong", self.last_seq, self.ctx.app.state.epoch());
                 self.push_or_resync(frame)
             }
             Some(FromClient::Ping) => Ok(()),
@@ -542,7 +605,8 @@ impl Client {
             return None;
         }
         let (seq, nodes, rx) = self.ctx.app.state.subscribe_with_snapshot();
-        if let Push::Queued = self.push(snapshot_frame(seq, &nodes, "resync")) {
+        let frame = snapshot_frame(seq, self.ctx.app.state.epoch(), &nodes, "resync");
+        if let Push::Queued = self.push(frame) {
             self.last_seq = seq;
             self.resync_by = None;
             Some(rx)
@@ -567,9 +631,15 @@ enum FromClient {
 /// has data. (Polling a tungstenite stream that has no data still prepares its whole read
 /// buffer — 128 KiB — so it must not sit in the pump's `select!`, which runs for every
 /// change.)
-async fn read_loop(mut inbound: SplitStream<WebSocket>, to_pump: mpsc::Sender<FromClient>) {
+async fn read_loop(
+    mut inbound: SplitStream<WebSocket>,
+    to_pump: mpsc::Sender<FromClient>,
+    heard: Arc<AtomicBool>,
+) {
     let end = loop {
-        match inbound.next().await {
+        let next = inbound.next().await;
+        heard.store(true, Ordering::Release);
+        match next {
             None => break FromClient::Gone,
             Some(Err(e)) => {
                 let text = e.to_string();
@@ -617,18 +687,24 @@ fn alert_stream(
 }
 
 /// Drains the client's queue into its socket, flushing whenever the queue runs empty.
+/// A write that cannot complete within `stall` (the client stopped reading and its socket
+/// is full) ends the connection.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut queue: mpsc::Receiver<Message>,
     drained: Arc<Notify>,
+    stall: Duration,
 ) {
     while let Some(msg) = queue.recv().await {
         let close = msg.is_close();
-        if sink.feed(msg).await.is_err() {
+        if !matches!(
+            tokio::time::timeout(stall, sink.feed(msg)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         if close || queue.is_empty() {
-            if sink.flush().await.is_err() {
+            if !matches!(tokio::time::timeout(stall, sink.flush()).await, Ok(Ok(()))) {
                 return;
             }
             drained.notify_one();
@@ -650,8 +726,8 @@ mod tests {
         let mut ev = ChangeEvent::new(ChangeKind::TxKeyed, "default", Some("1999"));
         ev.seq = 42;
         let p = Published::new(ev);
-        let frame = event_frame(&p);
-        assert!(frame.starts_with("{\"type\":\"event\",\"seq\":42,\"event\":{"));
+        let frame = event_frame(&p, "e1");
+        assert!(frame.starts_with("{\"type\":\"event\",\"seq\":42,\"epoch\":\"e1\",\"event\":{"));
         assert!(frame.contains(&p.json));
         let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(v["event"]["kind"], "tx_keyed");
@@ -661,13 +737,15 @@ mod tests {
     #[test]
     fn snapshot_and_simple_frames_are_json() {
         let v: serde_json::Value =
-            serde_json::from_str(&snapshot_frame(7, &[], "connect")).expect("json");
+            serde_json::from_str(&snapshot_frame(7, "e1", &[], "connect")).expect("json");
+        assert_eq!(v["epoch"], "e1");
         assert_eq!(v["type"], "snapshot");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["reason"], "connect");
         assert!(v["nodes"].as_array().is_some_and(|a| a.is_empty()));
         let v: serde_json::Value =
-            serde_json::from_str(&simple_frame("heartbeat", 9)).expect("json");
+            serde_json::from_str(&simple_frame("heartbeat", 9, "e1")).expect("json");
+        assert_eq!(v["epoch"], "e1");
         assert_eq!(
             (v["type"].as_str(), v["seq"].as_u64()),
             (Some("heartbeat"), Some(9))

@@ -34,6 +34,21 @@ pub(crate) struct Model {
 pub struct StateStore {
     inner: Arc<RwLock<Model>>,
     tx: broadcast::Sender<Arc<Published>>,
+    /// This run's id: sequence numbers only mean something within one epoch.
+    epoch: Arc<str>,
+}
+
+/// A new per-run id: the start time, the process id and a counter (several stores in one
+/// process, as in tests, each get their own).
+fn new_epoch() -> Arc<str> {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{:x}-{:x}-{n:x}",
+        super::change::now_ms(),
+        std::process::id()
+    )
+    .into()
 }
 
 /// What a resuming client gets.
@@ -60,6 +75,7 @@ impl StateStore {
         StateStore {
             inner: Arc::new(RwLock::new(model)),
             tx,
+            epoch: new_epoch(),
         }
     }
 
@@ -88,6 +104,12 @@ impl StateStore {
     /// The ids of every node.
     pub fn node_ids(&self) -> Vec<String> {
         self.read().nodes.keys().cloned().collect()
+    }
+
+    /// This run's id (a short string, different on every start and for every store):
+    /// WebSocket clients resume with `?since=SEQ&epoch=EPOCH`.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// The sequence number of the last change.
