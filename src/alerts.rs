@@ -159,7 +159,11 @@ impl Inner {
             in_window: 0,
         });
         if let Some(key) = &req.key {
-            if src.keys.get(key).is_some_and(|t| now.duration_since(*t) < repeat) {
+            if src
+                .keys
+                .get(key)
+                .is_some_and(|t| now.duration_since(*t) < repeat)
+            {
                 return Err(Refused::Repeat);
             }
         }
@@ -198,7 +202,10 @@ fn bounded(text: String, max: usize) -> (String, bool) {
     if text.len() <= max {
         return (text, false);
     }
-    (format!("{}…", clip_bytes(&text, max - '…'.len_utf8())), true)
+    (
+        format!("{}…", clip_bytes(&text, max - '…'.len_utf8())),
+        true,
+    )
 }
 
 fn bounded_opt(text: Option<String>, max: usize, cut: &mut bool) -> Option<String> {
@@ -520,7 +527,10 @@ mod tests {
             }
         }
         assert_eq!(ok, MAX_PER_SECOND);
-        assert!(m.render().contains("nexus_alerts_dropped_total{reason=\"rate\"} 40"));
+        assert!(
+            m.render()
+                .contains("nexus_alerts_dropped_total{reason=\"rate\"} 40")
+        );
         // Another source is not affected.
         assert!(h.raise(req(None)).is_some());
         // Keys: fill one source's key table (bypassing the rate window).

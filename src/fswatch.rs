@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn a_bare_file_name_is_watched_in_the_working_directory() {
         assert_eq!(dir_of(Path::new("astdb.txt")), PathBuf::from("."));
-        assert_eq!(dir_of(Path::new("/var/lib/astdb.txt")), PathBuf::from("/var/lib"));
+        assert_eq!(
+            dir_of(Path::new("/var/lib/astdb.txt")),
+            PathBuf::from("/var/lib")
+        );
         assert_eq!(dir_of(Path::new("sub/astdb.txt")), PathBuf::from("sub"));
         assert_eq!(dir(Path::new("")), PathBuf::from("."));
         assert_eq!(dir(Path::new("scripts")), PathBuf::from("scripts"));

@@ -349,7 +349,9 @@ end
     assert_eq!(got["raised"], json!(10), "{got}");
     assert_eq!(got["refused"], json!(190), "{got}");
     assert!(
-        got["why"].as_str().is_some_and(|w| w.contains("rate limited") || w.contains("a second")),
+        got["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("rate limited") || w.contains("a second")),
         "{got}"
     );
     let held = rig.app.alerts.held_bytes();
@@ -386,14 +388,18 @@ end
     let ok = got["ok"].as_i64().unwrap_or(0);
     assert!((10..=11).contains(&ok), "{got}");
     assert!(
-        got["why"].as_str().is_some_and(|w| w.starts_with("rate limited")),
+        got["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("rate limited")),
         "{got}"
     );
     // The budget is shared: voter_status is refused right after the poll burst.
     let got = rig.call("hammer.lua", "hammer", vec![json!("voter")]).await;
     assert!(got["ok"].as_i64().unwrap_or(99) <= 2, "{got}");
     assert!(
-        got["why"].as_str().is_some_and(|w| w.contains("nexus.voter_status")),
+        got["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("nexus.voter_status")),
         "{got}"
     );
 }

@@ -326,7 +326,11 @@ async fn the_watchdog_reports_a_stuck_thread_and_disables_the_script() {
         assert!(Instant::now() < deadline, "the watchdog never noticed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let problem = rig.app.scripts.problem().expect("stuck while the call runs");
+    let problem = rig
+        .app
+        .scripts
+        .problem()
+        .expect("stuck while the call runs");
     assert!(problem.contains("stuck.lua"), "{problem}");
     let s = rig.app.scripts.get("stuck.lua").expect("status");
     assert_eq!(s.status, ScriptState::Disabled);
@@ -350,5 +354,9 @@ async fn the_watchdog_reports_a_stuck_thread_and_disables_the_script() {
     rig.publish(event(ChangeKind::TxKeyed)).await;
     assert_eq!(rig.call("counter.lua", "count", vec![]).await, json!(2));
     assert!(rig.host.call("stuck.lua", "count", vec![]).await.is_err());
-    assert!(rig.alert_titled("stuck.lua disabled", Duration::ZERO).await.is_some());
+    assert!(
+        rig.alert_titled("stuck.lua disabled", Duration::ZERO)
+            .await
+            .is_some()
+    );
 }

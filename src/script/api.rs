@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use mlua::serde::SerializeOptions;
 use mlua::{AppDataRef, AppDataRefMut, Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 
+use super::ScriptEnv;
 use super::queue::{Command, Inbox};
 use super::sandbox;
 use super::store::{self, SharedStore};
 use crate::alerts::{AlertRequest, Severity};
-use super::ScriptEnv;
 use crate::state::ChangeKind;
 
 /// How values reach Lua: `None`/JSON `null` become `nil` (not a sentinel), arrays are plain.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::ScriptEnv;
 use super::instance::{CallError, Failure, LoadParams, Script};
 use super::queue::{CallResult, Command, Inbox, Item};
 use super::reload;
@@ -19,7 +20,6 @@ use super::status::{ScriptState, ScriptStatus};
 use super::store::SharedStore;
 use super::watchdog::Watch;
 use crate::alerts::{AlertRequest, Severity};
-use super::ScriptEnv;
 use crate::state::Published;
 use crate::state::change::now_ms;
 

@@ -11,13 +11,13 @@ use mlua::chunk::ChunkMode;
 use mlua::serde::DeserializeOptions;
 use mlua::{Function, IntoLuaMulti, Lua, LuaSerdeExt, Value};
 
+use super::ScriptEnv;
 use super::api::{self, Ctx, Registration, TO_LUA};
 use super::event::EventBuilder;
 use super::queue::Inbox;
 use super::sandbox::{self, Budget};
 use super::store::SharedStore;
 use super::watchdog::Watch;
-use super::ScriptEnv;
 use crate::control::VoterSnapshot;
 use crate::state::{ChangeKind, Published};
 

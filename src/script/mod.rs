@@ -146,7 +146,12 @@ pub fn spawn(app: ScriptEnv, shutdown: CancellationToken) -> anyhow::Result<Scri
 
 /// The Lua thread's body. A panic in the host itself (a bug: scripts' panics are
 /// contained per call) restarts it with every script reloaded, instead of ending automation.
-fn run_thread(app: ScriptEnv, rt: tokio::runtime::Handle, inbox: Arc<Inbox>, shared: Arc<HostShared>) {
+fn run_thread(
+    app: ScriptEnv,
+    rt: tokio::runtime::Handle,
+    inbox: Arc<Inbox>,
+    shared: Arc<HostShared>,
+) {
     loop {
         let host = Host::new(app.clone(), rt.clone(), inbox.clone(), shared.clone());
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.run())) {

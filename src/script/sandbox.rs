@@ -351,7 +351,10 @@ mod tests {
             &budget,
             "local ok, e = xpcall(error, function(e) return 'handled' end, 'x') assert(e == 'handled')",
         );
-        assert!(r.is_ok() && !over, "handlers still run within budget: {r:?}");
+        assert!(
+            r.is_ok() && !over,
+            "handlers still run within budget: {r:?}"
+        );
     }
 
     /// Message handlers and `<close>` handlers, each in its own state on its own thread so
