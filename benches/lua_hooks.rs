@@ -66,7 +66,7 @@ impl Rig {
             started_ms: 0,
         };
         let shutdown = CancellationToken::new();
-        let host = script::spawn(app.clone(), shutdown.clone()).expect("script host");
+        let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
         assert!(
             host.wait_version("bench.lua", script.as_bytes(), Duration::from_secs(10))
                 .await,

@@ -1,7 +1,14 @@
 //! Alerts: raised by Lua scripts (`nexus.alert{…}`) and the daemon, delivered to the log,
 //! WebSocket clients, `GET /api/alerts` (bounded history), metrics, and webhooks.
 //!
-//! Repeats of the same `key` within `alerts.repeat_interval` are suppressed (and counted).
+//! Repeats of the same `key` from the same source within `alerts.repeat_interval` are
+//! suppressed (and counted). Every alert is bounded: fields are cut to [`MAX_FIELD_BYTES`]
+//! (`message` to [`MAX_MESSAGE_BYTES`]) and marked `truncated`; each source (a script) may
+//! raise at most [`MAX_PER_SECOND`] alerts a second and use at most [`MAX_KEYS_PER_SOURCE`]
+//! distinct keys at once (refusals are counted in `nexus_alerts_dropped_total{reason}`);
+//! alert log lines are rate-limited per source and title. So the history holds at most
+//! `alerts.history` × about 7 KiB, whatever a script sends.
+//!
 //! Webhooks are POSTed from their own tasks with a timeout and retries, so a slow
 //! receiver never blocks the engine or the Lua thread.
 
@@ -14,7 +21,22 @@ use tokio::sync::broadcast;
 
 use crate::config::{AlertsConfig, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::state::change::now_ms;
+use crate::observe::{LogDecision, LogLimiter, now_ms};
+
+/// Longest `title`, `node`, `key` and `source` kept, in bytes.
+pub const MAX_FIELD_BYTES: usize = 1024;
+/// Longest `message` kept, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Alerts one source may raise per second; the rest are refused (counted, reason `rate`).
+pub const MAX_PER_SECOND: u32 = 10;
+/// Distinct deduplication keys one source may hold at once (reason `keys` past it).
+pub const MAX_KEYS_PER_SOURCE: usize = 1000;
+/// Distinct sources tracked (scripts and the daemon); past it, sources share one slot.
+const MAX_SOURCES: usize = 1024;
+/// At most one log line per source and title this often (the rest are counted).
+const LOG_EVERY: Duration = Duration::from_secs(1);
+/// Longest message shown in a log line.
+const LOG_MESSAGE_CHARS: usize = 300;
 
 /// How bad it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -71,12 +93,127 @@ pub struct Alert {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     pub source: String,
+    /// A field was longer than its limit and was cut (its text ends with `…`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl Alert {
+    /// Bytes of text this alert holds (for the history bound).
+    pub fn text_bytes(&self) -> usize {
+        self.title.len()
+            + self.message.len()
+            + self.source.len()
+            + self.node.as_ref().map_or(0, String::len)
+            + self.key.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Why [`AlertHub::try_raise`] did not raise an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The same key was raised within `alerts.repeat_interval`.
+    Repeat,
+    /// The source raised more than [`MAX_PER_SECOND`] alerts this second.
+    Rate,
+    /// The source holds [`MAX_KEYS_PER_SOURCE`] keys already.
+    Keys,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refused::Repeat => "suppressed: the same key was raised within alerts.repeat_interval",
+            Refused::Rate => "refused: more than 10 alerts a second from this script",
+            Refused::Keys => "refused: this script already uses 1000 distinct alert keys",
+        })
+    }
+}
+
+/// One source's limits.
+struct SourceState {
+    /// When each key was last raised.
+    keys: HashMap<String, Instant>,
+    window: Instant,
+    in_window: u32,
 }
 
 struct Inner {
     next_id: u64,
     history: VecDeque<Arc<Alert>>,
-    last_by_key: HashMap<String, Instant>,
+    sources: HashMap<String, SourceState>,
+}
+
+impl Inner {
+    /// Applies the per-source limits; records the key when the alert may go out.
+    fn admit(&mut self, req: &AlertRequest, repeat: Duration) -> Result<(), Refused> {
+        let now = Instant::now();
+        let slot = if self.sources.contains_key(&req.source) || self.sources.len() < MAX_SOURCES {
+            req.source.clone()
+        } else {
+            "\u{0}other".to_owned()
+        };
+        let src = self.sources.entry(slot).or_insert_with(|| SourceState {
+            keys: HashMap::new(),
+            window: now,
+            in_window: 0,
+        });
+        if let Some(key) = &req.key {
+            if src
+                .keys
+                .get(key)
+                .is_some_and(|t| now.duration_since(*t) < repeat)
+            {
+                return Err(Refused::Repeat);
+            }
+        }
+        if now.duration_since(src.window) >= Duration::from_secs(1) {
+            src.window = now;
+            src.in_window = 0;
+        }
+        if src.in_window >= MAX_PER_SECOND {
+            return Err(Refused::Rate);
+        }
+        if let Some(key) = &req.key {
+            if !src.keys.contains_key(key) && src.keys.len() >= MAX_KEYS_PER_SOURCE {
+                src.keys.retain(|_, t| now.duration_since(*t) < repeat);
+                if src.keys.len() >= MAX_KEYS_PER_SOURCE {
+                    return Err(Refused::Keys);
+                }
+            }
+            src.keys.insert(key.clone(), now);
+        }
+        src.in_window += 1;
+        Ok(())
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes ending on a character boundary.
+fn clip_bytes(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Cuts a field to `max` bytes; says whether it was cut.
+fn bounded(text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    (
+        format!("{}…", clip_bytes(&text, max - '…'.len_utf8())),
+        true,
+    )
+}
+
+fn bounded_opt(text: Option<String>, max: usize, cut: &mut bool) -> Option<String> {
+    text.map(|t| {
+        let (t, c) = bounded(t, max);
+        *cut |= c;
+        t
+    })
 }
 
 /// The alert hub. Cheap to clone.
@@ -89,6 +226,7 @@ pub struct AlertHub {
     webhooks: Arc<Vec<WebhookConfig>>,
     http: reqwest::Client,
     metrics: Metrics,
+    log_limit: Arc<LogLimiter>,
 }
 
 impl AlertHub {
@@ -98,7 +236,7 @@ impl AlertHub {
             inner: Arc::new(Mutex::new(Inner {
                 next_id: 1,
                 history: VecDeque::new(),
-                last_by_key: HashMap::new(),
+                sources: HashMap::new(),
             })),
             tx,
             history_cap: cfg.history.max(1),
@@ -106,32 +244,37 @@ impl AlertHub {
             webhooks: Arc::new(webhooks),
             http: reqwest::Client::new(),
             metrics,
+            log_limit: Arc::new(LogLimiter::new(LOG_EVERY, MAX_SOURCES)),
         }
     }
 
-    /// Raises an alert. Returns `None` when the same key was raised within the repeat
-    /// interval (suppressed).
+    /// Raises an alert. Returns `None` when it was suppressed or refused
+    /// ([`AlertHub::try_raise`] says why).
     pub fn raise(&self, req: AlertRequest) -> Option<Arc<Alert>> {
+        self.try_raise(req).ok()
+    }
+
+    /// Raises an alert, cut to the field limits, unless a limit refuses it (counted).
+    pub fn try_raise(&self, req: AlertRequest) -> Result<Arc<Alert>, Refused> {
+        let mut cut = false;
+        let (title, c1) = bounded(req.title, MAX_FIELD_BYTES);
+        let (message, c2) = bounded(req.message, MAX_MESSAGE_BYTES);
+        let (source, c3) = bounded(req.source, MAX_FIELD_BYTES);
+        cut |= c1 | c2 | c3;
+        let req = AlertRequest {
+            node: bounded_opt(req.node, MAX_FIELD_BYTES, &mut cut),
+            key: bounded_opt(req.key, MAX_FIELD_BYTES, &mut cut),
+            title,
+            message,
+            source,
+            severity: req.severity,
+        };
         let alert = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(key) = &req.key {
-                let now = Instant::now();
-                if let Some(last) = inner.last_by_key.get(key) {
-                    if now.duration_since(*last) < self.repeat {
-                        self.metrics
-                            .alerts_suppressed
-                            .with_label_values(&[req.severity.as_str()])
-                            .inc();
-                        return None;
-                    }
-                }
-                inner.last_by_key.insert(key.clone(), now);
-                if inner.last_by_key.len() > 10_000 {
-                    let repeat = self.repeat;
-                    inner
-                        .last_by_key
-                        .retain(|_, t| now.duration_since(*t) < repeat);
-                }
+            if let Err(why) = inner.admit(&req, self.repeat) {
+                drop(inner);
+                self.refused(&req, why);
+                return Err(why);
             }
             let alert = Arc::new(Alert {
                 id: inner.next_id,
@@ -142,6 +285,7 @@ impl AlertHub {
                 node: req.node,
                 key: req.key,
                 source: req.source,
+                truncated: cut,
             });
             inner.next_id += 1;
             if inner.history.len() >= self.history_cap {
@@ -154,17 +298,66 @@ impl AlertHub {
             .alerts
             .with_label_values(&[alert.severity.as_str()])
             .inc();
-        match alert.severity {
-            Severity::Info => {
-                tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {}: {}", alert.title, alert.message)
-            }
-            _ => {
-                tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {}: {}", alert.title, alert.message)
-            }
-        }
+        self.log(&alert);
         let _ = self.tx.send(alert.clone());
         self.deliver(&alert);
-        Some(alert)
+        Ok(alert)
+    }
+
+    fn refused(&self, req: &AlertRequest, why: Refused) {
+        let reason = match why {
+            Refused::Repeat => {
+                self.metrics
+                    .alerts_suppressed
+                    .with_label_values(&[req.severity.as_str()])
+                    .inc();
+                return;
+            }
+            Refused::Rate => "rate",
+            Refused::Keys => "keys",
+        };
+        self.metrics
+            .alerts_dropped
+            .with_label_values(&[reason])
+            .inc();
+        let (source, _) = crate::observe::clip(&req.source, 100);
+        if let LogDecision::Write { suppressed } =
+            self.log_limit.allow(&format!("\u{0}refused\u{0}{source}"))
+        {
+            tracing::warn!(source = %source, "[ALERT] alerts from {source} {why} ({suppressed} more refused before this one)");
+        }
+    }
+
+    /// The alert's log line, at most one per source and title per second.
+    fn log(&self, alert: &Alert) {
+        let (title, _) = crate::observe::clip(&alert.title, 100);
+        let LogDecision::Write { suppressed } = self
+            .log_limit
+            .allow(&format!("{}\u{0}{title}", alert.source))
+        else {
+            return;
+        };
+        let (message, _) = crate::observe::clip(&alert.message, LOG_MESSAGE_CHARS);
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more like it not logged)")
+        } else {
+            String::new()
+        };
+        match alert.severity {
+            Severity::Info => {
+                tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {title}: {message}{more}")
+            }
+            _ => {
+                tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {title}: {message}{more}")
+            }
+        }
+    }
+
+    /// Bytes of text held by the alert history (bounded by `alerts.history` × the field
+    /// limits).
+    pub fn held_bytes(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.history.iter().map(|a| a.text_bytes()).sum()
     }
 
     /// New alerts as they are raised.
@@ -292,6 +485,65 @@ mod tests {
         let recent = h.recent(10);
         assert_eq!(recent.len(), 3);
         assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[test]
+    fn fields_are_cut_and_marked_and_history_memory_is_bounded() {
+        let h = hub(Duration::from_secs(60));
+        let huge = "x".repeat(1 << 20);
+        let a = h
+            .raise(AlertRequest {
+                severity: Severity::Warning,
+                title: huge.clone(),
+                message: huge.clone(),
+                node: Some(huge.clone()),
+                key: Some(huge.clone()),
+                source: "flood.lua".into(),
+            })
+            .expect("raised");
+        assert!(a.truncated);
+        assert!(a.title.len() <= MAX_FIELD_BYTES && a.title.ends_with('…'));
+        assert!(a.node.as_ref().is_some_and(|n| n.len() <= MAX_FIELD_BYTES));
+        assert!(a.key.as_ref().is_some_and(|k| k.len() <= MAX_FIELD_BYTES));
+        assert!(a.message.len() <= MAX_MESSAGE_BYTES);
+        assert!(h.held_bytes() <= 3 * (4 * MAX_FIELD_BYTES + MAX_MESSAGE_BYTES));
+        let small = h.raise(req(None)).expect("raised");
+        assert!(!small.truncated);
+        let json = serde_json::to_string(&*small).unwrap_or_default();
+        assert!(!json.contains("truncated"), "{json}");
+    }
+
+    #[test]
+    fn a_source_is_limited_per_second_and_in_distinct_keys() {
+        let h = hub(Duration::from_secs(60));
+        let m = h.metrics.clone();
+        let mut ok = 0;
+        for i in 0..50 {
+            let mut r = req(None);
+            r.source = "fast.lua".into();
+            r.title = format!("t{i}");
+            if h.try_raise(r).is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, MAX_PER_SECOND);
+        assert!(
+            m.render()
+                .contains("nexus_alerts_dropped_total{reason=\"rate\"} 40")
+        );
+        // Another source is not affected.
+        assert!(h.raise(req(None)).is_some());
+        // Keys: fill one source's key table (bypassing the rate window).
+        let mut inner = h.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..MAX_KEYS_PER_SOURCE + 5 {
+            let mut r = req(Some(&format!("k{i}")));
+            r.source = "keys.lua".into();
+            if let Some(s) = inner.sources.get_mut("keys.lua") {
+                s.in_window = 0;
+            }
+            let got = inner.admit(&r, Duration::from_secs(60));
+            assert_eq!(got.is_ok(), i < MAX_KEYS_PER_SOURCE, "key {i}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::alerts::AlertHub;
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::script::ScriptRegistry;
+use crate::script::{ScriptEnv, ScriptRegistry};
 use crate::state::StateStore;
 
 /// Everything readers and commanders need. Cheap to clone.
@@ -22,4 +22,18 @@ pub struct App {
     pub metrics: Metrics,
     /// Process start, ms since the Unix epoch.
     pub started_ms: u64,
+}
+
+impl App {
+    /// The narrow environment the Lua scripts get (`script::spawn`).
+    pub fn script_env(&self) -> ScriptEnv {
+        ScriptEnv::new(
+            &self.config,
+            self.state.clone(),
+            self.control.clone(),
+            self.alerts.clone(),
+            self.scripts.clone(),
+            self.metrics.clone(),
+        )
+    }
 }

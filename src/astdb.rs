@@ -2,8 +2,9 @@
 //! line): callsign, description and location for each link.
 //!
 //! A missing or unreadable file means no names and one log line, never an error. The
-//! file is watched (its directory, since the updater replaces it by rename) and reloaded
-//! when it changes.
+//! file is watched (its directory, since the updater replaces it by rename; `.` for a bare
+//! file name, the same rule as the script watcher: [`crate::fswatch`]) and reloaded once
+//! per burst of changes ([`DEBOUNCE`] quiet). Reading it is not a change.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+
+/// Quiet time after the last change before reloading (the updater writes, then renames).
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// A burst of changes never delays a reload longer than this.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(5);
 use tokio_util::sync::CancellationToken;
 
 /// One node's entry.
@@ -94,17 +100,24 @@ pub fn watch(
     if let Some(db) = load() {
         apply(db);
     }
-    let Some(dir) = path.parent().map(Path::to_path_buf).filter(|d| d.is_dir()) else {
+    let dir = crate::fswatch::dir_of(&path);
+    if !dir.is_dir() {
+        tracing::info!(
+            "[ASTDB] {} does not exist: {} is not watched",
+            dir.display(),
+            path.display()
+        );
         return;
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(8);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(8);
     let file_name = path.file_name().map(|f| f.to_owned());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == file_name.as_deref())
+            if crate::fswatch::changes_content(&ev.kind)
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == file_name.as_deref())
             {
                 let _ = tx.try_send(());
             }
@@ -123,18 +136,12 @@ pub fn watch(
     }
     tokio::spawn(async move {
         let _watcher = watcher;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = rx.recv() => {
-                    if got.is_none() { return; }
-                    // Debounce: the updater writes then renames.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    while rx.try_recv().is_ok() {}
-                    if let Some(db) = load() { apply(db); }
-                }
+        crate::fswatch::debounce(rx, DEBOUNCE, DEBOUNCE_MAX, shutdown, || {
+            if let Some(db) = load() {
+                apply(db);
             }
-        }
+        })
+        .await;
     });
 }
 
@@ -158,6 +165,44 @@ mod tests {
             db.get("3123456").map(|e| e.description.as_str()),
             Some("EchoLink")
         );
+    }
+
+    /// A real watcher: one reload per change; reading the file (as every reload does) is
+    /// not a change, so nothing reloads while the file is left alone.
+    #[tokio::test]
+    async fn one_reload_per_change_and_none_from_reading_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("nexus-astdb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("astdb.txt");
+        std::fs::write(&path, "2000|W1AW|Hub|CT\n").expect("write");
+        let loads = Arc::new(AtomicUsize::new(0));
+        let (l, shutdown) = (loads.clone(), CancellationToken::new());
+        watch(
+            path.clone(),
+            move |_| {
+                l.fetch_add(1, Ordering::SeqCst);
+            },
+            shutdown.clone(),
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "loaded at start");
+        std::fs::write(dir.join(".astdb.tmp"), "2000|W1AW|Hub|CT\n2001|N0CALL||\n").expect("write");
+        std::fs::rename(dir.join(".astdb.tmp"), &path).expect("rename");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while loads.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Reading is not a change. Proving an absence takes a quiet spell: three
+        // debounce periods after the reads (before the fix: a reload every 500 ms).
+        for _ in 0..5 {
+            let _ = std::fs::read(&path);
+        }
+        tokio::time::sleep(DEBOUNCE * 3).await;
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "reloads while idle");
+        shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             )
         })?;
     let http_addr = listener.local_addr()?;
-    let scripts = script::spawn(app.clone(), shutdown.clone())?;
+    let scripts = script::spawn(app.script_env(), shutdown.clone())?;
     reload_on_sighup(scripts.clone(), shutdown.clone());
     {
         let (app, shutdown) = (app.clone(), shutdown.clone());

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub script_reloads: IntCounterVec,
     pub script_queue_dropped: IntCounterVec,
     pub scripts_loaded: IntGauge,
+    pub script_disabled: IntGaugeVec,
+    pub alerts_dropped: IntCounterVec,
 
     // Alerts and voter
     pub alerts: IntCounterVec,
@@ -397,6 +399,26 @@ impl Metrics {
                         "Changes not delivered to Lua because its queue was full."
                     ),
                     &["queue"]
+                )
+            ),
+            script_disabled: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_script_disabled",
+                        "1 while a Lua script is disabled (repeated failures, timeouts or the watchdog), else 0."
+                    ),
+                    &["script"]
+                )
+            ),
+            alerts_dropped: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_alerts_dropped_total",
+                        "Alerts from scripts refused by a limit, by reason (rate, keys)."
+                    ),
+                    &["reason"]
                 )
             ),
             scripts_loaded: reg!(

@@ -6,7 +6,7 @@ mod lua_support;
 use std::time::Duration;
 
 use allstar_nexus::daemon::{self, Running};
-use allstar_nexus::script::{self, ScriptHost};
+use allstar_nexus::script::ScriptHost;
 use allstar_nexus::sim::{self, SimConfig, SimHandle, SimLink, SimVoterReceiver};
 use allstar_nexus::state::Direction;
 use lua_support::TempDir;
@@ -40,7 +40,9 @@ impl World {
         let daemon = daemon::start(config, CancellationToken::new())
             .await
             .expect("daemon");
-        let host = script::spawn(daemon.app.clone(), daemon.shutdown.clone()).expect("script host");
+        // The daemon's own script host (one per daemon: a second one would run every
+        // plugin twice).
+        let host = daemon.scripts.clone();
         for p in plugins {
             let src = std::fs::read(dir.path().join(p)).expect("plugin");
             assert!(

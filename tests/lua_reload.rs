@@ -173,3 +173,27 @@ async fn scripts_cannot_see_each_others_globals() {
         json!("nil nil true")
     );
 }
+
+#[tokio::test]
+async fn reading_the_scripts_does_not_trigger_rescans() {
+    let dir = TempDir::new("idle");
+    dir.save("a.lua", V1);
+    dir.save("b.lua", V2);
+    let rig = Rig::start(dir.path(), "", &[]);
+    rig.loaded("a.lua", V1).await;
+    rig.loaded("b.lua", V2).await;
+    // A save: exactly one rescan follows it (which reads every script again).
+    dir.save("c.lua", V1);
+    rig.loaded("c.lua", V1).await;
+    let after_save = rig.host.rescans();
+    // Anything reading the scripts (an editor, a backup, the rescan itself) is no change.
+    for _ in 0..5 {
+        for name in ["a.lua", "b.lua", "c.lua"] {
+            let _ = std::fs::read(dir.path().join(name));
+        }
+    }
+    // Proving an absence takes a quiet spell: five debounce periods (before the fix the
+    // watcher rescanned about every 200 ms, forever).
+    tokio::time::sleep(allstar_nexus::script::reload::DEBOUNCE * 5).await;
+    assert_eq!(rig.host.rescans(), after_save, "rescans while idle");
+}

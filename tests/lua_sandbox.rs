@@ -250,3 +250,113 @@ async fn unknown_change_kind_fails_the_load_naming_the_valid_ones() {
         assert!(err.contains(k.as_str()), "{err} lacks {k}");
     }
 }
+
+#[tokio::test]
+async fn looping_xpcall_message_handler_is_aborted() {
+    runaway_is_aborted(
+        "xpcall_handler",
+        "xpcall(function() error('x') end, function(e) while true do end end)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn looping_close_handler_is_aborted() {
+    runaway_is_aborted(
+        "close_handler",
+        "local guard <close> = setmetatable({}, { __close = function() while true do end end })\nerror('x')",
+    )
+    .await;
+}
+
+/// A callback whose one C call (`string.find` backtracking over `n` characters) runs far
+/// longer than the 20 ms budget; the hook cannot interrupt a C function.
+fn slow_find(n: u32) -> String {
+    format!(
+        "n = 0\nnexus.on('tx_keyed', function()\n  n = n + 1\n  local s = string.rep('a', {n})\n  return s:find('.-b')\nend)\nfunction count() return n end\n"
+    )
+}
+
+#[tokio::test]
+async fn a_long_c_call_counts_as_a_timeout_and_disables_the_script_when_it_repeats() {
+    let dir = TempDir::new("slowc");
+    let src = slow_find(8_000);
+    dir.save("slow.lua", &src);
+    let rig = Rig::start(
+        dir.path(),
+        "lua:\n  callback_budget: 20ms\n  max_consecutive_errors: 50\n",
+        &[],
+    );
+    rig.loaded("slow.lua", &src).await;
+    for i in 1..=3u64 {
+        rig.publish(event(ChangeKind::TxKeyed)).await;
+        let s = rig.app.scripts.get("slow.lua").expect("status");
+        assert_eq!(s.timeouts, i, "{s:?}");
+    }
+    let s = rig.app.scripts.get("slow.lua").expect("status");
+    assert_eq!(s.status, ScriptState::Disabled, "{s:?}");
+    assert!(
+        s.disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("time budget") || r.contains("watchdog")),
+        "{s:?}"
+    );
+    let metrics = rig.app.metrics.render();
+    assert!(
+        metrics.contains("nexus_script_timeouts_total{script=\"slow.lua\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nexus_script_disabled{script=\"slow.lua\"} 1"));
+}
+
+#[tokio::test]
+async fn the_watchdog_reports_a_stuck_thread_and_disables_the_script() {
+    let dir = TempDir::new("stuck");
+    let src = slow_find(50_000);
+    dir.save("stuck.lua", &src);
+    dir.save("counter.lua", COUNTER);
+    let rig = Rig::start(dir.path(), "lua:\n  callback_budget: 20ms\n", &[]);
+    rig.loaded("stuck.lua", &src).await;
+    rig.loaded("counter.lua", COUNTER).await;
+    let p = rig.app.state.publish_external(event(ChangeKind::TxKeyed));
+
+    // While the Lua thread is stuck: health has a problem, the script shows disabled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rig.app.scripts.problem().is_none() && rig.host.delivered_seq() < p.event.seq {
+        assert!(Instant::now() < deadline, "the watchdog never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let problem = rig
+        .app
+        .scripts
+        .problem()
+        .expect("stuck while the call runs");
+    assert!(problem.contains("stuck.lua"), "{problem}");
+    let s = rig.app.scripts.get("stuck.lua").expect("status");
+    assert_eq!(s.status, ScriptState::Disabled);
+    assert!(
+        s.disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("watchdog")),
+        "{s:?}"
+    );
+    assert!(
+        rig.app
+            .metrics
+            .render()
+            .contains("nexus_script_disabled{script=\"stuck.lua\"} 1")
+    );
+
+    // Once the call returns the script is unloaded, health is clear, the others go on.
+    rig.host.flush().await;
+    assert!(rig.app.scripts.problem().is_none());
+    assert_eq!(rig.host.version("stuck.lua"), None, "unloaded");
+    rig.publish(event(ChangeKind::TxKeyed)).await;
+    assert_eq!(rig.call("counter.lua", "count", vec![]).await, json!(2));
+    assert!(rig.host.call("stuck.lua", "count", vec![]).await.is_err());
+    assert!(
+        rig.alert_titled("stuck.lua disabled", Duration::ZERO)
+            .await
+            .is_some()
+    );
+}

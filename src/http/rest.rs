@@ -271,7 +271,11 @@ fn health(ctx: &Ctx) -> Response {
         )
     };
     let body = Health {
-        status: if down.is_empty() { "ok" } else { "degraded" },
+        status: if down.is_empty() && ctx.app.scripts.problem().is_none() {
+            "ok"
+        } else {
+            "degraded"
+        },
         summary,
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: now.saturating_sub(ctx.app.started_ms) / 1000,

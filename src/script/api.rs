@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use mlua::serde::SerializeOptions;
 use mlua::{AppDataRef, AppDataRefMut, Function, Lua, LuaSerdeExt, MultiValue, Table, Value};
 
+use super::ScriptEnv;
 use super::queue::{Command, Inbox};
 use super::sandbox;
 use super::store::{self, SharedStore};
 use crate::alerts::{AlertRequest, Severity};
-use crate::app::App;
 use crate::state::ChangeKind;
 
 /// How values reach Lua: `None`/JSON `null` become `nil` (not a sentinel), arrays are plain.
@@ -30,6 +30,10 @@ pub const MIN_TIMER: Duration = Duration::from_millis(10);
 pub const MAX_VOTER_CALLS: usize = 64;
 /// `nexus.log` lines a script may write per second (the rest are counted, then summarised).
 pub const LOG_LINES_PER_SECOND: u32 = 50;
+/// AMI actions (`nexus.poll_now`, `nexus.voter_status`) a script may start in a burst…
+pub const ACTIONS_BURST: f64 = 10.0;
+/// …and per second after it; past that the call answers `nil, "rate limited: …"`.
+pub const ACTIONS_PER_SECOND: f64 = 5.0;
 /// Longest log line kept.
 const MAX_LOG_CHARS: usize = 2000;
 
@@ -49,7 +53,7 @@ pub struct Ctx {
     pub key: String,
     /// Which load of the script this state is (voter replies for older ones are dropped).
     pub generation: u64,
-    pub app: App,
+    pub app: ScriptEnv,
     pub rt: tokio::runtime::Handle,
     pub inbox: Arc<Inbox>,
     pub registrations: Vec<Registration>,
@@ -59,6 +63,9 @@ pub struct Ctx {
     log_window: Instant,
     log_lines: u32,
     log_suppressed: u64,
+    /// Token bucket for AMI actions: tokens left, and when it was last refilled.
+    action_tokens: f64,
+    action_refill: Instant,
 }
 
 impl Ctx {
@@ -66,7 +73,7 @@ impl Ctx {
         name: String,
         key: String,
         generation: u64,
-        app: App,
+        app: ScriptEnv,
         rt: tokio::runtime::Handle,
         inbox: Arc<Inbox>,
     ) -> Ctx {
@@ -83,7 +90,24 @@ impl Ctx {
             log_window: Instant::now(),
             log_lines: 0,
             log_suppressed: 0,
+            action_tokens: ACTIONS_BURST,
+            action_refill: Instant::now(),
         }
+    }
+
+    /// Takes one AMI action from the script's budget, or says why not.
+    fn take_action(&mut self, what: &str) -> Result<(), String> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.action_refill).as_secs_f64() * ACTIONS_PER_SECOND;
+        self.action_tokens = (self.action_tokens + refill).min(ACTIONS_BURST);
+        self.action_refill = now;
+        if self.action_tokens < 1.0 {
+            return Err(format!(
+                "rate limited: {what} refused, a script may start at most {ACTIONS_PER_SECOND} AMI actions a second (bursts of {ACTIONS_BURST})"
+            ));
+        }
+        self.action_tokens -= 1.0;
+        Ok(())
     }
 
     /// Whether another log line may be written now; says how many were held back.
@@ -274,7 +298,11 @@ fn poll_interval(lua: &Lua, node: Value) -> mlua::Result<Option<f64>> {
 
 fn poll_now(lua: &Lua, node: Value) -> mlua::Result<(Option<bool>, Option<String>)> {
     let node = node_id(&node)?;
-    match ctx(lua)?.app.control.poll_now(&node) {
+    let mut c = ctx_mut(lua)?;
+    if let Err(e) = c.take_action("nexus.poll_now") {
+        return Ok((None, Some(e)));
+    }
+    match c.app.control.poll_now(&node) {
         Ok(()) => Ok((Some(true), None)),
         Err(e) => Ok((None, Some(e.to_string()))),
     }
@@ -293,6 +321,9 @@ fn voter_status(
                 "too many voter_status calls waiting ({MAX_VOTER_CALLS})"
             )),
         ));
+    }
+    if let Err(e) = c.take_action("nexus.voter_status") {
+        return Ok((None, Some(e)));
     }
     c.next_call += 1;
     let call = c.next_call;
@@ -327,7 +358,7 @@ fn opt_string(t: &Table, key: &str) -> mlua::Result<Option<String>> {
     }
 }
 
-fn alert(lua: &Lua, t: Table) -> mlua::Result<Option<u64>> {
+fn alert(lua: &Lua, t: Table) -> mlua::Result<(Option<u64>, Option<String>)> {
     let severity = match opt_string(&t, "severity")? {
         None => Severity::Warning,
         Some(s) => Severity::parse(&s).ok_or_else(|| {
@@ -347,7 +378,10 @@ fn alert(lua: &Lua, t: Table) -> mlua::Result<Option<u64>> {
         key: opt_string(&t, "key")?,
         source: c.name.clone(),
     };
-    Ok(c.app.alerts.raise(req).map(|a| a.id))
+    match c.app.alerts.try_raise(req) {
+        Ok(a) => Ok((Some(a.id), None)),
+        Err(why) => Ok((None, Some(why.to_string()))),
+    }
 }
 
 fn truncate(mut s: String, max: usize) -> String {

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::ScriptEnv;
 use super::instance::{CallError, Failure, LoadParams, Script};
 use super::queue::{CallResult, Command, Inbox, Item};
 use super::reload;
 use super::status::{ScriptState, ScriptStatus};
 use super::store::SharedStore;
+use super::watchdog::Watch;
 use crate::alerts::{AlertRequest, Severity};
-use crate::app::App;
 use crate::state::Published;
 use crate::state::change::now_ms;
 
@@ -37,16 +38,22 @@ pub struct HostShared {
     pub queue_cap: usize,
     /// When a full queue was last reported (ms since the Unix epoch).
     drop_warned_ms: AtomicU64,
+    /// Rescans of the script directories so far.
+    pub rescans: AtomicU64,
+    /// What the Lua thread runs now, for the watchdog.
+    pub watch: Arc<Watch>,
 }
 
 impl HostShared {
-    pub fn new(queue_cap: usize) -> Arc<HostShared> {
+    pub fn new(queue_cap: usize, watch: Arc<Watch>) -> Arc<HostShared> {
         Arc::new(HostShared {
+            watch,
             versions: Mutex::new(HashMap::new()),
             delivered: AtomicU64::new(0),
             changed: watch::channel(0).0,
             queue_cap,
             drop_warned_ms: AtomicU64::new(0),
+            rescans: AtomicU64::new(0),
         })
     }
 
@@ -107,7 +114,7 @@ struct Slot {
 
 /// Parts of the thread that failure handling needs next to a borrowed slot.
 struct Env {
-    app: App,
+    app: ScriptEnv,
     shared: Arc<HostShared>,
 }
 
@@ -123,7 +130,7 @@ pub struct Host {
 
 impl Host {
     pub fn new(
-        app: App,
+        app: ScriptEnv,
         rt: tokio::runtime::Handle,
         inbox: Arc<Inbox>,
         shared: Arc<HostShared>,
@@ -278,7 +285,8 @@ impl Host {
 
     /// Loads new and changed scripts (all of them with `force`), unloads deleted ones.
     fn rescan(&mut self, force: bool) {
-        let dirs = self.env.app.config.script_dirs.clone();
+        self.env.shared.rescans.fetch_add(1, Ordering::AcqRel);
+        let dirs = self.env.app.script_dirs.clone();
         let found = reload::scan(&dirs);
         let present: HashSet<String> = found.iter().map(|p| p.display().to_string()).collect();
         let gone: Vec<String> = self
@@ -330,6 +338,7 @@ impl Host {
                     context: "load".into(),
                     message,
                     timeout: false,
+                    disable: None,
                 };
                 return self.load_failed(&key, f);
             }
@@ -351,7 +360,6 @@ impl Host {
         let plugin = self
             .env
             .app
-            .config
             .plugins
             .get(stem)
             .cloned()
@@ -368,6 +376,7 @@ impl Host {
             inbox: &self.inbox,
             store,
             plugin: &plugin,
+            watch: &self.env.shared.watch,
         };
         match Script::load(params) {
             Ok(script) => self.loaded(key, script),
@@ -398,8 +407,10 @@ impl Host {
             .script_reloads
             .with_label_values(&[name.as_str(), "ok"])
             .inc();
+        m_disabled(&self.env.app.metrics, &name, false);
         self.env.app.scripts.update(key, |s| {
             s.status = ScriptState::Running;
+            s.disabled_reason = None;
             s.loaded_at_ms = Some(now_ms());
             s.reloads = reloads;
             s.hooks = hooks;
@@ -465,31 +476,38 @@ impl Env {
             s.last_error = Some(format!("{}: {}", last.context, last.message));
             s.last_error_at_ms = Some(now_ms());
         });
-        let max = self.app.config.lua.max_consecutive_errors.max(1);
+        let max = self.app.lua.max_consecutive_errors.max(1);
         let streak = slot
             .script
             .as_ref()
             .map(|s| s.consecutive_errors)
             .unwrap_or(0);
-        if streak >= max {
-            self.disable(key, slot, max, &last.message);
+        if let Some(reason) = failures.iter().find_map(|f| f.disable.clone()) {
+            self.disable(key, slot, reason, &last.message);
+        } else if streak >= max {
+            let reason = format!("disabled after {max} consecutive errors");
+            self.disable(key, slot, reason, &last.message);
         }
         self.shared.bump();
     }
 
-    fn disable(&self, key: &str, slot: &mut Slot, max: u32, last: &str) {
-        slot.script = None;
+    fn disable(&self, key: &str, slot: &mut Slot, reason: String, last: &str) {
+        if slot.script.take().is_none() {
+            return;
+        }
         let name = slot.name.clone();
-        tracing::error!("[LUA] {name} disabled after {max} consecutive errors; last: {last}");
-        self.app
-            .scripts
-            .update(key, |s| s.status = ScriptState::Disabled);
+        tracing::error!("[LUA] {name} {reason}; last error: {last}");
+        self.app.scripts.update(key, |s| {
+            s.status = ScriptState::Disabled;
+            s.disabled_reason = Some(reason.clone());
+        });
+        m_disabled(&self.app.metrics, &name, true);
         self.shared.set_version(key, None);
         self.app.alerts.raise(AlertRequest {
             severity: Severity::Warning,
             title: format!("Lua script {name} disabled"),
             message: format!(
-                "{name} failed {max} times in a row and was disabled; last error: {last}. Fix the file (it reloads on save) or send SIGHUP."
+                "{name} was {reason}; last error: {last}. Fix the file (it reloads on save) or send SIGHUP."
             ),
             node: None,
             key: Some(format!("script_disabled:{key}")),
@@ -504,6 +522,13 @@ impl Env {
     }
 }
 
+/// `nexus_script_disabled{script}`.
+fn m_disabled(m: &crate::metrics::Metrics, name: &str, disabled: bool) {
+    m.script_disabled
+        .with_label_values(&[name])
+        .set(i64::from(disabled));
+}
+
 fn new_status(name: &str, key: &str) -> ScriptStatus {
     ScriptStatus {
         name: name.to_owned(),
@@ -516,6 +541,7 @@ fn new_status(name: &str, key: &str) -> ScriptStatus {
         timeouts: 0,
         reloads: 0,
         hooks: Vec::new(),
+        disabled_reason: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! the one way into it ([`Script::call`]) that arms the budget, contains panics and counts
 //! consecutive failures.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +11,13 @@ use mlua::chunk::ChunkMode;
 use mlua::serde::DeserializeOptions;
 use mlua::{Function, IntoLuaMulti, Lua, LuaSerdeExt, Value};
 
+use super::ScriptEnv;
 use super::api::{self, Ctx, Registration, TO_LUA};
 use super::event::EventBuilder;
 use super::queue::Inbox;
 use super::sandbox::{self, Budget};
 use super::store::SharedStore;
-use crate::app::App;
+use super::watchdog::Watch;
 use crate::control::VoterSnapshot;
 use crate::state::{ChangeKind, Published};
 
@@ -26,9 +28,17 @@ pub struct Failure {
     pub context: String,
     /// The error, one line, with the script's line number when Lua gave one.
     pub message: String,
-    /// The callback was aborted for exceeding its time budget.
+    /// The callback was aborted (or ran) past its time budget.
     pub timeout: bool,
+    /// The script must be disabled now, for this reason (stuck past the watchdog's limit,
+    /// or over budget again and again).
+    pub disable: Option<String>,
 }
+
+/// Timeouts within [`TIMEOUT_WINDOW`] that disable a script.
+pub const MAX_TIMEOUTS: usize = 3;
+/// See [`MAX_TIMEOUTS`].
+pub const TIMEOUT_WINDOW: Duration = Duration::from_secs(600);
 
 /// Why [`Script::call_global`] failed.
 #[derive(Debug)]
@@ -46,11 +56,12 @@ pub struct LoadParams<'a> {
     pub source: &'a [u8],
     pub hash: u64,
     pub generation: u64,
-    pub app: &'a App,
+    pub app: &'a ScriptEnv,
     pub rt: &'a tokio::runtime::Handle,
     pub inbox: &'a Arc<Inbox>,
     pub store: SharedStore,
     pub plugin: &'a serde_json::Value,
+    pub watch: &'a Arc<Watch>,
 }
 
 /// Where a call into the script came from (for messages).
@@ -90,6 +101,11 @@ pub struct Script {
     pub consecutive_errors: u32,
     lua: Lua,
     budget: Arc<Budget>,
+    key: Arc<str>,
+    name: Arc<str>,
+    watch: Arc<Watch>,
+    /// When recent callbacks ran past their budget (at most [`MAX_TIMEOUTS`] kept).
+    timeouts: VecDeque<Instant>,
     /// Hooks by `ChangeKind` position in [`ChangeKind::ALL`], then `"*"` hooks last.
     hooks: Vec<Vec<Function>>,
     timers: Vec<Timer>,
@@ -109,12 +125,13 @@ impl Script {
     /// Builds a fresh state, runs the script's top level under the budget, and keeps what
     /// it registered. Any error leaves nothing behind.
     pub fn load(p: LoadParams<'_>) -> Result<Script, Failure> {
-        let cfg = &p.app.config.lua;
+        let cfg = &p.app.lua;
         let budget = Budget::new(cfg.callback_budget.0);
         let load_failure = |e: mlua::Error| Failure {
             context: "load".into(),
             message: sandbox::describe(&e),
             timeout: false,
+            disable: None,
         };
         let lua = sandbox::new_state(cfg.memory_limit_mb.saturating_mul(1 << 20), &budget)
             .map_err(load_failure)?;
@@ -141,6 +158,10 @@ impl Script {
             consecutive_errors: 0,
             lua,
             budget,
+            key: p.key.into(),
+            name: p.name.into(),
+            watch: p.watch.clone(),
+            timeouts: VecDeque::new(),
             hooks: vec![Vec::new(); STAR + 1],
             timers: Vec::new(),
         };
@@ -277,17 +298,21 @@ impl Script {
         self.call_returning(site, f, args).map(drop)
     }
 
-    /// The one way into the script: budget armed, panics contained, registrations kept,
-    /// consecutive failures counted.
+    /// The one way into the script: budget armed, watchdog told, panics contained,
+    /// registrations kept, consecutive failures counted. A call that returns after its
+    /// budget (a long C call the hook could not interrupt) counts as a timeout too.
     fn call_returning(
         &mut self,
         site: Site,
         f: &Function,
         args: impl IntoLuaMulti,
     ) -> Result<Value, Failure> {
+        let started = Instant::now();
         self.budget.arm();
+        self.watch.begin(&self.key, &self.name, self.budget.limit());
         let result = catch_unwind(AssertUnwindSafe(|| f.call::<Value>(args)));
-        let over = self.budget.disarm();
+        let condemned = self.watch.end();
+        let over = self.budget.disarm() || started.elapsed() > self.budget.limit();
         self.take_registrations();
         let result = match result {
             Ok(r) => r,
@@ -295,14 +320,47 @@ impl Script {
                 "internal error (panic) while running the script",
             )),
         };
-        match result {
+        let mut failure = match result {
             Ok(v) if !over => {
                 self.consecutive_errors = 0;
-                Ok(v)
+                return Ok(v);
             }
-            Ok(_) => Err(self.failed(site, &mlua::Error::runtime(sandbox::TIMEOUT_MESSAGE), true)),
-            Err(e) => Err(self.failed(site, &e, over)),
+            Ok(_) => self.failed(site, &mlua::Error::runtime(sandbox::TIMEOUT_MESSAGE), true),
+            Err(e) => self.failed(site, &e, over),
+        };
+        failure.disable = self.disable_reason(over, condemned, started.elapsed());
+        Err(failure)
+    }
+
+    /// Whether a failed call must disable the script: the watchdog condemned it, or it is
+    /// the [`MAX_TIMEOUTS`]th timeout within [`TIMEOUT_WINDOW`].
+    fn disable_reason(&mut self, over: bool, condemned: bool, ran: Duration) -> Option<String> {
+        let budget = self.budget.limit().as_millis();
+        if condemned {
+            return Some(format!(
+                "disabled by the watchdog: one callback ran {} ms (budget {budget} ms, lua.callback_budget)",
+                ran.as_millis()
+            ));
         }
+        if !over {
+            return None;
+        }
+        let now = Instant::now();
+        self.timeouts.push_back(now);
+        while self.timeouts.len() > MAX_TIMEOUTS
+            || self
+                .timeouts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > TIMEOUT_WINDOW)
+        {
+            self.timeouts.pop_front();
+        }
+        (self.timeouts.len() >= MAX_TIMEOUTS).then(|| {
+            format!(
+                "disabled: exceeded its time budget ({budget} ms, lua.callback_budget) {MAX_TIMEOUTS} times within {} minutes",
+                TIMEOUT_WINDOW.as_secs() / 60
+            )
+        })
     }
 
     fn failed(&mut self, site: Site, e: &mlua::Error, timeout: bool) -> Failure {
@@ -320,6 +378,7 @@ impl Script {
             context: site.to_string(),
             message,
             timeout,
+            disable: None,
         }
     }
 

@@ -7,7 +7,8 @@
 //!   budget that holds inside `pcall` and coroutines;
 //! - [`api`]: the `nexus` table; [`store`]: `nexus.store`;
 //! - [`reload`]: directory watching, debounce, content hashes;
-//! - [`status`]: what `GET /api/scripts` shows.
+//! - [`status`]: what `GET /api/scripts` shows;
+//! - [`watchdog`]: notices a Lua thread stuck in one callback far past its budget.
 //!
 //! [`spawn`] starts it all and returns a [`ScriptHost`] handle.
 
@@ -20,7 +21,10 @@ pub mod reload;
 pub mod sandbox;
 pub mod status;
 pub mod store;
+pub mod watchdog;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,13 +32,57 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::alerts::AlertHub;
+use crate::config::{Config, LuaConfig};
+use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::state::Published;
+use crate::state::{Published, StateStore};
 use host::{Host, HostShared};
 use queue::{Command, Inbox};
 
 pub use status::{ScriptRegistry, ScriptState, ScriptStatus};
+
+/// What scripts reach of the daemon: exactly the handles the Lua API uses (the read side
+/// of the model, commands, alerts, the status table, metrics, and the `lua`, script
+/// directory and plugin settings). Cheap to clone.
+#[derive(Clone)]
+pub struct ScriptEnv {
+    pub lua: LuaConfig,
+    pub script_dirs: Vec<PathBuf>,
+    /// `plugins:` settings, handed to each script as `nexus.config` (by file stem).
+    pub plugins: Arc<BTreeMap<String, serde_json::Value>>,
+    /// Read side of the model and the change stream.
+    pub state: StateStore,
+    /// Poll now, polling intervals, VoterStatus.
+    pub control: Control,
+    pub alerts: AlertHub,
+    /// What `GET /api/scripts` shows (and the health problem).
+    pub scripts: ScriptRegistry,
+    pub metrics: Metrics,
+}
+
+impl ScriptEnv {
+    /// The environment from the configuration and the daemon's handles.
+    pub fn new(
+        config: &Config,
+        state: StateStore,
+        control: Control,
+        alerts: AlertHub,
+        scripts: ScriptRegistry,
+        metrics: Metrics,
+    ) -> ScriptEnv {
+        ScriptEnv {
+            lua: config.lua.clone(),
+            script_dirs: config.script_dirs.clone(),
+            plugins: Arc::new(config.plugins.clone()),
+            state,
+            control,
+            alerts,
+            scripts,
+            metrics,
+        }
+    }
+}
 
 /// Why [`ScriptHost::call`] failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,18 +105,27 @@ pub struct ScriptHost {
 ///
 /// Must be called from within a tokio runtime (the forwarder and `nexus.voter_status`
 /// run on it).
-pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost> {
+pub fn spawn(app: ScriptEnv, shutdown: CancellationToken) -> anyhow::Result<ScriptHost> {
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| anyhow::anyhow!("the script host must be started inside the tokio runtime"))?;
-    let inbox = Inbox::new(app.config.lua.queue);
-    let shared = HostShared::new(app.config.lua.queue);
+    let inbox = Inbox::new(app.lua.queue);
+    let watch = watchdog::Watch::new(app.scripts.clone(), app.metrics.clone());
+    watchdog::spawn(watch.clone())?;
+    {
+        let (watch, shutdown) = (watch.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            watch.stop();
+        });
+    }
+    let shared = HostShared::new(app.lua.queue, watch);
     let handle = ScriptHost {
         inbox: inbox.clone(),
         shared: shared.clone(),
         metrics: app.metrics.clone(),
     };
     let changes = app.state.subscribe();
-    let dirs = app.config.script_dirs.clone();
+    let dirs = app.script_dirs.clone();
     let thread_inbox = inbox.clone();
     std::thread::Builder::new()
         .name("nexus-lua".into())
@@ -89,7 +146,12 @@ pub fn spawn(app: App, shutdown: CancellationToken) -> anyhow::Result<ScriptHost
 
 /// The Lua thread's body. A panic in the host itself (a bug: scripts' panics are
 /// contained per call) restarts it with every script reloaded, instead of ending automation.
-fn run_thread(app: App, rt: tokio::runtime::Handle, inbox: Arc<Inbox>, shared: Arc<HostShared>) {
+fn run_thread(
+    app: ScriptEnv,
+    rt: tokio::runtime::Handle,
+    inbox: Arc<Inbox>,
+    shared: Arc<HostShared>,
+) {
     loop {
         let host = Host::new(app.clone(), rt.clone(), inbox.clone(), shared.clone());
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.run())) {
@@ -164,6 +226,12 @@ impl ScriptHost {
         let (tx, rx) = oneshot::channel();
         self.inbox.push_barrier(tx);
         let _ = rx.await;
+    }
+
+    /// How many times the Lua thread has rescanned the script directories (loads at start,
+    /// watcher bursts, SIGHUP, [`ScriptHost::rescan`]).
+    pub fn rescans(&self) -> u64 {
+        self.shared.rescans.load(Ordering::Acquire)
     }
 
     /// `seq` of the last change the scripts have handled.

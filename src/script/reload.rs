@@ -4,13 +4,15 @@
 //! renaming it over the old one, which a file watch would lose. Any event naming a script
 //! file starts a short quiet period (debounce); when it ends the Lua thread rescans the
 //! directories, loads what changed (by content hash) and unloads what disappeared.
+//! Access events (a file opened or read, as every rescan does) are ignored
+//! ([`crate::fswatch::changes_content`]): otherwise each rescan would trigger the next.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +91,10 @@ pub(crate) fn watch(
     let (tx, rx) = mpsc::channel::<()>(16);
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) if ev.paths.iter().any(|p| is_script_path(p)) => {
+            Ok(ev)
+                if crate::fswatch::changes_content(&ev.kind)
+                    && ev.paths.iter().any(|p| is_script_path(p)) =>
+            {
                 // Full means a rescan is already coming.
                 let _ = tx.try_send(());
             }
@@ -98,7 +103,8 @@ pub(crate) fn watch(
         })?;
     let mut watched = 0;
     for dir in dirs {
-        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        let dir = crate::fswatch::dir(dir);
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => watched += 1,
             Err(e) => tracing::warn!(
                 "[LUA] cannot watch script directory {}: {e} (create it, then send SIGHUP to load its scripts)",
@@ -107,34 +113,16 @@ pub(crate) fn watch(
         }
     }
     if watched > 0 {
-        tokio::spawn(debounce(watcher, rx, inbox, shutdown));
+        // The task owns the watcher: dropping it stops watching.
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            crate::fswatch::debounce(rx, DEBOUNCE, DEBOUNCE_MAX, shutdown, || {
+                inbox.push_command(Command::Rescan { force: false })
+            })
+            .await;
+        });
     }
     Ok(())
-}
-
-/// Turns bursts of events into one rescan each. Owns the watcher (dropping it stops it).
-async fn debounce(
-    _watcher: RecommendedWatcher,
-    mut rx: mpsc::Receiver<()>,
-    inbox: Arc<Inbox>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            got = rx.recv() => if got.is_none() { return },
-        }
-        let burst_end = tokio::time::Instant::now() + DEBOUNCE_MAX;
-        loop {
-            let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(burst_end);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(quiet) => break,
-                got = rx.recv() => if got.is_none() { return },
-            }
-        }
-        inbox.push_command(Command::Rescan { force: false });
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,18 @@
 //! `coroutine.close` and `load` (whose reader function runs protected) are wrapped so that
 //! catching the abort re-raises it at once. A callback therefore cannot outlive its budget
 //! by more than one hook interval, however it nests `pcall`s and coroutines.
+//!
+//! `xpcall` message handlers need one more guard: Lua calls the handler from inside the
+//! error machinery, and when the error was raised by the hook, hooks are off while the
+//! handler runs (and it is called again for every error it raises). The wrapped `xpcall`
+//! therefore skips the script's handler once the budget has tripped. `<close>` handlers
+//! can likewise run with hooks off while an abort unwinds: `setmetatable` wraps a
+//! metatable's `__close` so that it is skipped once over budget (a `__close` assigned to
+//! the metatable later is not wrapped; the watchdog is the backstop for such a case).
+//!
+//! A long C call (`string.find` with a pathological pattern) runs no VM instructions, so
+//! the hook cannot stop it: the host counts it as a timeout when it returns, and the
+//! watchdog (`script::watchdog`) reports a thread stuck in one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,7 +108,7 @@ local tripped, timeout_message, message = ...
 local raw_pcall, raw_xpcall, raw_error, raw_select = pcall, xpcall, error, select
 local co_resume, co_close = coroutine.resume, coroutine.close
 local raw_load, raw_setmetatable, raw_collect = load, setmetatable, collectgarbage
-local rawget, type, sub = rawget, type, string.sub
+local rawget, rawset, type, sub = rawget, rawset, type, string.sub
 
 local function checked(ok, ...)
   if not ok and tripped() then raw_error(timeout_message, 0) end
@@ -108,16 +120,39 @@ local function loaded(f, ...)
 end
 
 pcall = function(...) return checked(raw_pcall(...)) end
-xpcall = function(...) return checked(raw_xpcall(...)) end
+-- A message handler runs inside the error machinery; when the error came from the budget
+-- hook, Lua runs the handler with hooks switched off, so a looping handler would never be
+-- stopped. Once over budget the handler is skipped: the abort goes straight through.
+xpcall = function(f, handler, ...)
+  local function guarded(e)
+    if tripped() then return e end
+    return handler(e)
+  end
+  return checked(raw_xpcall(f, guarded, ...))
+end
 coroutine.resume = function(...) return checked(co_resume(...)) end
 coroutine.close = function(...) return checked(co_close(...)) end
 load = function(chunk, name, mode, ...)
   if raw_select('#', ...) > 0 then return loaded(raw_load(chunk, name, "t", ...)) end
   return loaded(raw_load(chunk, name, "t"))
 end
+-- A `<close>` handler run while an over-budget abort unwinds may run with hooks off:
+-- once over budget, it is skipped (guards are remembered so they are not stacked).
+local guards = raw_setmetatable({}, { __mode = "k" })
 setmetatable = function(t, mt)
-  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
-    raw_error("__gc metamethods are not allowed in scripts", 2)
+  if type(mt) == "table" then
+    if rawget(mt, "__gc") ~= nil then
+      raw_error("__gc metamethods are not allowed in scripts", 2)
+    end
+    local close = rawget(mt, "__close")
+    if type(close) == "function" and not guards[close] then
+      local guard = function(...)
+        if tripped() then return end
+        return close(...)
+      end
+      guards[guard] = true
+      rawset(mt, "__close", guard)
+    end
   end
   return raw_setmetatable(t, mt)
 end
@@ -311,6 +346,45 @@ mod tests {
             "local x = 0 for i = 1, 1000 do x = x + i end",
         );
         assert!(r.is_ok() && !over);
+        let (r, over, _) = run(
+            &lua,
+            &budget,
+            "local ok, e = xpcall(error, function(e) return 'handled' end, 'x') assert(e == 'handled')",
+        );
+        assert!(
+            r.is_ok() && !over,
+            "handlers still run within budget: {r:?}"
+        );
+    }
+
+    /// Message handlers and `<close>` handlers, each in its own state on its own thread so
+    /// a case that escapes the budget is named instead of hanging the test run.
+    #[test]
+    fn budget_holds_in_message_and_close_handlers() {
+        const CASES: &[&str] = &[
+            "xpcall(function() error('x') end, function(e) while true do end end)",
+            "xpcall(function() while true do end end, function(e) while true do end end)",
+            "coroutine.wrap(function() xpcall(error, function() while true do end end) end)()",
+            "xpcall(error, function() xpcall(error, function() while true do end end) end)",
+            "local x <close> = setmetatable({}, {__close = function() while true do end end}) error('x')",
+            "local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end",
+            "do local x <close> = setmetatable({}, {__close = function() while true do end end}) end",
+            "local co = coroutine.create(function() local x <close> = setmetatable({}, {__close = function() while true do end end}) coroutine.yield() end) coroutine.resume(co) coroutine.close(co)",
+        ];
+        let mut escaped = Vec::new();
+        for src in CASES {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _ = std::thread::spawn(move || {
+                let (lua, budget) = state();
+                let (r, over, took) = run(&lua, &budget, src);
+                let _ = tx.send((r.is_err(), over, took));
+            });
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok((true, true, took)) if took < Duration::from_millis(250) => {}
+                other => escaped.push(format!("{src}: {other:?}")),
+            }
+        }
+        assert!(escaped.is_empty(), "escaped the budget: {escaped:#?}");
     }
 
     #[test]

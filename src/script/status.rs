@@ -14,7 +14,8 @@ pub enum ScriptState {
     Running,
     /// The last load failed; the previous version (if any) keeps running.
     Error,
-    /// Disabled after failing again and again (an alert was raised).
+    /// Disabled after failing again and again, or by the watchdog (an alert was raised;
+    /// `disabled_reason` says why). Saving the file or SIGHUP gives it another chance.
     Disabled,
 }
 
@@ -34,12 +35,16 @@ pub struct ScriptStatus {
     pub reloads: u64,
     /// Change kinds the script listens to (`nexus.on`).
     pub hooks: Vec<String>,
+    /// Why the script is disabled (only while `status` is `disabled`).
+    pub disabled_reason: Option<String>,
 }
 
 /// Shared table of script statuses. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ScriptRegistry {
     inner: Arc<RwLock<BTreeMap<String, ScriptStatus>>>,
+    /// Set while the Lua thread is stuck (see `script::watchdog`).
+    problem: Arc<RwLock<Option<String>>>,
 }
 
 impl ScriptRegistry {
@@ -79,6 +84,20 @@ impl ScriptRegistry {
         {
             f(s);
         }
+    }
+
+    /// `Some(plain words)` while the script host is unhealthy (the Lua thread is stuck in
+    /// a callback far past its budget): `/api/health` then says `degraded`.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records (or clears) the script host's problem.
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     /// Forgets a script (file deleted).

@@ -158,7 +158,7 @@ impl Rig {
     pub fn start(dir: &Path, extra: &str, poll_nodes: &[&str]) -> Rig {
         let shutdown = CancellationToken::new();
         let app = app(config(dir, extra), poll_nodes, &shutdown);
-        let host = script::spawn(app.clone(), shutdown.clone()).expect("script host");
+        let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
         Rig {
             app,
             host,
