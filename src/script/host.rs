@@ -280,7 +280,9 @@ impl Host {
     fn rescan(&mut self, force: bool) {
         let dirs = self.env.app.config.script_dirs.clone();
         let found = reload::scan(&dirs);
-        let present: HashSet<String> = found.iter().map(|p| p.display().to_string()).collect();
+        let builtins = super::builtin::active(self.env.app.config.plugins_builtin, &found);
+        let mut present: HashSet<String> = found.iter().map(|p| p.display().to_string()).collect();
+        present.extend(builtins.iter().map(|(k, _)| k.clone()));
         let gone: Vec<String> = self
             .slots
             .keys()
@@ -292,6 +294,9 @@ impl Host {
         }
         for path in &found {
             self.consider(path, force);
+        }
+        for (key, _) in &builtins {
+            self.consider(Path::new(key), force);
         }
         self.env.update_loaded(&self.slots);
         self.env.shared.bump();
@@ -323,7 +328,11 @@ impl Host {
             };
             self.slots.insert(key.clone(), slot);
         }
-        let source = match reload::read_script(path) {
+        let read = match super::builtin::source(&key) {
+            Some(embedded) => Ok(embedded.as_bytes().to_vec()),
+            None => reload::read_script(path),
+        };
+        let source = match read {
             Ok(s) => s,
             Err(message) => {
                 let f = Failure {

@@ -7,11 +7,13 @@
 //!   budget that holds inside `pcall` and coroutines;
 //! - [`api`]: the `nexus` table; [`store`]: `nexus.store`;
 //! - [`reload`]: directory watching, debounce, content hashes;
-//! - [`status`]: what `GET /api/scripts` shows.
+//! - [`status`]: what `GET /api/scripts` shows;
+//! - [`builtin`]: the bundled plugins compiled into the binary (`plugins_builtin`).
 //!
 //! [`spawn`] starts it all and returns a [`ScriptHost`] handle.
 
 mod api;
+pub mod builtin;
 mod event;
 mod host;
 mod instance;
