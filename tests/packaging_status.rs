@@ -98,6 +98,14 @@ async fn unreachable_daemon_is_said_in_plain_words() {
     );
 }
 
+/// The next frame `watch` drew (20 s at most: the daemon is on loopback).
+async fn next(frames: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), frames.recv())
+        .await
+        .expect("a frame in time")
+        .expect("watch running")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_redraws_from_the_stream() {
     let (sim, running, base) = world().await;
@@ -107,15 +115,6 @@ async fn watch_redraws_from_the_stream() {
     let task = {
         let stop = stop.clone();
         tokio::spawn(async move { client.watch(|f| drop(tx.send(f.to_owned())), stop).await })
-    };
-    let next = |frames: &mut mpsc::UnboundedReceiver<String>| {
-        let f = frames.recv();
-        async move {
-            tokio::time::timeout(Duration::from_secs(20), f)
-                .await
-                .expect("a frame in time")
-                .expect("watch running")
-        }
     };
     let first = next(&mut frames).await;
     assert!(
