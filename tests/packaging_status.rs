@@ -153,7 +153,7 @@ async fn watch_redraws_from_the_stream() {
             .to_owned();
         if !block
             .lines()
-            .any(|l| l.trim_start().split_whitespace().next() == Some(gone.as_str()))
+            .any(|l| l.split_whitespace().next() == Some(gone.as_str()))
         {
             break;
         }
