@@ -555,3 +555,54 @@ fn under_the_journal_lines_carry_a_priority_and_no_timestamp() {
     assert!(line.starts_with("<6>AllStar Nexus listening"), "{line:?}");
     assert!(!text.contains('\x1b'), "{text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_its_plugins_from_anywhere() {
+    // An empty working directory: no plugins/ beside it, as for an installed binary.
+    let dir = Scratch::new("demo-cwd");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_allstar-nexus"))
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn demo");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.split_whitespace().find(|w| w.ends_with("/api/health")) {
+                return url.trim_end_matches("/api/health").to_owned();
+            }
+        }
+        panic!("the demo printed no URL");
+    })
+    .await
+    .expect("demo starts");
+    let mut list = Vec::new();
+    for _ in 0..1000 {
+        let v = get_json(&format!("{base}/api/scripts")).await;
+        list = v["scripts"].as_array().cloned().unwrap_or_default();
+        if list.len() >= 3 && list.iter().all(|s| s["status"] == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let builtin: BTreeSet<&str> = list
+        .iter()
+        .filter(|s| s["status"] == "running")
+        .filter(|s| {
+            s["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("(built-in)/"))
+        })
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        builtin,
+        BTreeSet::from(["adaptive_polling.lua", "alerts.lua", "voter.lua"]),
+        "{list:?}"
+    );
+    let _ = child.kill().await;
+}
