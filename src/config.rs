@@ -730,7 +730,7 @@ impl Resolver<'_> {
             Ok(p) => p,
             Err(SecretError::Missing(e)) if self.lenient => {
                 self.setup_needed(&s.name, format!(
-                    "no AMI secret for server {:?} ({e}): give the secret of the [{username}] user in /etc/asterisk/manager.conf",
+                    "no AMI secret for server {:?} ({e}): give the secret of the ami_username user in /etc/asterisk/manager.conf",
                     s.name
                 ));
                 String::new()
