@@ -177,6 +177,9 @@ pub struct ConfigFile {
     #[serde(default)]
     pub nodes: Vec<NodeFile>,
     pub script_dirs: Option<Vec<PathBuf>>,
+    /// Run the plugins compiled into the binary (a same-named file in `script_dirs` wins).
+    #[serde(default)]
+    pub plugins_builtin: bool,
     pub astdb_path: Option<PathBuf>,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -426,6 +429,8 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     pub disable_link_poller: bool,
     pub script_dirs: Vec<PathBuf>,
+    /// Run the bundled plugins embedded in the binary (`script::builtin`).
+    pub plugins_builtin: bool,
     pub astdb_path: PathBuf,
     pub metrics: MetricsConfig,
     pub websocket: WebSocketConfig,
@@ -434,6 +439,11 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub alert_webhooks: Vec<WebhookConfig>,
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// Servers not set up yet: AMI secret missing, or no nodes listed (server name → what
+    /// to configure, in plain words). Only [`Config::load_for_service`] leaves this
+    /// non-empty: those servers are not contacted, and health says what to do, instead of
+    /// the service crash-looping.
+    pub setup_needed: BTreeMap<String, String>,
 }
 
 /// Where AllStarLink keeps the node database.
@@ -449,9 +459,30 @@ impl Config {
         Config::parse(&text, &path.display().to_string(), path.parent())
     }
 
+    /// Like [`Config::load`], but a server whose AMI secret is missing (not given, its
+    /// environment variable unset, its file unreadable or empty) or that lists no nodes is
+    /// kept, listed in `setup_needed`, instead of failing: a freshly installed service
+    /// starts, serves health and says what to configure. Every other mistake is an error.
+    pub fn load_for_service(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse_with(&text, &path.display().to_string(), path.parent(), true)
+    }
+
     /// Parses YAML text; `origin` names the file in messages; relative paths in the file
     /// (password files, script dirs, astdb) are resolved against `base`.
     pub fn parse(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::parse_with(text, origin, base, false)
+    }
+
+    fn parse_with(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+        lenient: bool,
+    ) -> Result<Config, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_owned(),
             message,
@@ -480,7 +511,13 @@ impl Config {
             serde_path_to_error::deserialize(de)
                 .map_err(|e| invalid(describe_yaml_error(text, &e)))?
         };
-        Resolver { text, base }.resolve(file).map_err(invalid)
+        let resolver = Resolver {
+            text,
+            base,
+            lenient,
+            missing: Default::default(),
+        };
+        resolver.resolve(file).map_err(invalid)
     }
 }
 
@@ -501,11 +538,16 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
         // Custom errors (bad durations…) carry no position: find the key's line.
         let leaf = path.rsplit('.').next().unwrap_or(&path);
         let leaf = leaf.split('[').next().unwrap_or(leaf);
-        Resolver { text, base: None }
-            .at(leaf)
-            .strip_prefix(leaf)
-            .unwrap_or("")
-            .to_owned()
+        Resolver {
+            text,
+            base: None,
+            lenient: false,
+            missing: Default::default(),
+        }
+        .at(leaf)
+        .strip_prefix(leaf)
+        .unwrap_or("")
+        .to_owned()
     };
     if path.is_empty() || path == "." {
         msg
@@ -517,6 +559,17 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
 struct Resolver<'a> {
     text: &'a str,
     base: Option<&'a Path>,
+    /// Missing AMI secrets and empty node lists are recorded in `missing` (not failing).
+    lenient: bool,
+    missing: std::cell::RefCell<BTreeMap<String, String>>,
+}
+
+/// Why a server's password could not be had.
+enum SecretError {
+    /// Not given, or its variable/file is not there: what a fresh install looks like.
+    Missing(String),
+    /// A mistake in the file (several sources given).
+    Invalid(String),
 }
 
 impl Resolver<'_> {
@@ -625,6 +678,7 @@ impl Resolver<'_> {
             servers,
             disable_link_poller: f.disable_link_poller,
             script_dirs,
+            plugins_builtin: f.plugins_builtin,
             astdb_path: f
                 .astdb_path
                 .as_deref()
@@ -637,6 +691,7 @@ impl Resolver<'_> {
             alerts: f.alerts,
             alert_webhooks: f.alert_webhooks,
             plugins: f.plugins,
+            setup_needed: self.missing.take(),
         })
     }
 
@@ -876,18 +931,37 @@ impl Resolver<'_> {
                     s.name
                 )
             })?;
-        let password = self.password(s, prefix)?;
+        let password = match self.password(s, prefix) {
+            Ok(p) => p,
+            Err(SecretError::Missing(e)) if self.lenient => {
+                self.setup_needed(&s.name, format!(
+                    "no AMI secret for server {:?} ({e}): give the secret of the ami_username user in /etc/asterisk/manager.conf",
+                    s.name
+                ));
+                String::new()
+            }
+            Err(SecretError::Missing(e) | SecretError::Invalid(e)) => return Err(e),
+        };
         for (what, v) in [("username", &username), ("password", &password)] {
             if v.contains(['\r', '\n']) {
                 return Err(format!("{}: must not contain a line break", key(what)));
             }
         }
         if s.nodes.is_empty() {
-            return Err(format!(
+            let e = format!(
                 "{}: server {:?} lists no nodes to watch",
                 self.at("nodes"),
                 s.name
-            ));
+            );
+            if !self.lenient {
+                return Err(e);
+            }
+            self.setup_needed(
+                &s.name,
+                format!(
+                    "{e}: add your node number(s), the [NNNN] sections of /etc/asterisk/rpt.conf"
+                ),
+            );
         }
         let mut nodes = Vec::new();
         for n in &s.nodes {
@@ -928,8 +1002,18 @@ impl Resolver<'_> {
         })
     }
 
+    /// Records what a server still needs (service mode).
+    fn setup_needed(&self, server: &str, what: String) {
+        let mut m = self.missing.borrow_mut();
+        let entry = m.entry(server.to_owned()).or_default();
+        if !entry.is_empty() {
+            entry.push_str("; ");
+        }
+        entry.push_str(&what);
+    }
+
     /// The password from the YAML, an environment variable, or a file (exactly one).
-    fn password(&self, s: &ServerFile, prefix: &str) -> Result<String, String> {
+    fn password(&self, s: &ServerFile, prefix: &str) -> Result<String, SecretError> {
         let key = |k: &str| self.at(&format!("{prefix}{k}"));
         let given = [
             s.password.is_some(),
@@ -938,18 +1022,18 @@ impl Resolver<'_> {
         ];
         match given.iter().filter(|g| **g).count() {
             0 => {
-                return Err(format!(
+                return Err(SecretError::Missing(format!(
                     "{}: missing for server {:?} (or use {prefix}password_env / {prefix}password_file)",
                     key("password"),
                     s.name
-                ));
+                )));
             }
             1 => {}
             _ => {
-                return Err(format!(
+                return Err(SecretError::Invalid(format!(
                     "{}: give only one of {prefix}password, {prefix}password_env, {prefix}password_file",
                     key("password")
-                ));
+                )));
             }
         }
         if let Some(p) = &s.password {
@@ -957,25 +1041,42 @@ impl Resolver<'_> {
         }
         if let Some(var) = &s.password_env {
             return std::env::var(var).map_err(|_| {
-                format!(
+                SecretError::Missing(format!(
                     "{}: environment variable {var} is not set",
                     key("password_env")
-                )
+                ))
             });
         }
         if let Some(file) = &s.password_file {
             let path = self.path(file);
-            return read_capped(&path, MAX_SECRET_BYTES)
+            let secret = read_capped(&path, MAX_SECRET_BYTES)
                 .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
                 .map_err(|e| {
-                    format!(
+                    let msg = format!(
                         "{}: cannot read {}: {e}",
                         key("password_file"),
                         path.display()
-                    )
-                });
+                    );
+                    // Absent is a fresh install; too large or not text is a mistake.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        SecretError::Missing(msg)
+                    } else {
+                        SecretError::Invalid(msg)
+                    }
+                })?;
+            if secret.is_empty() {
+                return Err(SecretError::Missing(format!(
+                    "{}: {} is empty",
+                    key("password_file"),
+                    path.display()
+                )));
+            }
+            return Ok(secret);
         }
-        Err(format!("{}: missing", key("password")))
+        Err(SecretError::Missing(format!(
+            "{}: missing",
+            key("password")
+        )))
     }
 }
 

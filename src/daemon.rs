@@ -58,14 +58,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut node_server = BTreeMap::new();
     let mut specs = Vec::new();
     for s in &config.servers {
-        let handle = connection::spawn_tcp(
-            s.clone(),
-            config.ami.clone(),
-            ami_tx.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        servers.insert(s.name.clone(), handle);
+        if let Some(what) = config.setup_needed.get(&s.name) {
+            // Not contacted: health, metrics and the page say what to configure.
+            let problem = format!("not set up yet: {what}; then restart AllStar Nexus");
+            tracing::warn!("[AMI] {problem}");
+            let _ = ami_tx.try_send(crate::ami::AmiEvent::Status(crate::ami::ConnectionStatus {
+                since_ms: now_ms(),
+                last_error: Some(problem),
+                last_error_kind: Some("not_configured"),
+                ..crate::ami::ConnectionStatus::never_connected(s)
+            }));
+            metrics.ami_up.with_label_values(&[&s.name]).set(0);
+        } else {
+            let handle = connection::spawn_tcp(
+                s.clone(),
+                config.ami.clone(),
+                ami_tx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            servers.insert(s.name.clone(), handle);
+        }
         for n in &s.nodes {
             node_server.insert(n.node_id.clone(), s.name.clone());
             specs.push(NodeSpec {

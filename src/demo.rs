@@ -2,7 +2,7 @@
 //! it with the bundled scripts, and a few words on what to look at.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -11,20 +11,23 @@ use crate::config::Config;
 use crate::daemon::{self, Running};
 use crate::sim::{self, SimConfig, SimHandle};
 
-/// Where the bundled plugins and example scripts are: beside the working directory when
-/// run from a checkout, else where the crate was built.
+/// Installed example scripts (the .deb puts them here).
+const INSTALLED_EXAMPLES: &str = "/usr/share/allstar-nexus/scripts";
+
+/// Script directories of the demo. The bundled plugins are built into the binary
+/// (`plugins_builtin: true`); a checkout's `plugins/` and `scripts/` in the working
+/// directory are added so edits there reload, else the installed examples.
 fn script_dirs() -> Vec<PathBuf> {
-    ["plugins", "scripts"]
-        .iter()
-        .map(|d| {
-            let here = PathBuf::from(d);
-            if here.is_dir() {
-                here
-            } else {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(d)
-            }
-        })
-        .collect()
+    let mut dirs = Vec::new();
+    if Path::new("plugins").is_dir() {
+        dirs.push(PathBuf::from("plugins"));
+    }
+    if Path::new("scripts").is_dir() {
+        dirs.push(PathBuf::from("scripts"));
+    } else if Path::new(INSTALLED_EXAMPLES).is_dir() {
+        dirs.push(PathBuf::from(INSTALLED_EXAMPLES));
+    }
+    dirs
 }
 
 fn demo_config(ami: SocketAddr, listen: SocketAddr, secret: &str) -> anyhow::Result<Config> {
@@ -38,7 +41,7 @@ fn demo_config(ami: SocketAddr, listen: SocketAddr, secret: &str) -> anyhow::Res
          ami_retry_interval: 2s\nami_retry_max: 10s\n\
          polling_interval_seconds: 15\n\
          nodes:\n  - node_id: 1999\n  - node_id: 2000\n  - node_id: 2001\n\
-         script_dirs: [{}]\n\
+         script_dirs: [{}]\nplugins_builtin: true\n\
          astdb_path: /nonexistent/astdb.txt\n\
          alerts:\n  repeat_interval: 30s\n\
          plugins:\n  alerts:\n    stuck_tx_minutes: 1\n    ami_down_seconds: 10\n    watch_nodes: [2002]\n",

@@ -1,4 +1,4 @@
-//! The `allstar-nexus` command line: `run`, `demo`, `simulate`, `check-config`.
+//! The `allstar-nexus` command line: `run`, `demo`, `simulate`, `check-config`, `status`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use allstar_nexus::config::Config;
 use allstar_nexus::daemon;
+use allstar_nexus::logging::{self, LogFormat};
 use allstar_nexus::sim::{self, Era, SimConfig};
 
 // mimalloc: the parsers and the change fan-out allocate many small strings; glibc's
@@ -17,13 +18,25 @@ use allstar_nexus::sim::{self, Era, SimConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the crate version and the git revision it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("NEXUS_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "allstar-nexus",
-    version,
+    version = VERSION,
     about = "Monitor and automation engine for AllStarLink nodes"
 )]
 struct Cli {
+    /// Log format: auto (journald style under systemd, colours only on a terminal and
+    /// without NO_COLOR), text, json, journald.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,11 +82,13 @@ enum Command {
     },
     /// Check a configuration file and exit (non-zero with the problem when invalid).
     CheckConfig { path: PathBuf },
+    /// Show the running daemon's nodes, links, who is keyed and AMI status (from its API).
+    Status(allstar_nexus::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,6 +130,7 @@ fn main() -> ExitCode {
                 sim::run_standalone(listen, config, demo_network, activity, shutdown).await
             }
             Command::CheckConfig { path } => check_config(path),
+            Command::Status(args) => allstar_nexus::status::run(args).await,
         }
     });
     match result {
@@ -126,17 +142,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
 async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+    // A missing AMI secret does not stop the service (no crash loop): health says what to do.
+    let config = Config::load_for_service(&path)?;
     let shutdown = CancellationToken::new();
     let running = daemon::start(config, shutdown.clone()).await?;
     tracing::info!("AllStar Nexus listening on http://{}", running.http_addr);

@@ -288,7 +288,9 @@ impl Host {
         self.env.shared.rescans.fetch_add(1, Ordering::AcqRel);
         let dirs = self.env.app.script_dirs.clone();
         let found = reload::scan(&dirs);
-        let present: HashSet<String> = found.iter().map(|p| p.display().to_string()).collect();
+        let builtins = super::builtin::active(self.env.app.plugins_builtin, &found);
+        let mut present: HashSet<String> = found.iter().map(|p| p.display().to_string()).collect();
+        present.extend(builtins.iter().map(|(k, _)| k.clone()));
         let gone: Vec<String> = self
             .slots
             .keys()
@@ -300,6 +302,9 @@ impl Host {
         }
         for path in &found {
             self.consider(path, force);
+        }
+        for (key, _) in &builtins {
+            self.consider(Path::new(key), force);
         }
         self.env.update_loaded(&self.slots);
         self.env.shared.bump();
@@ -331,7 +336,11 @@ impl Host {
             };
             self.slots.insert(key.clone(), slot);
         }
-        let source = match reload::read_script(path) {
+        let read = match super::builtin::source(&key) {
+            Some(embedded) => Ok(embedded.as_bytes().to_vec()),
+            None => reload::read_script(path),
+        };
+        let source = match read {
             Ok(s) => s,
             Err(message) => {
                 let f = Failure {

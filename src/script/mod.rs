@@ -9,10 +9,12 @@
 //! - [`reload`]: directory watching, debounce, content hashes;
 //! - [`status`]: what `GET /api/scripts` shows;
 //! - [`watchdog`]: notices a Lua thread stuck in one callback far past its budget.
+//! - [`builtin`]: the bundled plugins compiled into the binary (`plugins_builtin`).
 //!
 //! [`spawn`] starts it all and returns a [`ScriptHost`] handle.
 
 mod api;
+pub mod builtin;
 mod event;
 mod host;
 mod instance;
@@ -49,6 +51,8 @@ pub use status::{ScriptRegistry, ScriptState, ScriptStatus};
 pub struct ScriptEnv {
     pub lua: LuaConfig,
     pub script_dirs: Vec<PathBuf>,
+    /// Whether the bundled plugins compiled into the binary run (`plugins_builtin`).
+    pub plugins_builtin: bool,
     /// `plugins:` settings, handed to each script as `nexus.config` (by file stem).
     pub plugins: Arc<BTreeMap<String, serde_json::Value>>,
     /// Read side of the model and the change stream.
@@ -74,6 +78,7 @@ impl ScriptEnv {
         ScriptEnv {
             lua: config.lua.clone(),
             script_dirs: config.script_dirs.clone(),
+            plugins_builtin: config.plugins_builtin,
             plugins: Arc::new(config.plugins.clone()),
             state,
             control,
