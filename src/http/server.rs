@@ -319,7 +319,13 @@ impl Server {
                 r = listener.accept() => r,
             };
             match accepted {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => {
+                    if !self.admit(stream, peer) {
+                        // Let the evicted or refused connection close its socket before
+                        // the next accept takes another descriptor.
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Err(e) => {
                     let exhausted = out_of_resources(&e);
                     self.report("accept", true, || {
@@ -344,7 +350,9 @@ impl Server {
         drop(listener);
     }
 
-    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// Serves or refuses a new connection; false if a cap was hit (a connection was
+    /// evicted or this one refused).
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> bool {
         // Small frames (WebSocket events) must not wait for the peer's delayed ACK.
         let _ = stream.set_nodelay(true);
         match self.registry.admit(peer.ip(), &self.limits, &self.force) {
@@ -362,6 +370,7 @@ impl Server {
                 let me = self.clone();
                 self.conns
                     .spawn(async move { me.serve_conn(stream, peer, lease, kill).await });
+                admission == Admission::Free
             }
             None => {
                 self.report("refused", true, || {
@@ -373,6 +382,7 @@ impl Server {
                     )
                 });
                 tokio::spawn(refuse(stream));
+                false
             }
         }
     }
