@@ -232,6 +232,13 @@ pub struct AlertHub {
 impl AlertHub {
     pub fn new(cfg: &AlertsConfig, webhooks: Vec<WebhookConfig>, metrics: Metrics) -> AlertHub {
         let (tx, _) = broadcast::channel(256);
+        // Both reasons are shown from the start (0 until a script hits a limit).
+        for reason in ["rate", "keys"] {
+            metrics
+                .alerts_dropped
+                .with_label_values(&[reason])
+                .inc_by(0);
+        }
         AlertHub {
             inner: Arc::new(Mutex::new(Inner {
                 next_id: 1,

@@ -335,7 +335,11 @@ function flood(n)
 end
 "#;
     dir.save("flood.lua", src);
-    let rig = Rig::start(dir.path(), "lua:\n  memory_limit_mb: 64\n", &[]);
+    let rig = Rig::start(
+        dir.path(),
+        "lua:\n  memory_limit_mb: 64\n  callback_budget: 20s\n",
+        &[],
+    );
     rig.loaded("flood.lua", src).await;
     let before = rss_bytes();
     let got = rig.call("flood.lua", "flood", vec![json!(200)]).await;
@@ -346,8 +350,10 @@ end
         after / 1024,
         rig.app.alerts.held_bytes()
     );
-    assert_eq!(got["raised"], json!(10), "{got}");
-    assert_eq!(got["refused"], json!(190), "{got}");
+    // 10 a second: the flood takes a second or two in a debug build.
+    let raised = got["raised"].as_u64().unwrap_or(0);
+    assert!((10..=30).contains(&raised), "{got}");
+    assert_eq!(got["refused"].as_u64(), Some(200 - raised), "{got}");
     assert!(
         got["why"]
             .as_str()
@@ -355,15 +361,13 @@ end
         "{got}"
     );
     let held = rig.app.alerts.held_bytes();
-    assert!(held <= 10 * 8 * 1024, "history holds {held} bytes");
+    assert!(held <= 30 * 8 * 1024, "history holds {held} bytes");
     let a = rig.alerts().into_iter().last().expect("an alert");
     assert!(a.truncated && a.node.as_ref().is_some_and(|n| n.len() <= 1024));
-    assert!(
-        rig.app
-            .metrics
-            .render()
-            .contains("nexus_alerts_dropped_total{reason=\"rate\"} 190")
-    );
+    assert!(rig.app.metrics.render().contains(&format!(
+        "nexus_alerts_dropped_total{{reason=\"rate\"}} {}",
+        200 - raised
+    )));
 }
 
 #[tokio::test]

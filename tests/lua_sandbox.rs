@@ -280,7 +280,7 @@ fn slow_find(n: u32) -> String {
 #[tokio::test]
 async fn a_long_c_call_counts_as_a_timeout_and_disables_the_script_when_it_repeats() {
     let dir = TempDir::new("slowc");
-    let src = slow_find(8_000);
+    let src = slow_find(1_500);
     dir.save("slow.lua", &src);
     let rig = Rig::start(
         dir.path(),
@@ -312,7 +312,7 @@ async fn a_long_c_call_counts_as_a_timeout_and_disables_the_script_when_it_repea
 #[tokio::test]
 async fn the_watchdog_reports_a_stuck_thread_and_disables_the_script() {
     let dir = TempDir::new("stuck");
-    let src = slow_find(50_000);
+    let src = slow_find(10_000);
     dir.save("stuck.lua", &src);
     dir.save("counter.lua", COUNTER);
     let rig = Rig::start(dir.path(), "lua:\n  callback_budget: 20ms\n", &[]);
