@@ -2,6 +2,7 @@
 # Packaging checks (run by .ci/run): the systemd unit's security score, the Prometheus alert
 # rules (promtool check + unit tests), and with --deb: build the .deb with cargo-deb and
 # check its layout in a scratch root (dpkg -x), its control files and the packaged binary.
+# Arguments after --deb go to cargo deb (e.g. --no-build to package an existing binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,12 +21,13 @@ promtool check rules docs/prometheus/alerts.yml
 (cd docs/prometheus && promtool test rules alerts.test.yml)
 
 [ "${1:-}" = "--deb" ] || exit 0
+shift
 
 # --- the .deb ------------------------------------------------------------------------
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 start=$(date +%s)
-cargo deb --output "$scratch/allstar-nexus.deb"
+cargo deb "$@" --output "$scratch/allstar-nexus.deb"
 echo "cargo deb took $(( $(date +%s) - start )) s"
 deb="$scratch/allstar-nexus.deb"
 dpkg-deb --info "$deb"

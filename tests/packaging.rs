@@ -363,7 +363,10 @@ async fn fresh_install_without_secret_runs_and_says_what_to_configure() {
     for want in ["no AMI secret", "ami-secret", "manager.conf", "restart"] {
         assert!(summary.contains(want), "{want} in {summary}");
     }
-    assert!(!summary.contains("[nexus]"), "no AMI user name in answers: {summary}");
+    assert!(
+        !summary.contains("[nexus]"),
+        "no AMI user name in answers: {summary}"
+    );
     // Asterisk was not bothered with an empty password.
     assert_eq!(sim.session_count(), 0);
     // The built-in plugins run (no plugin directory on disk).
