@@ -113,6 +113,8 @@ fn main() -> ExitCode {
             Command::CheckConfig { path } => check_config(path),
         }
     });
+    // Tasks still running after an orderly stop (or a late one) are abandoned, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -131,15 +133,22 @@ fn init_logging() {
         .init();
 }
 
+/// `run`: bind, build, serve until SIGINT/SIGTERM, stop within `shutdown_grace`.
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    let listener = daemon::bind(config.listen).await?;
+    tracing::info!(
+        "AllStar Nexus listening on http://{}",
+        listener.local_addr()?
+    );
+    let daemon = daemon::build(config).await?;
     let shutdown = CancellationToken::new();
-    let running = daemon::start(config, shutdown.clone()).await?;
-    tracing::info!("AllStar Nexus listening on http://{}", running.http_addr);
-    daemon::shutdown_signal().await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    Ok(())
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        daemon::shutdown_signal().await;
+        stop.cancel();
+    });
+    daemon.run(listener, shutdown).await
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {

@@ -450,3 +450,69 @@ async fn a_hub_with_500_links_is_handled() {
     assert_eq!(got[0].event.kind, ChangeKind::LinkKeyed);
     d.shutdown.cancel();
 }
+
+fn polls_ok(d: &Running, node: &str) -> u64 {
+    d.app.metrics.polls.with_label_values(&[node, "ok"]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_poll_requests_is_at_most_one_poll_in_flight_and_one_queued() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let d = start_daemon(sim.addr(), &["1999"], "ami_actions_per_second: 1000\n").await;
+    poll_and_wait(&d, "1999").await;
+    let before = polls_ok(&d, "1999");
+    for _ in 0..500 {
+        d.app.control.poll_now("1999").expect("accepted");
+    }
+    // One more request after the burst is served: every burst poll is done by then.
+    wait_until("the burst's polls", || {
+        !d.app.control.poll_pending("1999") && polls_ok(&d, "1999") > before
+    })
+    .await;
+    let mid = polls_ok(&d, "1999");
+    d.app.control.poll_now("1999").expect("accepted");
+    wait_until("the last poll", || polls_ok(&d, "1999") > mid).await;
+    let polls = polls_ok(&d, "1999") - before;
+    assert!(
+        (2..=3).contains(&polls),
+        "500 requests gave {polls} polls (want at most 2 for the burst + 1)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_past_the_per_server_budget_are_refused_with_a_clear_error() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let d = start_daemon(sim.addr(), &["1999"], "ami_actions_per_second: 3\n").await;
+    poll_and_wait(&d, "1999").await;
+    let mut refused = None;
+    for _ in 0..10 {
+        match d.app.control.voter_status("1999").await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let msg = refused.expect("the budget ran out");
+    assert!(
+        msg.starts_with("rate limited: at most 3 actions/s to server "),
+        "{msg}"
+    );
+    let server = d
+        .app
+        .control
+        .servers()
+        .keys()
+        .next()
+        .cloned()
+        .expect("server");
+    assert!(
+        d.app
+            .metrics
+            .ami_actions_rate_limited
+            .with_label_values(&[&server])
+            .get()
+            >= 1
+    );
+}

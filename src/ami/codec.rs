@@ -18,8 +18,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Default cap on one frame: far above any real XStat/LinkedNodes reply.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Default cap on one frame (defined in `config`, which must not import `ami`).
+pub use crate::config::DEFAULT_MAX_FRAME_BYTES;
 
 /// The marker that ends a legacy (Asterisk ≤ 13) `Response: Follows` block.
 const END_COMMAND: &[u8] = b"--END COMMAND--";

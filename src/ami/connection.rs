@@ -27,7 +27,7 @@ use super::backoff::Backoff;
 use super::codec::{Action, AmiCodec, CodecError, Frame, Incoming};
 use crate::config::{AmiSettings, ServerConfig};
 use crate::metrics::Metrics;
-use crate::state::change::now_ms;
+use crate::observe::now_ms;
 
 /// Any byte stream an AMI session can run over (TCP, or an in-memory pipe in tests).
 pub trait AmiStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -232,6 +232,8 @@ struct Shared {
     action_timeout: Duration,
     status: watch::Sender<ConnectionStatus>,
     changes: broadcast::Sender<ConnectionStatus>,
+    /// For `nexus_ami_actions_total`.
+    metrics: Metrics,
 }
 
 /// The handle everyone uses to talk to one server. Cheap to clone.
@@ -267,6 +269,11 @@ impl AmiHandle {
         self.shared.status.subscribe()
     }
 
+    /// Resolves once the supervisor task has ended (after shutdown): the daemon awaits it.
+    pub async fn stopped(&self) {
+        self.commands.closed().await
+    }
+
     /// Sends an action and waits for its reply with the configured timeout.
     pub async fn send(&self, action: Action) -> Result<Reply, ActionError> {
         self.send_timeout(action, self.shared.action_timeout).await
@@ -275,6 +282,29 @@ impl AmiHandle {
     /// Sends an action and waits up to `timeout` for its reply. An `ActionID` is assigned
     /// here (any given one is replaced). `Response: Error` becomes [`ActionError::Rejected`].
     pub async fn send_timeout(
+        &self,
+        action: Action,
+        timeout: Duration,
+    ) -> Result<Reply, ActionError> {
+        let name = action.name().to_owned();
+        let result = self.send_uncounted(action, timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ActionError::Rejected { .. }) => "error",
+            Err(ActionError::Timeout { .. }) => "timeout",
+            Err(ActionError::NotConnected { .. } | ActionError::Disconnected { .. }) => {
+                "disconnected"
+            }
+        };
+        self.shared
+            .metrics
+            .ami_actions
+            .with_label_values(&[&self.shared.server, &name, outcome])
+            .inc();
+        result
+    }
+
+    async fn send_uncounted(
         &self,
         mut action: Action,
         timeout: Duration,
@@ -369,6 +399,7 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         action_timeout: parts.settings.action_timeout,
         status,
         changes,
+        metrics: parts.metrics.clone(),
     });
     let (commands, rx) = mpsc::channel(1024);
     let handle = AmiHandle {

@@ -302,6 +302,9 @@ fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap) -> Response {
         Err(e @ ControlError::NoPoller(_)) => {
             error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
+        Err(e @ ControlError::RateLimited { .. }) => {
+            error_reply(StatusCode::TOO_MANY_REQUESTS, &e.to_string())
+        }
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

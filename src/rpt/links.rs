@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use super::RptError;
-use crate::state::model::{LinkedNode, Mode};
+use crate::rpt::types::{LinkedNode, Mode};
 
 /// One adjacent link from `RPT_ALINKS`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
