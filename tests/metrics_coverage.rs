@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use allstar_nexus::alerts::{AlertRequest, Severity};
 use allstar_nexus::demo;
 use allstar_nexus::sim::SimLink;
 use tokio_util::sync::CancellationToken;
@@ -124,8 +125,20 @@ async fn every_catalogued_series_appears_after_the_demo_scenario() {
     }
     d.sim.connect_link("1999", SimLink::no_channel("2777"));
     d.sim.disconnect_link("1999", "2777");
-    // A keyed flag that is neither 0 nor 1: a counted protocol error.
-    d.sim.set_variable("1999", "RPT_TXKEYED", "2");
+    // A VarSet whose keyed flag is neither 0 nor 1: a counted protocol error.
+    d.sim.inject_raw(
+        b"Event: VarSet\r\nPrivilege: dialplan,all\r\nChannel: SimpleUSB/1999\r\n\
+          Variable: RPT_TXKEYED\r\nValue: 2\r\n\r\n",
+    );
+    // An alert, as a script raises it (the bundled plugins need minutes of silence).
+    app.alerts.raise(AlertRequest {
+        severity: Severity::Info,
+        title: "metrics coverage".into(),
+        message: "raised by the test".into(),
+        node: Some("1999".into()),
+        key: None,
+        source: "metrics_coverage".into(),
+    });
     // VoterStatus until the per-server budget refuses one.
     let mut refused = false;
     for _ in 0..200 {

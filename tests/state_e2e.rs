@@ -243,8 +243,10 @@ async fn a_thousand_random_mutations_produce_exactly_the_expected_changes_in_ord
     sim.set_event_queue_limit(1_000_000);
     let d = start_daemon(sim.addr(), &["1999"], "disable_link_poller: true\n").await;
     // Once the engine has seen the session up, nothing else is pending.
+    // (An empty list is not "all connected": the engine may not have seen the session yet.)
     wait_until("connected", || {
-        d.app.state.servers().iter().all(|s| s.connected)
+        let servers = d.app.state.servers();
+        !servers.is_empty() && servers.iter().all(|s| s.connected)
     })
     .await;
     let mut rx = d.app.state.subscribe();

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::change::{ChangeEvent, ChangeKind, Published, now_ms};
-use super::events::{ChangePublished, EventUnreadable, ServerResync};
+use super::events::{ChangePublished, EventUnreadable, ReplyUnreadable, ServerResync};
 use super::model::VoterSnapshot;
 use super::node::NodeState;
 use super::reconcile::{self, Changes};
@@ -282,8 +282,14 @@ impl Engine {
         let xstat = match &p.xstat {
             Ok(r) => match rpt::parse_xstat(&r.frame) {
                 Ok(x) => Some((x, r.rx_seq)),
-                Err(e) => {
-                    tracing::warn!(node = %p.node, "[POLLING] unreadable XStat reply for node {}: {e}", p.node);
+                Err(error) => {
+                    ReplyUnreadable {
+                        server: &p.server,
+                        node: &p.node,
+                        reply: "XStat",
+                        error,
+                    }
+                    .emit(&self.metrics);
                     None
                 }
             },
@@ -292,8 +298,14 @@ impl Engine {
         let sawstat = match &p.sawstat {
             Ok(r) => match rpt::parse_sawstat(&r.frame) {
                 Ok(s) => Some((s, r.rx_seq)),
-                Err(e) => {
-                    tracing::warn!(node = %p.node, "[POLLING] unreadable SawStat reply for node {}: {e}", p.node);
+                Err(error) => {
+                    ReplyUnreadable {
+                        server: &p.server,
+                        node: &p.node,
+                        reply: "SawStat",
+                        error,
+                    }
+                    .emit(&self.metrics);
                     None
                 }
             },

@@ -72,3 +72,30 @@ impl InternalEvent for ChangePublished<'_> {
         );
     }
 }
+
+/// A poll reply (XStat, SawStat) that could not be read: a protocol error, counted.
+pub struct ReplyUnreadable<'a> {
+    pub server: &'a str,
+    pub node: &'a str,
+    pub reply: &'static str,
+    pub error: RptError,
+}
+
+impl InternalEvent for ReplyUnreadable<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .ami_protocol_errors
+            .with_label_values(&[self.server])
+            .inc();
+        if let LogDecision::Write { suppressed } = UNREADABLE_LOG.allow(self.node) {
+            let (text, _) = clip(&self.error.to_string(), 200);
+            tracing::warn!(
+                server = self.server,
+                node = self.node,
+                "[POLLING] unreadable {} reply for node {}: {text} ({suppressed} more not logged)",
+                self.reply,
+                self.node
+            );
+        }
+    }
+}
