@@ -279,38 +279,8 @@ impl Engine {
     pub fn on_poll(&mut self, p: PollResult) {
         let span = tracing::info_span!("node", node = %p.node, server = %p.server);
         let _enter = span.enter();
-        let xstat = match &p.xstat {
-            Ok(r) => match rpt::parse_xstat(&r.frame) {
-                Ok(x) => Some((x, r.rx_seq)),
-                Err(error) => {
-                    ReplyUnreadable {
-                        server: &p.server,
-                        node: &p.node,
-                        reply: "XStat",
-                        error,
-                    }
-                    .emit(&self.metrics);
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        let sawstat = match &p.sawstat {
-            Ok(r) => match rpt::parse_sawstat(&r.frame) {
-                Ok(s) => Some((s, r.rx_seq)),
-                Err(error) => {
-                    ReplyUnreadable {
-                        server: &p.server,
-                        node: &p.node,
-                        reply: "SawStat",
-                        error,
-                    }
-                    .emit(&self.metrics);
-                    None
-                }
-            },
-            Err(_) => None,
-        };
+        let xstat = self.read_reply(&p, "XStat", &p.xstat, rpt::parse_xstat);
+        let sawstat = self.read_reply(&p, "SawStat", &p.sawstat, rpt::parse_sawstat);
         if xstat.is_none() && sawstat.is_none() {
             return;
         }
@@ -348,6 +318,31 @@ impl Engine {
                 links,
             }
             .emit(&self.metrics);
+        }
+    }
+
+    /// Reads one poll reply with its `rx_seq`; an unreadable one is a counted protocol
+    /// error, a failed one (already counted by the poller) is `None`.
+    fn read_reply<T>(
+        &self,
+        p: &PollResult,
+        reply: &'static str,
+        got: &Result<crate::ami::Reply, crate::ami::ActionError>,
+        parse: impl FnOnce(&Frame) -> Result<T, rpt::RptError>,
+    ) -> Option<(T, u64)> {
+        let r = got.as_ref().ok()?;
+        match parse(&r.frame) {
+            Ok(x) => Some((x, r.rx_seq)),
+            Err(error) => {
+                ReplyUnreadable {
+                    server: &p.server,
+                    node: &p.node,
+                    reply,
+                    error,
+                }
+                .emit(&self.metrics);
+                None
+            }
         }
     }
 
