@@ -113,7 +113,8 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, handle
             tokio::select! {
                 _ = parts.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next), if parts.automatic => due = true,
-                _ = now.notified() => due = true,
+                // A stale wake-up (the request was served by a poll already) is ignored.
+                _ = now.notified() => due = handle.pending.load(Ordering::SeqCst),
                 changed = interval.changed() => {
                     if changed.is_err() { return; }
                     let d = *interval.borrow_and_update();

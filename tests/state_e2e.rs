@@ -518,3 +518,55 @@ async fn actions_past_the_per_server_budget_are_refused_with_a_clear_error() {
             >= 1
     );
 }
+
+/// "Poll now" is a flag, not a queue: a burst before the poller wakes is one poll, and a
+/// burst while a poll is in flight adds at most one more (paused time).
+#[tokio::test(start_paused = true)]
+async fn poll_now_is_a_flag_not_a_queue() {
+    use allstar_nexus::metrics::Metrics;
+    use allstar_nexus::poller::{self, PollerParts};
+    use tokio_util::sync::CancellationToken;
+
+    let shutdown = CancellationToken::new();
+    let (ami, _attempts, _sim, _events) =
+        supervise_scripted(vec![Outcome::Sim], settings(), &shutdown);
+    wait_connected(&ami, true).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let p = poller::spawn(PollerParts {
+        node: "1999".into(),
+        interval: Duration::from_secs(3600),
+        ami: ami.clone(),
+        results: tx,
+        metrics: Metrics::default(),
+        automatic: false,
+        shutdown: shutdown.clone(),
+    });
+    let count = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    for _ in 0..100 {
+        p.poll_now();
+    }
+    // Idle for a (virtual) minute: every poll asked for has finished.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(count(&mut rx), 1, "100 requests before the poller woke");
+
+    p.poll_now();
+    while p.poll_pending() {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        p.poll_now();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let polls = count(&mut rx);
+    assert!(
+        (1..=2).contains(&polls),
+        "51 requests around a poll in flight gave {polls} polls"
+    );
+    shutdown.cancel();
+}
