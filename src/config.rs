@@ -18,6 +18,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// Default cap on one AMI frame: far above any real XStat/LinkedNodes reply. Defined here
+/// (not in `ami`) so `config` imports nothing above it; `ami::codec` re-exports it.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
 /// A configuration problem, worded for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,6 +199,10 @@ pub struct ConfigFile {
     pub alert_webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// How long shutdown may take (HTTP drain, AMI logoff, flushing); default 5 s.
+    pub shutdown_grace: Option<Dur>,
+    /// AMI actions per second per server that scripts and the API together may cause.
+    pub ami_actions_per_second: Option<u32>,
 }
 
 /// `metrics:` section.
@@ -444,7 +452,17 @@ pub struct Config {
     /// non-empty: those servers are not contacted, and health says what to do, instead of
     /// the service crash-looping.
     pub setup_needed: BTreeMap<String, String>,
+    /// How long shutdown may take before the process exits anyway (0 … 60 s).
+    pub shutdown_grace: Duration,
+    /// AMI actions per second per server from scripts and the API together (1 … 1000).
+    pub ami_actions_per_second: u32,
 }
+
+/// Default `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Default `ami_actions_per_second`.
+pub const DEFAULT_AMI_ACTIONS_PER_SECOND: u32 = 20;
 
 /// Where AllStarLink keeps the node database.
 pub const DEFAULT_ASTDB: &str = "/var/lib/asterisk/astdb.txt";
@@ -664,6 +682,22 @@ impl Resolver<'_> {
                 ));
             }
         }
+        let shutdown_grace = f.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0);
+        if shutdown_grace > Duration::from_secs(60) {
+            return Err(format!(
+                "{}: must be between 0s and 60s",
+                self.at("shutdown_grace")
+            ));
+        }
+        let ami_actions_per_second = f
+            .ami_actions_per_second
+            .unwrap_or(DEFAULT_AMI_ACTIONS_PER_SECOND);
+        if !(1..=1000).contains(&ami_actions_per_second) {
+            return Err(format!(
+                "{}: must be between 1 and 1000",
+                self.at("ami_actions_per_second")
+            ));
+        }
         let script_dirs = f
             .script_dirs
             .clone()
@@ -692,6 +726,8 @@ impl Resolver<'_> {
             alert_webhooks: f.alert_webhooks,
             plugins: f.plugins,
             setup_needed: self.missing.take(),
+            shutdown_grace,
+            ami_actions_per_second,
         })
     }
 

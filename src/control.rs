@@ -1,19 +1,30 @@
 //! Commands back into the daemon, shared by the REST API and Lua: poll now, change a
 //! node's polling interval, and query voter receivers. Every value is checked here before
-//! anything reaches AMI (node ids must be configured nodes).
+//! anything reaches AMI (node ids must be configured nodes). Model changes (the interval
+//! shown, voter results) go to the state engine, the model's only writer. The AMI actions
+//! scripts and the API cause share one budget per server (a token bucket, config
+//! `ami_actions_per_second`); past it a command is refused with
+//! [`ControlError::RateLimited`], which the caller sees.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::ami::{Action, ActionError, AmiHandle};
 use crate::metrics::Metrics;
 use crate::poller::PollerHandle;
-use crate::rpt::{VoterReceiver, parse_voter_status};
-use crate::state::StateStore;
+use crate::rpt::parse_voter_status;
 use crate::state::change::now_ms;
+use crate::state::{EngineInput, EngineSender};
+
+/// The voter snapshot lives in the model now; this path keeps working.
+pub use crate::state::VoterSnapshot;
+
+/// Default bound on the AMI actions scripts and the API together may cause per second on
+/// one server (config `ami_actions_per_second`).
+pub const DEFAULT_ACTIONS_PER_SECOND: u32 = 20;
 
 /// Why a command was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -28,26 +39,62 @@ pub enum ControlError {
     Ami(#[from] ActionError),
     #[error("unreadable VoterStatus reply: {0}")]
     Parse(String),
+    #[error("rate limited: at most {per_second} actions/s to server {server}; try again shortly")]
+    RateLimited { server: String, per_second: u32 },
+    #[error("{0}")]
+    Engine(#[from] crate::state::engine::EngineSendError),
 }
 
-/// The last voter receivers seen for a node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VoterSnapshot {
-    pub node: String,
-    /// When the receivers were read (ms since the Unix epoch).
-    pub time_ms: u64,
-    /// The receiver currently voted (the winner), if any.
-    pub voted: Option<String>,
-    pub receivers: Vec<VoterReceiver>,
+/// A token bucket: `rate` tokens a second, holding at most `rate` (one second's burst).
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The per-server action budget shared by scripts and the API.
+struct RateLimit {
+    per_second: u32,
+    buckets: Mutex<BTreeMap<String, Bucket>>,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second: per_second.max(1),
+            buckets: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Takes `cost` tokens from `server`'s bucket, or says no (nothing taken).
+    fn take(&self, server: &str, cost: f64) -> bool {
+        let rate = f64::from(self.per_second);
+        let now = Instant::now();
+        let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = all.entry(server.to_owned()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
+        b.tokens = (b.tokens + refill).min(rate);
+        b.at = now;
+        if b.tokens >= cost {
+            b.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Inner {
     pollers: BTreeMap<String, PollerHandle>,
     servers: BTreeMap<String, AmiHandle>,
     node_server: BTreeMap<String, String>,
-    voter: Mutex<BTreeMap<String, VoterSnapshot>>,
-    store: StateStore,
+    engine: EngineSender,
+    store: crate::state::StateStore,
     metrics: Metrics,
+    limit: RateLimit,
 }
 
 /// The command surface. Cheap to clone.
@@ -57,22 +104,50 @@ pub struct Control {
 }
 
 impl Control {
-    /// Builds the command surface over the running pollers and AMI sessions.
+    /// A command surface for a rig without the whole daemon (tests, benchmarks): model
+    /// changes go to a small engine task of its own that applies commands only, and the
+    /// action budget is the default. The daemon uses [`Control::with_engine`].
     pub fn new(
         pollers: BTreeMap<String, PollerHandle>,
         servers: BTreeMap<String, AmiHandle>,
         node_server: BTreeMap<String, String>,
-        store: StateStore,
+        store: crate::state::StateStore,
         metrics: Metrics,
+    ) -> Control {
+        let (engine, commands) = EngineSender::channel();
+        crate::state::engine::spawn_commands(store.clone(), metrics.clone(), commands);
+        Control::with_engine(
+            pollers,
+            servers,
+            node_server,
+            engine,
+            store,
+            metrics,
+            DEFAULT_ACTIONS_PER_SECOND,
+        )
+    }
+
+    /// Builds the command surface over the running pollers and AMI sessions; model
+    /// changes go to the state engine through `engine`; at most `actions_per_second` AMI
+    /// actions per server come from here.
+    pub fn with_engine(
+        pollers: BTreeMap<String, PollerHandle>,
+        servers: BTreeMap<String, AmiHandle>,
+        node_server: BTreeMap<String, String>,
+        engine: EngineSender,
+        store: crate::state::StateStore,
+        metrics: Metrics,
+        actions_per_second: u32,
     ) -> Control {
         Control {
             inner: Arc::new(Inner {
                 pollers,
                 servers,
                 node_server,
-                voter: Mutex::new(BTreeMap::new()),
+                engine,
                 store,
                 metrics,
+                limit: RateLimit::new(actions_per_second),
             }),
         }
     }
@@ -83,6 +158,27 @@ impl Control {
         } else {
             Err(ControlError::UnknownNode(node.chars().take(32).collect()))
         }
+    }
+
+    /// Takes `actions` from the node's server budget, or refuses (counted).
+    fn spend(&self, node: &str, actions: u32) -> Result<(), ControlError> {
+        let server = self
+            .inner
+            .node_server
+            .get(node)
+            .ok_or_else(|| ControlError::UnknownNode(node.chars().take(32).collect()))?;
+        if self.inner.limit.take(server, f64::from(actions)) {
+            return Ok(());
+        }
+        self.inner
+            .metrics
+            .ami_actions_rate_limited
+            .with_label_values(&[server])
+            .inc();
+        Err(ControlError::RateLimited {
+            server: server.clone(),
+            per_second: self.inner.limit.per_second,
+        })
     }
 
     /// The AMI sessions, by server name.
@@ -100,7 +196,9 @@ impl Control {
             .ok_or_else(|| ControlError::UnknownNode(node.to_owned()))
     }
 
-    /// Asks the node's poller to poll at once.
+    /// Asks the node's poller to poll at once. Requests coalesce (one poll in flight, at
+    /// most one queued), and each accepted request spends two actions (XStat + SawStat)
+    /// of the server's budget.
     pub fn poll_now(&self, node: &str) -> Result<(), ControlError> {
         self.check_node(node)?;
         let p = self
@@ -108,8 +206,21 @@ impl Control {
             .pollers
             .get(node)
             .ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
+        if p.poll_pending() {
+            // Already queued: this request is served by that poll, at no cost.
+            return Ok(());
+        }
+        self.spend(node, 2)?;
         p.poll_now();
         Ok(())
+    }
+
+    /// Whether a poll of `node` is asked for and not started yet.
+    pub fn poll_pending(&self, node: &str) -> bool {
+        self.inner
+            .pollers
+            .get(node)
+            .is_some_and(PollerHandle::poll_pending)
     }
 
     /// Changes a node's polling interval (seconds, 1 … 3600). Returns the interval set.
@@ -124,7 +235,10 @@ impl Control {
             .get(node)
             .ok_or_else(|| ControlError::NoPoller(node.to_owned()))?;
         let d = p.set_interval(Duration::from_secs_f64(seconds));
-        self.inner.store.set_poll_interval(node, d);
+        self.inner.engine.try_send(EngineInput::SetInterval {
+            node: node.to_owned(),
+            interval: d,
+        })?;
         Ok(d)
     }
 
@@ -133,10 +247,11 @@ impl Control {
         self.inner.pollers.get(node).map(PollerHandle::interval)
     }
 
-    /// Runs `VoterStatus` for the node on its AMI session, records the result (API and
-    /// metrics) and returns it.
+    /// Runs `VoterStatus` for the node on its AMI session, records the result in the
+    /// model (API and metrics, through the state engine) and returns it.
     pub async fn voter_status(&self, node: &str) -> Result<VoterSnapshot, ControlError> {
         let ami = self.ami_for(node)?;
+        self.spend(node, 1)?;
         let action = Action::new("VoterStatus")
             .and_then(|a| a.header("Node", node))
             .map_err(|e| ControlError::Parse(e.to_string()))?;
@@ -150,43 +265,39 @@ impl Control {
             voted: inst.as_ref().and_then(|i| i.voted.clone()),
             receivers: inst.map(|i| i.receivers).unwrap_or_default(),
         };
-        self.record_voter(snap.clone());
+        self.inner.engine.voter(snap.clone()).await?;
         Ok(snap)
     }
 
-    /// The last voter receivers recorded for a node.
+    /// The last voter receivers recorded for a node (read from the model).
     pub fn voter(&self, node: &str) -> Option<VoterSnapshot> {
-        self.inner
-            .voter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(node)
-            .cloned()
+        self.inner.store.voter(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_a_second_of_burst_then_the_rate() {
+        let l = RateLimit::new(10);
+        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        assert_eq!(granted, 10, "one second's worth at once");
+        assert!(l.take("b", 1.0), "servers have their own budgets");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        assert_eq!(granted, 5, "refilled at 10/s");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        assert_eq!(granted, 10, "never more than one second's burst");
     }
 
-    fn record_voter(&self, snap: VoterSnapshot) {
-        let m = &self.inner.metrics;
-        let mut all = self.inner.voter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = all.get(&snap.node) {
-            if old.voted.is_some() && snap.voted.is_some() && old.voted != snap.voted {
-                m.voter_voted_changes.with_label_values(&[&snap.node]).inc();
-            }
-            for gone in old
-                .receivers
-                .iter()
-                .filter(|o| !snap.receivers.iter().any(|r| r.name == o.name))
-            {
-                let _ = m.voter_rssi.remove_label_values(&[&snap.node, &gone.name]);
-            }
-        }
-        for r in &snap.receivers {
-            m.voter_rssi
-                .with_label_values(&[&snap.node, &r.name])
-                .set(i64::from(r.rssi));
-        }
-        m.voter_receivers
-            .with_label_values(&[&snap.node])
-            .set(snap.receivers.len() as i64);
-        all.insert(snap.node.clone(), snap);
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_what_is_left_takes_nothing() {
+        let l = RateLimit::new(3);
+        assert!(l.take("a", 2.0));
+        assert!(!l.take("a", 2.0));
+        assert!(l.take("a", 1.0), "the refused request took nothing");
     }
 }

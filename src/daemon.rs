@@ -1,146 +1,86 @@
-//! Wiring: builds every part from a [`Config`] and runs them until shutdown.
+//! The composition root and the lifecycle, in the style of mini-redis: [`build`] wires
+//! every part from a [`Config`] into a [`Daemon`]; [`Daemon::run`] serves on a listener
+//! until the shutdown token is cancelled, then stops in order within `shutdown_grace`.
 //!
-//! `start` returns as soon as everything is listening, with the [`App`] and the HTTP
-//! address, so tests (and `demo`) can use port 0 and talk to the daemon at once. One
-//! cancellation token stops every loop; Ctrl-C during a 60 s backoff exits at once.
+//! Order of start: the model, metrics and engine inputs; the AMI supervisors and the
+//! pollers (their events and replies wait in bounded queues); the command surface and the
+//! [`App`]; the Lua scripts (loaded and subscribed to the change stream); and only then,
+//! in `run`, the state engine, so a `"*"` hook sees the first `ami_connected` and the
+//! first links. Order of stop: HTTP stops accepting and drains, the AMI supervisors log
+//! off and end, the engine ends; whatever is still running when the grace period is over
+//! is abandoned with a warning. The daemon (`main.rs`), `demo`, tests and benchmarks
+//! all start through here.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::AlertHub;
-use crate::ami::connection;
+use crate::ami::{AmiEvent, AmiHandle, connection};
 use crate::app::App;
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::poller::{self, PollerParts};
+use crate::observe::now_ms;
+use crate::poller::{self, PollResult, PollerHandle, PollerParts};
 use crate::script::{self, ScriptHost, ScriptRegistry};
 use crate::state::StateStore;
-use crate::state::change::now_ms;
-use crate::state::engine::{self, EngineParts, NodeSpec};
+use crate::state::engine::{
+    self, EngineInput, EngineParts, EngineSendError, EngineSender, NodeSpec,
+};
 
 /// Depth of the queue from the AMI readers to the state engine. Overflow is counted
 /// (`nexus_ami_events_dropped_total`) and repaired by the next poll.
 const EVENT_QUEUE: usize = 16_384;
 
-/// A running daemon.
-pub struct Running {
-    pub app: App,
-    /// The Lua host (reload, test hooks).
-    pub scripts: ScriptHost,
-    /// Where the HTTP server listens (useful with port 0).
-    pub http_addr: SocketAddr,
-    pub shutdown: CancellationToken,
+/// Depth of the queue from the pollers to the state engine.
+const POLL_QUEUE: usize = 256;
+
+/// A built daemon: every part wired, scripts loaded, nothing published yet.
+pub struct Daemon {
+    app: App,
+    scripts: ScriptHost,
+    /// Cancelled by `run` when shutting down; every loop inside stops on it.
+    stop: CancellationToken,
+    engine: Option<EngineParts>,
+    servers: Vec<AmiHandle>,
 }
 
-/// Starts every part; returns once the HTTP server is listening.
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+/// Binds the HTTP listener named by `listen`, with an error that says what to do.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (is another instance running? change `listen`)")
+    })
+}
+
+/// Wires every part from `config`. AMI sessions start connecting; their news waits for
+/// [`Daemon::run`], which starts the engine after the scripts are loaded.
+pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let config = Arc::new(config);
+    let stop = CancellationToken::new();
     let metrics = Metrics::new(config.metrics.per_link);
     let store = StateStore::new(config.websocket.replay_buffer, 65_536);
-    {
-        let store = store.clone();
-        crate::astdb::watch(
-            config.astdb_path.clone(),
-            move |db| store.set_astdb(db),
-            shutdown.clone(),
-        );
-    }
+    let (engine_tx, commands) = EngineSender::channel();
+    watch_names(&config, engine_tx.clone(), stop.clone());
 
     let (ami_tx, ami_rx) = mpsc::channel(EVENT_QUEUE);
-    let (poll_tx, poll_rx) = mpsc::channel(256);
-    let mut servers = BTreeMap::new();
-    let mut node_server = BTreeMap::new();
-    let mut specs = Vec::new();
-    for s in &config.servers {
-        if let Some(what) = config.setup_needed.get(&s.name) {
-            // Not contacted: health, metrics and the page say what to configure.
-            let problem = format!("not set up yet: {what}; then restart AllStar Nexus");
-            tracing::warn!("[AMI] {problem}");
-            let _ = ami_tx.try_send(crate::ami::AmiEvent::Status(crate::ami::ConnectionStatus {
-                since_ms: now_ms(),
-                last_error: Some(problem),
-                last_error_kind: Some("not_configured"),
-                ..crate::ami::ConnectionStatus::never_connected(s)
-            }));
-            metrics.ami_up.with_label_values(&[&s.name]).set(0);
-        } else {
-            let handle = connection::spawn_tcp(
-                s.clone(),
-                config.ami.clone(),
-                ami_tx.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
-            servers.insert(s.name.clone(), handle);
-        }
-        for n in &s.nodes {
-            node_server.insert(n.node_id.clone(), s.name.clone());
-            specs.push(NodeSpec {
-                node_id: n.node_id.clone(),
-                server: s.name.clone(),
-                poll_interval: n.poll_interval,
-            });
-        }
-    }
-    let automatic = !config.disable_link_poller;
-    if !automatic {
-        tracing::info!("[POLLING] disable_link_poller is set: nodes are polled only on request");
-    }
-    let (poll_req_tx, mut poll_req_rx) = mpsc::unbounded_channel::<String>();
-    engine::spawn(EngineParts {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        nodes: specs.clone(),
-        ami: ami_rx,
-        polls: poll_rx,
-        automatic_polling: automatic,
-        poll_requests: Some(poll_req_tx),
-        shutdown: shutdown.clone(),
-    });
-    let mut pollers = BTreeMap::new();
-    for spec in &specs {
-        let Some(ami) = servers.get(&spec.server).cloned() else {
-            continue;
-        };
-        let handle = poller::spawn(PollerParts {
-            node: spec.node_id.clone(),
-            interval: spec.poll_interval,
-            ami,
-            results: poll_tx.clone(),
-            metrics: metrics.clone(),
-            automatic,
-            shutdown: shutdown.clone(),
-        });
-        pollers.insert(spec.node_id.clone(), handle);
-    }
-    let control = Control::new(
-        pollers,
-        servers,
-        node_server,
+    let (poll_tx, poll_rx) = mpsc::channel(POLL_QUEUE);
+    let wiring = spawn_sessions(&config, ami_tx, poll_tx, &metrics, &stop);
+    let control = Control::with_engine(
+        wiring.pollers.clone(),
+        wiring.servers.clone(),
+        wiring.node_server,
+        engine_tx,
         store.clone(),
         metrics.clone(),
+        config.ami_actions_per_second,
     );
-    // Early polls the engine asks for (a link appeared through an event).
-    {
-        let (control, shutdown) = (control.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    req = poll_req_rx.recv() => match req {
-                        Some(node) => { let _ = control.poll_now(&node); }
-                        None => return,
-                    },
-                }
-            }
-        });
-    }
     let alerts = AlertHub::new(
         &config.alerts,
         config.alert_webhooks.clone(),
@@ -148,37 +88,220 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let app = App {
         config: config.clone(),
-        state: store,
+        state: store.clone(),
         control,
         alerts,
         scripts: ScriptRegistry::default(),
-        metrics,
+        metrics: metrics.clone(),
         started_ms: now_ms(),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another instance running? change `listen`)",
-                config.listen
-            )
-        })?;
-    let http_addr = listener.local_addr()?;
-    let scripts = script::spawn(app.script_env(), shutdown.clone())?;
-    reload_on_sighup(scripts.clone(), shutdown.clone());
-    {
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(app, listener, shutdown).await {
-                tracing::error!("HTTP server stopped: {e:#}");
-            }
-        });
+    // Scripts subscribe to the change stream here, before the engine publishes anything.
+    let scripts = script::spawn(app.script_env(), stop.clone())?;
+    let automatic_polling = !config.disable_link_poller;
+    let engine = EngineParts {
+        store,
+        metrics,
+        nodes: wiring.specs,
+        ami: ami_rx,
+        polls: poll_rx,
+        commands,
+        automatic_polling,
+        pollers: wiring.pollers,
+        shutdown: stop.clone(),
+    };
+    Ok(Daemon {
+        app,
+        scripts,
+        stop,
+        engine: Some(engine),
+        servers: wiring.servers.into_values().collect(),
+    })
+}
+
+/// What [`spawn_sessions`] started.
+struct Wiring {
+    servers: BTreeMap<String, AmiHandle>,
+    pollers: BTreeMap<String, PollerHandle>,
+    node_server: BTreeMap<String, String>,
+    specs: Vec<NodeSpec>,
+}
+
+/// One supervisor per server, one poller per node.
+fn spawn_sessions(
+    config: &Config,
+    ami_tx: mpsc::Sender<AmiEvent>,
+    poll_tx: mpsc::Sender<PollResult>,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Wiring {
+    let automatic = !config.disable_link_poller;
+    if !automatic {
+        tracing::info!("[POLLING] disable_link_poller is set: nodes are polled only on request");
     }
+    let mut w = Wiring {
+        servers: BTreeMap::new(),
+        pollers: BTreeMap::new(),
+        node_server: BTreeMap::new(),
+        specs: Vec::new(),
+    };
+    for s in &config.servers {
+        for n in &s.nodes {
+            w.node_server.insert(n.node_id.clone(), s.name.clone());
+            w.specs.push(NodeSpec {
+                node_id: n.node_id.clone(),
+                server: s.name.clone(),
+                poll_interval: n.poll_interval,
+            });
+        }
+        if let Some(what) = config.setup_needed.get(&s.name) {
+            not_configured(s, what, &ami_tx, metrics);
+            continue;
+        }
+        let ami = connection::spawn_tcp(
+            s.clone(),
+            config.ami.clone(),
+            ami_tx.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        for n in &s.nodes {
+            let poller = poller::spawn(PollerParts {
+                node: n.node_id.clone(),
+                interval: n.poll_interval,
+                ami: ami.clone(),
+                results: poll_tx.clone(),
+                metrics: metrics.clone(),
+                automatic,
+                shutdown: stop.clone(),
+            });
+            w.pollers.insert(n.node_id.clone(), poller);
+        }
+        w.servers.insert(s.name.clone(), ami);
+    }
+    w
+}
+
+/// A server not set up yet (no AMI secret, no nodes) is not contacted: its status says
+/// what to configure, so health, metrics and the page tell the operator (no crash loop).
+fn not_configured(
+    s: &crate::config::ServerConfig,
+    what: &str,
+    ami_tx: &mpsc::Sender<AmiEvent>,
+    metrics: &Metrics,
+) {
+    let problem = format!("not set up yet: {what}; then restart AllStar Nexus");
+    tracing::warn!("[AMI] {problem}");
+    let _ = ami_tx.try_send(AmiEvent::Status(crate::ami::ConnectionStatus {
+        since_ms: crate::observe::now_ms(),
+        last_error: Some(problem),
+        last_error_kind: Some("not_configured"),
+        ..crate::ami::ConnectionStatus::never_connected(s)
+    }));
+    metrics.ami_up.with_label_values(&[&s.name]).set(0);
+}
+
+/// astdb.txt, read now and on every change, goes to the engine (the model's writer).
+fn watch_names(config: &Config, engine: EngineSender, stop: CancellationToken) {
+    crate::astdb::watch(
+        config.astdb_path.clone(),
+        move |db| match engine.try_send(EngineInput::Names(db)) {
+            Ok(()) => {}
+            Err(EngineSendError::Stopped) => {}
+            Err(e) => tracing::warn!("[ASTDB] node names not installed: {e}"),
+        },
+        stop,
+    );
+}
+
+impl Daemon {
+    /// The shared parts (state, control, metrics…).
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The Lua host (reload, test hooks).
+    pub fn scripts(&self) -> &ScriptHost {
+        &self.scripts
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then stops every part within
+    /// `shutdown_grace`. Returns `Ok` after an orderly stop (and after a late one: what
+    /// did not finish in time is logged and abandoned).
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let engine = match self.engine.take() {
+            Some(parts) => engine::spawn(parts),
+            None => anyhow::bail!("the daemon is already running"),
+        };
+        reload_on_sighup(self.scripts.clone(), self.stop.clone());
+        let http = tokio::spawn(crate::http::serve(
+            self.app.clone(),
+            listener,
+            self.stop.clone(),
+        ));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            // Stop sibling parts if the HTTP server ends by itself (it should not).
+            _ = self.stop.cancelled() => {}
+        }
+        let grace = self.app.config.shutdown_grace;
+        tracing::info!("shutting down (at most {}s)", grace.as_secs_f64());
+        self.stop.cancel();
+        let stopped = tokio::time::timeout(grace, self.stop_parts(http, engine)).await;
+        match stopped {
+            Ok(()) => tracing::info!("stopped"),
+            Err(_) => tracing::warn!(
+                "shutdown took longer than shutdown_grace ({}s): leaving the rest",
+                grace.as_secs_f64()
+            ),
+        }
+        Ok(())
+    }
+
+    /// Awaits every part that must finish: HTTP drain, AMI logoff, the engine.
+    async fn stop_parts(&self, http: JoinHandle<anyhow::Result<()>>, engine: JoinHandle<()>) {
+        match http.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("[HTTP] server stopped with an error: {e:#}"),
+            Err(e) => tracing::error!("[HTTP] server task failed: {e}"),
+        }
+        for s in &self.servers {
+            s.stopped().await;
+        }
+        let _ = engine.await;
+    }
+}
+
+/// A daemon running in the background (tests, `demo`): built, listening, serving.
+pub struct Running {
+    pub app: App,
+    /// The Lua host (reload, test hooks).
+    pub scripts: ScriptHost,
+    /// Where the HTTP server listens (useful with port 0).
+    pub http_addr: SocketAddr,
+    /// Cancel to stop; then await `done`.
+    pub shutdown: CancellationToken,
+    /// Ends when [`Daemon::run`] returns.
+    pub done: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds `config.listen`, builds the daemon and runs it in the background; returns once
+/// the HTTP server is listening, so tests use port 0 and talk to the daemon at once.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let listener = bind(config.listen).await?;
+    let http_addr = listener.local_addr()?;
+    let daemon = build(config).await?;
+    let (app, scripts) = (daemon.app.clone(), daemon.scripts.clone());
+    let done = tokio::spawn(daemon.run(listener, shutdown.clone()));
     Ok(Running {
         app,
         scripts,
         http_addr,
         shutdown,
+        done,
     })
 }
 

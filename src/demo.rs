@@ -115,6 +115,7 @@ pub async fn run(listen: SocketAddr, seed: u64) -> anyhow::Result<()> {
     );
     daemon::shutdown_signal().await;
     shutdown.cancel();
+    let result = running.done.await;
     sim.shutdown();
-    Ok(())
+    result.context("the daemon task failed")?
 }

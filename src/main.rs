@@ -133,6 +133,8 @@ fn main() -> ExitCode {
             Command::Status(args) => allstar_nexus::status::run(args).await,
         }
     });
+    // Tasks still running after an orderly stop (or a late one) are abandoned, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -142,16 +144,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// `run`: bind, build, serve until SIGINT/SIGTERM, stop within `shutdown_grace`.
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     // A missing AMI secret does not stop the service (no crash loop): health says what to do.
     let config = Config::load_for_service(&path)?;
+    let listener = daemon::bind(config.listen).await?;
+    tracing::info!(
+        "AllStar Nexus listening on http://{}",
+        listener.local_addr()?
+    );
+    let daemon = daemon::build(config).await?;
     let shutdown = CancellationToken::new();
-    let running = daemon::start(config, shutdown.clone()).await?;
-    tracing::info!("AllStar Nexus listening on http://{}", running.http_addr);
-    daemon::shutdown_signal().await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    Ok(())
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        daemon::shutdown_signal().await;
+        stop.cancel();
+    });
+    daemon.run(listener, shutdown).await
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub node_link_keyups: IntCounterVec,
     pub node_stale: IntGaugeVec,
     pub changes: IntCounterVec,
+    /// Nodes made whole again by their first poll after a (re)connect.
+    pub node_resyncs: IntCounterVec,
+    /// AMI actions refused by the per-server rate limit (scripts and API together).
+    pub ami_actions_rate_limited: IntCounterVec,
     pub change_latency: Histogram,
 
     // Per link (opt-in)
@@ -280,6 +284,26 @@ impl Metrics {
                 IntCounterVec::new(
                     opts("nexus_changes_total", "State changes emitted, by kind."),
                     &["kind"]
+                )
+            ),
+            node_resyncs: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_node_resyncs_total",
+                        "First good poll of a node after its AMI server (re)connected."
+                    ),
+                    &["node"]
+                )
+            ),
+            ami_actions_rate_limited: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_ami_actions_rate_limited_total",
+                        "Actions from scripts and the API refused by the per-server rate limit."
+                    ),
+                    &["server"]
                 )
             ),
             change_latency: reg!(

@@ -5,15 +5,23 @@
 //! `polling_interval`, or changed at run time by Lua's adaptive-polling plugin), skips
 //! while the server is disconnected, and polls at once on request. Results go to the
 //! state engine, which reconciles them with events.
+//!
+//! "Poll now" is a flag, not a queue: one poll in flight and at most one more queued,
+//! however often it is asked for.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::{Action, ActionError, AmiHandle, Reply};
 use crate::metrics::Metrics;
+use crate::observe::{InternalEvent, LogDecision, LogLimiter};
 
 /// Shortest and longest interval accepted at run time.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +42,8 @@ pub struct PollResult {
 pub struct PollerHandle {
     interval: Arc<watch::Sender<Duration>>,
     now: Arc<Notify>,
+    /// A poll has been asked for and not started yet.
+    pending: Arc<AtomicBool>,
 }
 
 impl PollerHandle {
@@ -49,9 +59,15 @@ impl PollerHandle {
         d
     }
 
-    /// Polls as soon as possible.
+    /// Polls as soon as possible. Requests made before the poll starts are one request.
     pub fn poll_now(&self) {
+        self.pending.store(true, Ordering::SeqCst);
         self.now.notify_one();
+    }
+
+    /// Whether a poll is asked for and not yet started (a new request would coalesce).
+    pub fn poll_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
     }
 }
 
@@ -73,17 +89,20 @@ pub fn spawn(parts: PollerParts) -> PollerHandle {
     let handle = PollerHandle {
         interval: Arc::new(tx),
         now: Arc::new(Notify::new()),
+        pending: Arc::new(AtomicBool::new(false)),
     };
     parts
         .metrics
         .poll_interval
         .with_label_values(&[&parts.node])
         .set(parts.interval.as_secs_f64());
-    tokio::spawn(run(parts, rx, handle.now.clone()));
+    let span = tracing::info_span!("poller", node = %parts.node, server = %parts.ami.server());
+    tokio::spawn(run(parts, rx, handle.clone()).instrument(span));
     handle
 }
 
-async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, now: Arc<Notify>) {
+async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, handle: PollerHandle) {
+    let now = handle.now.clone();
     let mut status = parts.ami.watch_status();
     let mut was_connected = status.borrow().connected;
     let mut next = tokio::time::Instant::now() + *interval.borrow();
@@ -94,7 +113,8 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, now: A
             tokio::select! {
                 _ = parts.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next), if parts.automatic => due = true,
-                _ = now.notified() => due = true,
+                // A stale wake-up (the request was served by a poll already) is ignored.
+                _ = now.notified() => due = handle.pending.load(Ordering::SeqCst),
                 changed = interval.changed() => {
                     if changed.is_err() { return; }
                     let d = *interval.borrow_and_update();
@@ -113,33 +133,65 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, now: A
             continue;
         }
         due = false;
+        handle.pending.store(false, Ordering::SeqCst);
         next = tokio::time::Instant::now() + *interval.borrow();
         if !parts.ami.is_connected() {
-            tracing::info!(node = %parts.node, "[POLLING] Skipping poll for node {} (AMI not connected, waiting for reconnection...)", parts.node);
-            parts
-                .metrics
-                .polls
-                .with_label_values(&[parts.node.as_str(), "skipped"])
-                .inc();
+            PollSkipped { node: &parts.node }.emit(&parts.metrics);
             continue;
         }
         let result = poll_once(&parts.node, &parts.ami).await;
-        let ok = result.xstat.is_ok() && result.sawstat.is_ok();
-        parts
-            .metrics
-            .polls
-            .with_label_values(&[parts.node.as_str(), if ok { "ok" } else { "error" }])
-            .inc();
-        parts
-            .metrics
-            .poll_duration
-            .with_label_values(&[&parts.node])
-            .observe(result.duration.as_secs_f64());
-        if let Err(e) = result.xstat.as_ref().and(result.sawstat.as_ref()) {
-            tracing::warn!(node = %parts.node, "[POLLING] poll of node {} failed: {e}", parts.node);
-        }
+        PollCompleted { result: &result }.emit(&parts.metrics);
         if parts.results.send(result).await.is_err() {
             return;
+        }
+    }
+}
+
+/// One warning per node every 30 s for failed polls.
+static POLL_LOG: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(Duration::from_secs(30), 256));
+
+/// A poll was due while the server was disconnected.
+struct PollSkipped<'a> {
+    node: &'a str,
+}
+
+impl InternalEvent for PollSkipped<'_> {
+    fn emit(self, metrics: &Metrics) {
+        metrics
+            .polls
+            .with_label_values(&[self.node, "skipped"])
+            .inc();
+        tracing::info!(node = %self.node, "[POLLING] Skipping poll for node {} (AMI not connected, waiting for reconnection...)", self.node);
+    }
+}
+
+/// A poll's round trips finished (well or not).
+struct PollCompleted<'a> {
+    result: &'a PollResult,
+}
+
+impl InternalEvent for PollCompleted<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let r = self.result;
+        let ok = r.xstat.is_ok() && r.sawstat.is_ok();
+        metrics
+            .polls
+            .with_label_values(&[r.node.as_str(), if ok { "ok" } else { "error" }])
+            .inc();
+        metrics
+            .poll_duration
+            .with_label_values(&[&r.node])
+            .observe(r.duration.as_secs_f64());
+        match r.xstat.as_ref().and(r.sawstat.as_ref()) {
+            Ok(_) => {
+                tracing::debug!(node = %r.node, "[POLLING] polled node {} in {:?}", r.node, r.duration)
+            }
+            Err(e) => {
+                if let LogDecision::Write { suppressed } = POLL_LOG.allow(&r.node) {
+                    tracing::warn!(node = %r.node, "[POLLING] poll of node {} failed: {e} ({suppressed} more failures not logged)", r.node);
+                }
+            }
         }
     }
 }

@@ -243,8 +243,10 @@ async fn a_thousand_random_mutations_produce_exactly_the_expected_changes_in_ord
     sim.set_event_queue_limit(1_000_000);
     let d = start_daemon(sim.addr(), &["1999"], "disable_link_poller: true\n").await;
     // Once the engine has seen the session up, nothing else is pending.
+    // (An empty list is not "all connected": the engine may not have seen the session yet.)
     wait_until("connected", || {
-        d.app.state.servers().iter().all(|s| s.connected)
+        let servers = d.app.state.servers();
+        !servers.is_empty() && servers.iter().all(|s| s.connected)
     })
     .await;
     let mut rx = d.app.state.subscribe();
@@ -449,4 +451,122 @@ async fn a_hub_with_500_links_is_handled() {
     let got = collect(&mut rx, 1).await;
     assert_eq!(got[0].event.kind, ChangeKind::LinkKeyed);
     d.shutdown.cancel();
+}
+
+fn polls_ok(d: &Running, node: &str) -> u64 {
+    d.app.metrics.polls.with_label_values(&[node, "ok"]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_poll_requests_is_at_most_one_poll_in_flight_and_one_queued() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let d = start_daemon(sim.addr(), &["1999"], "ami_actions_per_second: 1000\n").await;
+    poll_and_wait(&d, "1999").await;
+    let before = polls_ok(&d, "1999");
+    for _ in 0..500 {
+        d.app.control.poll_now("1999").expect("accepted");
+    }
+    // One more request after the burst is served: every burst poll is done by then.
+    wait_until("the burst's polls", || {
+        !d.app.control.poll_pending("1999") && polls_ok(&d, "1999") > before
+    })
+    .await;
+    let mid = polls_ok(&d, "1999");
+    d.app.control.poll_now("1999").expect("accepted");
+    wait_until("the last poll", || polls_ok(&d, "1999") > mid).await;
+    let polls = polls_ok(&d, "1999") - before;
+    assert!(
+        (2..=3).contains(&polls),
+        "500 requests gave {polls} polls (want at most 2 for the burst + 1)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_past_the_per_server_budget_are_refused_with_a_clear_error() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let d = start_daemon(sim.addr(), &["1999"], "ami_actions_per_second: 3\n").await;
+    poll_and_wait(&d, "1999").await;
+    let mut refused = None;
+    for _ in 0..10 {
+        match d.app.control.voter_status("1999").await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let msg = refused.expect("the budget ran out");
+    assert!(
+        msg.starts_with("rate limited: at most 3 actions/s to server "),
+        "{msg}"
+    );
+    let server = d
+        .app
+        .control
+        .servers()
+        .keys()
+        .next()
+        .cloned()
+        .expect("server");
+    assert!(
+        d.app
+            .metrics
+            .ami_actions_rate_limited
+            .with_label_values(&[&server])
+            .get()
+            >= 1
+    );
+}
+
+/// "Poll now" is a flag, not a queue: a burst before the poller wakes is one poll, and a
+/// burst while a poll is in flight adds at most one more (paused time).
+#[tokio::test(start_paused = true)]
+async fn poll_now_is_a_flag_not_a_queue() {
+    use allstar_nexus::metrics::Metrics;
+    use allstar_nexus::poller::{self, PollerParts};
+    use tokio_util::sync::CancellationToken;
+
+    let shutdown = CancellationToken::new();
+    let (ami, _attempts, _sim, _events) =
+        supervise_scripted(vec![Outcome::Sim], settings(), &shutdown);
+    wait_connected(&ami, true).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let p = poller::spawn(PollerParts {
+        node: "1999".into(),
+        interval: Duration::from_secs(3600),
+        ami: ami.clone(),
+        results: tx,
+        metrics: Metrics::default(),
+        automatic: false,
+        shutdown: shutdown.clone(),
+    });
+    let count = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    for _ in 0..100 {
+        p.poll_now();
+    }
+    // Idle for a (virtual) minute: every poll asked for has finished.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(count(&mut rx), 1, "100 requests before the poller woke");
+
+    p.poll_now();
+    while p.poll_pending() {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..50 {
+        p.poll_now();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let polls = count(&mut rx);
+    assert!(
+        (1..=2).contains(&polls),
+        "51 requests around a poll in flight gave {polls} polls"
+    );
+    shutdown.cancel();
 }

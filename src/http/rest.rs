@@ -378,6 +378,9 @@ fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap, ip: IpAddr) -> Response {
         Err(e @ ControlError::NoPoller(_)) => {
             error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
+        Err(e @ ControlError::RateLimited { .. }) => {
+            error_reply(StatusCode::TOO_MANY_REQUESTS, &e.to_string())
+        }
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

@@ -9,7 +9,7 @@
 use super::links::{ALink, parse_alinks, parse_links};
 use super::{RptError, parse_keyed};
 use crate::ami::Frame;
-use crate::state::model::LinkedNode;
+use crate::rpt::types::LinkedNode;
 
 /// An app_rpt event the state engine tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +34,33 @@ pub enum RptEvent {
         channel: Option<String>,
         keyed: bool,
     },
-    /// A core `VarSet` event for an RPT_* variable: no Node header, only the channel.
-    VarSet {
-        channel: String,
-        variable: String,
-        value: String,
-    },
+    /// A core `VarSet` event for an RPT_* variable: no Node header, only the channel. The
+    /// value is already read (a keyed flag other than 0/1 is an error, as for app_rpt's own
+    /// events); [`RptEvent::resolve`] turns it into the variant app_rpt's event gives once
+    /// the engine knows which node owns the channel.
+    VarSet { channel: String, value: RptValue },
+}
+
+/// The read value of a tracked variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RptValue {
+    ALinks(Vec<ALink>),
+    Links(Vec<LinkedNode>),
+    TxKeyed(bool),
+    RxKeyed(bool),
+}
+
+impl RptValue {
+    /// Reads `variable` = `value`; `None` for an untracked variable.
+    pub fn parse(variable: &str, value: &str) -> Option<Result<RptValue, RptError>> {
+        Some(match variable {
+            "RPT_ALINKS" => parse_alinks(value).map(RptValue::ALinks),
+            "RPT_LINKS" => parse_links(value).map(RptValue::Links),
+            "RPT_TXKEYED" => parse_keyed(variable, value).map(RptValue::TxKeyed),
+            "RPT_RXKEYED" => parse_keyed(variable, value).map(RptValue::RxKeyed),
+            _ => return None,
+        })
+    }
 }
 
 /// The variables whose changes are tracked.
@@ -55,32 +76,44 @@ impl RptEvent {
         variable: &str,
         value: &str,
     ) -> Option<Result<RptEvent, RptError>> {
+        let value = RptValue::parse(variable, value)?;
+        Some(value.map(|v| RptEvent::with_node(node, channel.map(str::to_owned), v)))
+    }
+
+    /// The event app_rpt's own `RPT_*` event gives for `value` on `node`.
+    pub fn with_node(node: &str, channel: Option<String>, value: RptValue) -> RptEvent {
         let node = node.to_owned();
-        let channel = channel.map(str::to_owned);
-        let event = match variable {
-            "RPT_ALINKS" => parse_alinks(value).map(|links| RptEvent::ALinks {
+        match value {
+            RptValue::ALinks(links) => RptEvent::ALinks {
                 node,
                 channel,
                 links,
-            }),
-            "RPT_LINKS" => parse_links(value).map(|nodes| RptEvent::Links {
+            },
+            RptValue::Links(nodes) => RptEvent::Links {
                 node,
                 channel,
                 nodes,
-            }),
-            "RPT_TXKEYED" => parse_keyed(variable, value).map(|keyed| RptEvent::TxKeyed {
+            },
+            RptValue::TxKeyed(keyed) => RptEvent::TxKeyed {
                 node,
                 channel,
                 keyed,
-            }),
-            "RPT_RXKEYED" => parse_keyed(variable, value).map(|keyed| RptEvent::RxKeyed {
+            },
+            RptValue::RxKeyed(keyed) => RptEvent::RxKeyed {
                 node,
                 channel,
                 keyed,
-            }),
-            _ => return None,
-        };
-        Some(event)
+            },
+        }
+    }
+
+    /// A `VarSet` once its channel's node is known: the same variant as app_rpt's event.
+    /// Other variants are returned as they are.
+    pub fn resolve(self, node: &str) -> RptEvent {
+        match self {
+            RptEvent::VarSet { channel, value } => RptEvent::with_node(node, Some(channel), value),
+            other => other,
+        }
     }
 
     /// The node, for every variant but `VarSet`.
@@ -132,7 +165,7 @@ pub fn parse_event(frame: &Frame) -> Option<Result<RptEvent, RptError>> {
     RptEvent::from_variable(node, channel, name, value)
 }
 
-/// A core `VarSet` for a tracked variable, passed on raw (its Value is trimmed).
+/// A core `VarSet` for a tracked variable, its value read like app_rpt's own event's.
 fn parse_varset(frame: &Frame) -> Option<Result<RptEvent, RptError>> {
     let variable = frame.get("Variable")?.trim();
     if !TRACKED.contains(&variable) {
@@ -151,10 +184,13 @@ fn parse_varset(frame: &Frame) -> Option<Result<RptEvent, RptError>> {
             header: "Value",
         }));
     };
+    let value = match RptValue::parse(variable, value.trim())? {
+        Ok(v) => v,
+        Err(e) => return Some(Err(e)),
+    };
     Some(Ok(RptEvent::VarSet {
         channel: channel.trim().to_owned(),
-        variable: variable.to_owned(),
-        value: value.trim().to_owned(),
+        value,
     }))
 }
 
@@ -162,7 +198,7 @@ fn parse_varset(frame: &Frame) -> Option<Result<RptEvent, RptError>> {
 mod tests {
     use super::*;
     use crate::rpt::samples;
-    use crate::state::model::Mode;
+    use crate::rpt::types::Mode;
 
     fn alink(name: &str, keyed: bool) -> ALink {
         ALink {
@@ -341,30 +377,57 @@ mod tests {
             event,
             RptEvent::VarSet {
                 channel: "SimpleUSB/1999".into(),
-                variable: "RPT_ALINKS".into(),
-                value: "2,2000TU,2001TK".into(),
+                value: RptValue::ALinks(vec![alink("2000", false), alink("2001", true)]),
             }
         );
         assert_eq!(
             (event.node(), event.channel()),
             (None, Some("SimpleUSB/1999"))
         );
-        // The engine resolves the channel to a node, then reads the value the same way.
-        let RptEvent::VarSet {
-            channel,
-            variable,
-            value,
-        } = event
-        else {
-            unreachable!()
-        };
-        let resolved = RptEvent::from_variable("1999", Some(&channel), &variable, &value)
-            .unwrap()
-            .unwrap();
-        let RptEvent::ALinks { links, .. } = resolved else {
-            panic!("ALinks expected")
-        };
-        assert_eq!(links, vec![alink("2000", false), alink("2001", true)]);
+        // The engine resolves the channel to a node: the same variant as app_rpt's event.
+        assert_eq!(
+            event.resolve("1999"),
+            RptEvent::ALinks {
+                node: "1999".into(),
+                channel: Some("SimpleUSB/1999".into()),
+                links: vec![alink("2000", false), alink("2001", true)],
+            }
+        );
+    }
+
+    #[test]
+    fn varset_keyed_values_other_than_0_or_1_are_errors() {
+        for (variable, value) in [
+            ("RPT_TXKEYED", "2"),
+            ("RPT_RXKEYED", "yes"),
+            ("RPT_TXKEYED", ""),
+        ] {
+            let frame = Frame::from_headers(&[
+                ("Event", "VarSet"),
+                ("Channel", "SimpleUSB/1999"),
+                ("Variable", variable),
+                ("Value", value),
+            ]);
+            let err = parse_event(&frame).unwrap().unwrap_err();
+            assert!(
+                err.to_string().contains("is not 0 or 1"),
+                "{variable}={value}: {err}"
+            );
+        }
+        let frame = Frame::from_headers(&[
+            ("Event", "VarSet"),
+            ("Channel", "SimpleUSB/1999"),
+            ("Variable", "RPT_RXKEYED"),
+            ("Value", "0"),
+        ]);
+        assert_eq!(
+            parse_event(&frame).unwrap().unwrap().resolve("1999"),
+            RptEvent::RxKeyed {
+                node: "1999".into(),
+                channel: Some("SimpleUSB/1999".into()),
+                keyed: false
+            }
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use super::{MAX_LINKS, MAX_REACHABLE, RptError};
-use crate::state::model::{LinkedNode, Mode};
+use crate::rpt::types::{LinkedNode, Mode};
 
 /// One adjacent link from `RPT_ALINKS`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

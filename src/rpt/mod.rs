@@ -14,16 +14,18 @@ mod events;
 mod links;
 mod rptstat;
 mod sawstat;
+pub mod types;
 mod voter;
 mod xstat;
 
 #[cfg(test)]
 mod samples;
 
-pub use events::{RptEvent, parse_event};
+pub use events::{RptEvent, RptValue, parse_event};
 pub use links::{ALink, parse_alinks, parse_linked_nodes, parse_links};
 pub use rptstat::{RptStat, parse_rptstat};
 pub use sawstat::{SawStatLink, parse_sawstat, parse_sawstat_line};
+pub use types::{Direction, LinkKind, LinkState, LinkedNode, Mode, format_elapsed};
 pub use voter::{VoterInstance, VoterReceiver, parse_voter_status};
 pub use xstat::{XStat, XStatLink, parse_conn_line, parse_xstat};
 

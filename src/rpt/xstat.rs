@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::links::{ALink, parse_alinks, parse_linked_nodes};
 use super::{RptError, expect_success, parse_digits, parse_hms, parse_keyed};
 use crate::ami::Frame;
-use crate::state::model::{Direction, LinkState, LinkedNode};
+use crate::rpt::types::{Direction, LinkState, LinkedNode};
 
 /// One directly connected link from an XStat `Conn:` line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,23 +1,32 @@
 //! The state engine: the single writer of the node model.
 //!
-//! It takes AMI events and session status from every supervisor, and poll results from
-//! every poller, routes them to nodes (events by their `Node:` header, `VarSet` by the
-//! channel learned from earlier events), reconciles (`reconcile`), and publishes each
-//! resulting change once, updating metrics as it goes.
+//! Everything that changes the model reaches it as one typed [`EngineInput`]: AMI events
+//! and session status from every supervisor, poll results from every poller, and the
+//! commands of the rest of the daemon (a polling interval set by Lua or the API, a
+//! VoterStatus result, a new node database). It routes events to nodes (by their `Node:`
+//! header, `VarSet` by the channel learned from earlier events), reconciles
+//! (`reconcile`), and publishes each resulting change once, updating metrics as it goes.
+//! Nothing else writes the model.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::change::{ChangeEvent, ChangeKind, Published, now_ms};
+use super::events::{ChangePublished, EventUnreadable, ReplyUnreadable, ServerResync};
+use super::model::VoterSnapshot;
 use super::node::NodeState;
 use super::reconcile::{self, Changes};
 use super::store::{Model, StateStore};
 use crate::ami::{AmiEvent, ConnectionStatus, Frame};
+use crate::astdb::AstDb;
 use crate::metrics::Metrics;
-use crate::poller::PollResult;
+use crate::observe::InternalEvent;
+use crate::poller::{PollResult, PollerHandle};
 use crate::rpt::{self, RptEvent};
 
 /// A node the engine tracks.
@@ -28,6 +37,72 @@ pub struct NodeSpec {
     pub poll_interval: Duration,
 }
 
+/// Everything that may change the model, as one typed value.
+#[derive(Debug)]
+pub enum EngineInput {
+    /// An event or a session status from an AMI supervisor.
+    Ami(AmiEvent),
+    /// One poll's replies.
+    Poll(PollResult),
+    /// A node's polling interval was changed (Lua, API): shown in the model.
+    SetInterval { node: String, interval: Duration },
+    /// A VoterStatus result; `done` is answered once it is in the model.
+    Voter {
+        snapshot: VoterSnapshot,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// A new node database (astdb.txt was read).
+    Names(Arc<AstDb>),
+}
+
+/// Depth of the command queue ([`EngineInput`]s other than AMI events and polls).
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// Where the rest of the daemon sends commands to the engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EngineSender {
+    tx: mpsc::Sender<EngineInput>,
+}
+
+/// Why a command did not reach the engine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineSendError {
+    #[error("the state engine is busy (command queue full); try again")]
+    Full,
+    #[error("the state engine has stopped")]
+    Stopped,
+}
+
+impl EngineSender {
+    /// A sender and the receiver to give the engine ([`EngineParts::commands`]).
+    pub fn channel() -> (EngineSender, mpsc::Receiver<EngineInput>) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        (EngineSender { tx }, rx)
+    }
+
+    /// Queues a command without waiting (callable from any thread, e.g. Lua's).
+    pub fn try_send(&self, input: EngineInput) -> Result<(), EngineSendError> {
+        self.tx.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => EngineSendError::Full,
+            mpsc::error::TrySendError::Closed(_) => EngineSendError::Stopped,
+        })
+    }
+
+    /// Records a VoterStatus result and waits until the model holds it.
+    pub async fn voter(&self, snapshot: VoterSnapshot) -> Result<(), EngineSendError> {
+        let (done, applied) = oneshot::channel();
+        let input = EngineInput::Voter {
+            snapshot,
+            done: Some(done),
+        };
+        self.tx
+            .send(input)
+            .await
+            .map_err(|_| EngineSendError::Stopped)?;
+        applied.await.map_err(|_| EngineSendError::Stopped)
+    }
+}
+
 /// The engine's inputs and settings.
 pub struct EngineParts {
     pub store: StateStore,
@@ -35,34 +110,60 @@ pub struct EngineParts {
     pub nodes: Vec<NodeSpec>,
     pub ami: mpsc::Receiver<AmiEvent>,
     pub polls: mpsc::Receiver<PollResult>,
+    /// Commands from the rest of the daemon ([`EngineSender::channel`]).
+    pub commands: mpsc::Receiver<EngineInput>,
     /// Whether pollers run by themselves: nodes stay `stale` after a reconnect until the
     /// first poll. Without automatic polling a connected session is enough.
     pub automatic_polling: bool,
-    /// Where to ask for an early poll of a node (a link appeared through an event: its IP
-    /// and direction come only from XStat). Used only with automatic polling.
-    pub poll_requests: Option<mpsc::UnboundedSender<String>>,
+    /// The pollers, for an early poll of a node (a link appeared through an event: its IP
+    /// and direction come only from XStat). A poller's "poll now" is a flag, so repeated
+    /// requests coalesce into one poll. Used only with automatic polling.
+    pub pollers: BTreeMap<String, PollerHandle>,
     pub shutdown: CancellationToken,
 }
 
-/// Starts the engine task.
+/// Starts the engine task. It ends on shutdown, or when every input has closed.
 pub fn spawn(parts: EngineParts) -> tokio::task::JoinHandle<()> {
     let mut engine = Engine::new(parts.store, parts.metrics, parts.automatic_polling);
-    engine.poll_requests = parts.poll_requests.filter(|_| parts.automatic_polling);
+    if parts.automatic_polling {
+        engine.pollers = parts.pollers;
+    }
     engine.add_nodes(&parts.nodes);
-    let (mut ami, mut polls, shutdown) = (parts.ami, parts.polls, parts.shutdown);
-    tokio::spawn(async move {
+    let (mut ami, mut polls, mut commands) = (parts.ami, parts.polls, parts.commands);
+    let shutdown = parts.shutdown;
+    let task = async move {
         loop {
-            tokio::select! {
+            let input = tokio::select! {
                 // Events first: an event queued before a poll's reply must be applied
                 // before that poll (see reconcile's rx_seq rule).
                 biased;
                 _ = shutdown.cancelled() => return,
-                Some(ev) = ami.recv() => engine.on_ami(ev),
-                Some(p) = polls.recv() => engine.on_poll(p),
+                Some(ev) = ami.recv() => EngineInput::Ami(ev),
+                Some(p) = polls.recv() => EngineInput::Poll(p),
+                Some(c) = commands.recv() => c,
                 else => return,
-            }
+            };
+            engine.handle(input);
         }
-    })
+    };
+    tokio::spawn(task.instrument(tracing::info_span!("engine")))
+}
+
+/// An engine task that applies commands only (no AMI, no polls), for rigs that wire a
+/// `Control` without the whole daemon. Needs a tokio runtime; without
+/// one, commands fail with [`EngineSendError::Stopped`].
+pub fn spawn_commands(
+    store: StateStore,
+    metrics: Metrics,
+    mut commands: mpsc::Receiver<EngineInput>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let mut engine = Engine::new(store, metrics, true);
+    Some(rt.spawn(async move {
+        while let Some(c) = commands.recv().await {
+            engine.handle(c);
+        }
+    }))
 }
 
 /// The engine's state besides the model (which lives in the store).
@@ -70,7 +171,7 @@ pub struct Engine {
     store: StateStore,
     metrics: Metrics,
     automatic_polling: bool,
-    poll_requests: Option<mpsc::UnboundedSender<String>>,
+    pollers: BTreeMap<String, PollerHandle>,
 }
 
 impl Engine {
@@ -79,7 +180,23 @@ impl Engine {
             store,
             metrics,
             automatic_polling,
-            poll_requests: None,
+            pollers: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one input: the only way the model changes.
+    pub fn handle(&mut self, input: EngineInput) {
+        match input {
+            EngineInput::Ami(ev) => self.on_ami(ev),
+            EngineInput::Poll(p) => self.on_poll(p),
+            EngineInput::SetInterval { node, interval } => self.on_interval(&node, interval),
+            EngineInput::Voter { snapshot, done } => {
+                self.on_voter(snapshot);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            EngineInput::Names(db) => self.store.update(|m, _| m.astdb = db),
         }
     }
 
@@ -112,12 +229,18 @@ impl Engine {
                 rx_seq,
                 received,
             } => {
+                let span = tracing::debug_span!("server", server = %server);
+                let _enter = span.enter();
                 self.on_event(&server, &frame, rx_seq);
                 self.metrics
                     .change_latency
                     .observe(received.elapsed().as_secs_f64());
             }
-            AmiEvent::Status(st) => self.on_status(st),
+            AmiEvent::Status(st) => {
+                let span = tracing::info_span!("server", server = %st.server);
+                let _enter = span.enter();
+                self.on_status(st)
+            }
         }
     }
 
@@ -125,12 +248,8 @@ impl Engine {
         let event = match rpt::parse_event(frame) {
             None => return,
             Some(Ok(e)) => e,
-            Some(Err(e)) => {
-                tracing::debug!(server, "ignoring malformed app_rpt event: {e}");
-                self.metrics
-                    .ami_protocol_errors
-                    .with_label_values(&[server])
-                    .inc();
+            Some(Err(error)) => {
+                EventUnreadable { server, error }.emit(&self.metrics);
                 return;
             }
         };
@@ -141,7 +260,7 @@ impl Engine {
             let db = m.astdb.clone();
             let mut ch = Changes::new(now, &db);
             let node = m.nodes.get_mut(&node_id)?;
-            apply_event(node, event, rx_seq, &mut ch);
+            apply_event(node, event.resolve(&node_id), rx_seq, &mut ch);
             let n_links = node.links.len();
             let new_link = ch.out.iter().any(|c| c.kind == ChangeKind::LinkConnected);
             publish_all(m, tx, &metrics, ch.out);
@@ -151,44 +270,27 @@ impl Engine {
                 .set(n_links as i64);
             new_link.then_some(node_id)
         });
-        if let (Some(node), Some(req)) = (new_link_on, &self.poll_requests) {
-            let _ = req.send(node);
+        if let Some(p) = new_link_on.and_then(|n| self.pollers.get(&n)) {
+            p.poll_now();
         }
     }
 
     /// One poll result.
     pub fn on_poll(&mut self, p: PollResult) {
-        let xstat = match &p.xstat {
-            Ok(r) => match rpt::parse_xstat(&r.frame) {
-                Ok(x) => Some((x, r.rx_seq)),
-                Err(e) => {
-                    tracing::warn!(node = %p.node, "[POLLING] unreadable XStat reply for node {}: {e}", p.node);
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        let sawstat = match &p.sawstat {
-            Ok(r) => match rpt::parse_sawstat(&r.frame) {
-                Ok(s) => Some((s, r.rx_seq)),
-                Err(e) => {
-                    tracing::warn!(node = %p.node, "[POLLING] unreadable SawStat reply for node {}: {e}", p.node);
-                    None
-                }
-            },
-            Err(_) => None,
-        };
+        let span = tracing::info_span!("node", node = %p.node, server = %p.server);
+        let _enter = span.enter();
+        let xstat = self.read_reply(&p, "XStat", &p.xstat, rpt::parse_xstat);
+        let sawstat = self.read_reply(&p, "SawStat", &p.sawstat, rpt::parse_sawstat);
         if xstat.is_none() && sawstat.is_none() {
             return;
         }
         let metrics = self.metrics.clone();
-        self.store.update(|m, tx| {
+        let applied = self.store.update(|m, tx| {
             let now = now_ms();
             let db = m.astdb.clone();
             let mut ch = Changes::new(now, &db);
-            let Some(node) = m.nodes.get_mut(&p.node) else {
-                return;
-            };
+            let node = m.nodes.get_mut(&p.node)?;
+            let was_stale = node.stale;
             if let Some((x, seq)) = &xstat {
                 reconcile::apply_xstat(node, x, *seq, &mut ch);
                 node.last_poll_ms = Some(now);
@@ -207,6 +309,84 @@ impl Engine {
                 .node_stale
                 .with_label_values(&[&p.node])
                 .set(i64::from(stale));
+            Some((was_stale && !stale, n_links))
+        });
+        if let Some((true, links)) = applied {
+            ServerResync {
+                server: &p.server,
+                node: &p.node,
+                links,
+            }
+            .emit(&self.metrics);
+        }
+    }
+
+    /// Reads one poll reply with its `rx_seq`; an unreadable one is a counted protocol
+    /// error, a failed one (already counted by the poller) is `None`.
+    fn read_reply<T>(
+        &self,
+        p: &PollResult,
+        reply: &'static str,
+        got: &Result<crate::ami::Reply, crate::ami::ActionError>,
+        parse: impl FnOnce(&Frame) -> Result<T, rpt::RptError>,
+    ) -> Option<(T, u64)> {
+        let r = got.as_ref().ok()?;
+        match parse(&r.frame) {
+            Ok(x) => Some((x, r.rx_seq)),
+            Err(error) => {
+                ReplyUnreadable {
+                    server: &p.server,
+                    node: &p.node,
+                    reply,
+                    error,
+                }
+                .emit(&self.metrics);
+                None
+            }
+        }
+    }
+
+    /// A node's polling interval changed.
+    fn on_interval(&mut self, node: &str, interval: Duration) {
+        self.store.update(|m, _| {
+            if let Some(n) = m.nodes.get_mut(node) {
+                n.poll_interval = interval;
+            }
+        });
+    }
+
+    /// A VoterStatus result: kept in the model (API) and in the voter metrics.
+    fn on_voter(&mut self, snap: VoterSnapshot) {
+        let metrics = &self.metrics;
+        self.store.update(|model, _| {
+            if let Some(old) = model.voters.get(&snap.node) {
+                if old.voted.is_some() && snap.voted.is_some() && old.voted != snap.voted {
+                    metrics
+                        .voter_voted_changes
+                        .with_label_values(&[&snap.node])
+                        .inc();
+                }
+                for gone in old
+                    .receivers
+                    .iter()
+                    .filter(|o| !snap.receivers.iter().any(|r| r.name == o.name))
+                {
+                    let _ = metrics
+                        .voter_rssi
+                        .remove_label_values(&[&snap.node, &gone.name]);
+                }
+            }
+            for r in &snap.receivers {
+                metrics
+                    .voter_rssi
+                    .with_label_values(&[&snap.node, &r.name])
+                    .set(i64::from(r.rssi));
+            }
+            metrics
+                .voter_receivers
+                .with_label_values(&[&snap.node])
+                .set(snap.receivers.len() as i64);
+            model.voters.insert(snap.node.clone(), snap);
         });
     }
 
@@ -224,19 +404,7 @@ impl Engine {
                 (Some(false), false) => None,
             };
             m.servers.insert(st.server.clone(), st.clone());
-            for n in m.nodes.values_mut().filter(|n| n.server == st.server) {
-                // Down: stale at once. Up: fresh when the first poll lands (or at once
-                // when nothing polls by itself).
-                if !st.connected {
-                    n.stale = true;
-                } else if !automatic {
-                    n.stale = false;
-                }
-                metrics
-                    .node_stale
-                    .with_label_values(&[&n.node_id])
-                    .set(i64::from(n.stale));
-            }
+            mark_stale(m, &metrics, &st, automatic);
             if let Some(kind) = announce {
                 let mut ev = ChangeEvent::new(kind, &st.server, None);
                 if !st.connected {
@@ -245,6 +413,22 @@ impl Engine {
                 publish_all(m, tx, &metrics, vec![ev]);
             }
         });
+    }
+}
+
+/// A server's nodes after a status change. Down: stale at once. Up: fresh when the first
+/// poll lands (or at once when nothing polls by itself).
+fn mark_stale(m: &mut Model, metrics: &Metrics, st: &ConnectionStatus, automatic: bool) {
+    for n in m.nodes.values_mut().filter(|n| n.server == st.server) {
+        if !st.connected {
+            n.stale = true;
+        } else if !automatic {
+            n.stale = false;
+        }
+        metrics
+            .node_stale
+            .with_label_values(&[&n.node_id])
+            .set(i64::from(n.stale));
     }
 }
 
@@ -292,25 +476,8 @@ fn apply_event(node: &mut NodeState, event: RptEvent, seq: u64, ch: &mut Changes
             learn(node, channel);
             reconcile::apply_keying(node, false, keyed, seq, ch);
         }
-        RptEvent::VarSet {
-            variable, value, ..
-        } => match variable.as_str() {
-            "RPT_ALINKS" => {
-                if let Ok(links) = rpt::parse_alinks(&value) {
-                    reconcile::apply_alinks(node, &links, seq, ch);
-                }
-            }
-            "RPT_LINKS" => {
-                if let Ok(nodes) = rpt::parse_links(&value) {
-                    reconcile::apply_links(node, nodes);
-                }
-            }
-            "RPT_TXKEYED" | "RPT_RXKEYED" => {
-                let tx = variable == "RPT_TXKEYED";
-                reconcile::apply_keying(node, tx, value.trim() == "1", seq, ch);
-            }
-            _ => {}
-        },
+        // `resolve` turned a routed VarSet into one of the variants above.
+        RptEvent::VarSet { .. } => {}
     }
 }
 
@@ -323,12 +490,12 @@ fn publish_all(
 ) {
     for ev in changes {
         record_metrics(metrics, &ev);
-        m.publish(tx, ev);
+        let p = m.publish(tx, ev);
+        ChangePublished { event: &p.event }.emit(metrics);
     }
 }
 
 fn record_metrics(metrics: &Metrics, ev: &ChangeEvent) {
-    metrics.changes.with_label_values(&[ev.kind.as_str()]).inc();
     let Some(node) = ev.node.as_deref() else {
         return;
     };
@@ -389,5 +556,152 @@ fn record_metrics(metrics: &Metrics, ev: &ChangeEvent) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpt::VoterReceiver;
+
+    fn engine() -> (Engine, StateStore, Metrics) {
+        let store = StateStore::new(64, 64);
+        let metrics = Metrics::default();
+        let mut e = Engine::new(store.clone(), metrics.clone(), true);
+        e.add_nodes(&[NodeSpec {
+            node_id: "1999".into(),
+            server: "s".into(),
+            poll_interval: Duration::from_secs(60),
+        }]);
+        (e, store, metrics)
+    }
+
+    fn frame_input(headers: &[(&str, &str)], rx_seq: u64) -> EngineInput {
+        EngineInput::Ami(AmiEvent::Event {
+            server: Arc::from("s"),
+            frame: Frame::from_headers(headers),
+            rx_seq,
+            received: std::time::Instant::now(),
+        })
+    }
+
+    fn varset(variable: &str, value: &str, rx_seq: u64) -> EngineInput {
+        frame_input(
+            &[
+                ("Event", "VarSet"),
+                ("Channel", "SimpleUSB/1999"),
+                ("Variable", variable),
+                ("Value", value),
+            ],
+            rx_seq,
+        )
+    }
+
+    fn protocol_errors(m: &Metrics) -> u64 {
+        m.ami_protocol_errors.with_label_values(&["s"]).get()
+    }
+
+    #[test]
+    fn varset_goes_the_same_way_as_app_rpt_events() {
+        let (mut e, store, metrics) = engine();
+        // The node's channel is learned from one of app_rpt's own events.
+        e.handle(frame_input(
+            &[
+                ("Event", "RPT_RXKEYED"),
+                ("Node", "1999"),
+                ("Channel", "SimpleUSB/1999"),
+                ("EventValue", "0"),
+            ],
+            1,
+        ));
+        e.handle(varset("RPT_RXKEYED", "1", 2));
+        assert_eq!(store.node("1999").map(|n| n.rx_keyed), Some(true));
+        e.handle(varset("RPT_ALINKS", "1,2000TK", 3));
+        let links = store.node("1999").map(|n| n.links).unwrap_or_default();
+        assert_eq!(links.len(), 1);
+        assert!(links[0].keyed);
+        assert_eq!(protocol_errors(&metrics), 0);
+    }
+
+    #[test]
+    fn a_keyed_value_other_than_0_or_1_is_a_counted_protocol_error_not_unkeyed() {
+        let (mut e, store, metrics) = engine();
+        e.handle(frame_input(
+            &[
+                ("Event", "RPT_RXKEYED"),
+                ("Node", "1999"),
+                ("Channel", "SimpleUSB/1999"),
+                ("EventValue", "1"),
+            ],
+            1,
+        ));
+        let seq = store.seq();
+        e.handle(varset("RPT_RXKEYED", "2", 2));
+        e.handle(varset("RPT_RXKEYED", "", 3));
+        assert_eq!(protocol_errors(&metrics), 2);
+        assert_eq!(store.node("1999").map(|n| n.rx_keyed), Some(true));
+        assert_eq!(store.seq(), seq, "nothing published");
+        // An unreadable app_rpt event is counted too.
+        e.handle(frame_input(
+            &[
+                ("Event", "RPT_ALINKS"),
+                ("Node", "1999"),
+                ("EventValue", "1,2000ZZ"),
+            ],
+            4,
+        ));
+        assert_eq!(protocol_errors(&metrics), 3);
+    }
+
+    #[test]
+    fn commands_change_the_model_only_through_the_engine() {
+        let (mut e, store, metrics) = engine();
+        e.handle(EngineInput::SetInterval {
+            node: "1999".into(),
+            interval: Duration::from_secs(7),
+        });
+        assert_eq!(
+            store.node("1999").map(|n| n.poll_interval_seconds),
+            Some(7.0)
+        );
+        let receiver = |name: &str, rssi| VoterReceiver {
+            name: name.into(),
+            flags: Vec::new(),
+            ip: None,
+            rssi,
+            voted: false,
+        };
+        let (done, applied) = oneshot::channel();
+        e.handle(EngineInput::Voter {
+            snapshot: VoterSnapshot {
+                node: "1999".into(),
+                time_ms: 1,
+                voted: Some("north".into()),
+                receivers: vec![receiver("north", 200), receiver("south", 10)],
+            },
+            done: Some(done),
+        });
+        assert!(applied.blocking_recv().is_ok(), "the caller is told");
+        assert_eq!(store.voter("1999").map(|v| v.receivers.len()), Some(2));
+        assert_eq!(
+            metrics
+                .voter_rssi
+                .with_label_values(&["1999", "north"])
+                .get(),
+            200
+        );
+        e.handle(EngineInput::Names(Arc::new(crate::astdb::AstDb::parse(
+            "2000|W1AW|Hartford|CT\n",
+        ))));
+        e.handle(frame_input(
+            &[
+                ("Event", "RPT_ALINKS"),
+                ("Node", "1999"),
+                ("EventValue", "1,2000TU"),
+            ],
+            5,
+        ));
+        let links = store.node("1999").map(|n| n.links).unwrap_or_default();
+        assert_eq!(links[0].callsign.as_deref(), Some("W1AW"));
     }
 }

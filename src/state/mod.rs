@@ -3,11 +3,15 @@
 
 pub mod change;
 pub mod engine;
+pub mod events;
 pub mod model;
 pub mod node;
 pub mod reconcile;
 pub mod store;
 
 pub use change::{ChangeEvent, ChangeKind, Published};
-pub use model::{Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView};
+pub use engine::{EngineInput, EngineSender};
+pub use model::{
+    Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView, VoterSnapshot,
+};
 pub use store::{Replay, StateStore};

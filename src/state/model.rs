@@ -7,73 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What is at the other end of a link (ami-app-rpt.md §2.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkKind {
-    /// An AllStar node (decimal number).
-    Allstar,
-    /// An EchoLink user: `3` + 6 digits; XStat shows no IP.
-    Echolink,
-    /// An IAX client, phone portal (`-P`) or other text-named peer.
-    Client,
-}
+use crate::rpt::VoterReceiver;
 
-impl LinkKind {
-    /// Classifies a link name as app_rpt reports it.
-    pub fn of(name: &str) -> LinkKind {
-        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
-            if name.len() == 7 && name.starts_with('3') {
-                LinkKind::Echolink
-            } else {
-                LinkKind::Allstar
-            }
-        } else {
-            LinkKind::Client
-        }
-    }
-}
-
-/// Link direction from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Direction {
-    #[serde(rename = "IN")]
-    In,
-    #[serde(rename = "OUT")]
-    Out,
-}
-
-/// Link mode: `T` transceive, `R` receive-only (monitor), `C` connecting, `L` local
-/// monitor (present in XStat but absent from `RPT_ALINKS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Mode {
-    T,
-    R,
-    C,
-    L,
-}
-
-impl Mode {
-    /// Parses a mode letter.
-    pub fn from_letter(c: char) -> Option<Mode> {
-        match c {
-            'T' => Some(Mode::T),
-            'R' => Some(Mode::R),
-            'C' => Some(Mode::C),
-            'L' => Some(Mode::L),
-            _ => None,
-        }
-    }
-}
-
-/// Connection state from XStat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum LinkState {
-    #[serde(rename = "ESTABLISHED")]
-    Established,
-    #[serde(rename = "CONNECTING")]
-    Connecting,
-}
+pub use crate::rpt::types::{Direction, LinkKind, LinkState, LinkedNode, Mode, format_elapsed};
 
 /// One link of a node, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,13 +46,6 @@ pub struct LinkView {
     pub keyed_seconds_total: f64,
 }
 
-/// One node reachable through the network (`LinkedNodes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkedNode {
-    pub node: String,
-    pub mode: Option<Mode>,
-}
-
 /// A local node, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
@@ -141,32 +70,13 @@ pub struct NodeView {
     pub rx_keyups: u64,
 }
 
-/// Formats seconds as app_rpt does: `HH:MM:SS`, hours not capped.
-pub fn format_elapsed(secs: u64) -> String {
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_link_names() {
-        assert_eq!(LinkKind::of("2000"), LinkKind::Allstar);
-        assert_eq!(LinkKind::of("547611"), LinkKind::Allstar);
-        assert_eq!(LinkKind::of("3123456"), LinkKind::Echolink);
-        assert_eq!(LinkKind::of("WD5M-P"), LinkKind::Client);
-        assert_eq!(LinkKind::of(""), LinkKind::Client);
-    }
-
-    #[test]
-    fn elapsed_hours_are_not_capped() {
-        assert_eq!(format_elapsed(0), "00:00:00");
-        assert_eq!(format_elapsed(510_372), "141:46:12");
-    }
+/// The last voter receivers seen for a node (VoterStatus), kept in the model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VoterSnapshot {
+    pub node: String,
+    /// When the receivers were read (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// The receiver currently voted (the winner), if any.
+    pub voted: Option<String>,
+    pub receivers: Vec<VoterReceiver>,
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::broadcast;
 
 use super::change::{ChangeEvent, Published};
-use super::model::NodeView;
+use super::model::{NodeView, VoterSnapshot};
 use super::node::NodeState;
 use crate::ami::ConnectionStatus;
 use crate::astdb::AstDb;
@@ -23,6 +23,8 @@ pub(crate) struct Model {
     pub servers: BTreeMap<String, ConnectionStatus>,
     /// Node names for link views.
     pub astdb: Arc<AstDb>,
+    /// The last VoterStatus result of each node asked about.
+    pub voters: BTreeMap<String, VoterSnapshot>,
     /// Sequence number of the last published change.
     pub seq: u64,
     replay: VecDeque<Arc<Published>>,
@@ -68,6 +70,7 @@ impl StateStore {
             nodes: BTreeMap::new(),
             servers: BTreeMap::new(),
             astdb: Arc::new(AstDb::default()),
+            voters: BTreeMap::new(),
             seq: 0,
             replay: VecDeque::with_capacity(replay_cap.min(65_536)),
             replay_cap: replay_cap.max(1),
@@ -115,6 +118,11 @@ impl StateStore {
     /// The sequence number of the last change.
     pub fn seq(&self) -> u64 {
         self.read().seq
+    }
+
+    /// The last voter receivers recorded for a node.
+    pub fn voter(&self, node: &str) -> Option<VoterSnapshot> {
+        self.read().voters.get(node).cloned()
     }
 
     /// The status of every AMI server.
@@ -186,20 +194,6 @@ impl Model {
 }
 
 impl StateStore {
-    /// Applies `f` to the model under the write lock; `f` publishes through the given
-    /// sender. Only the state engine calls this.
-    /// Records a node's polling interval (shown in the API).
-    pub(crate) fn set_poll_interval(&self, node: &str, d: std::time::Duration) {
-        if let Some(n) = self.write().nodes.get_mut(node) {
-            n.poll_interval = d;
-        }
-    }
-
-    /// Installs a new node database.
-    pub fn set_astdb(&self, db: Arc<AstDb>) {
-        self.write().astdb = db;
-    }
-
     /// Publishes a change produced outside the engine: tests and tools. The change is
     /// numbered, kept in the replay buffer and broadcast like any other; the node model
     /// itself is not modified.
@@ -207,6 +201,8 @@ impl StateStore {
         self.update(|m, tx| m.publish(tx, event))
     }
 
+    /// Applies `f` to the model under the write lock; `f` publishes through the given
+    /// sender. Only the state engine calls this.
     pub(crate) fn update<R>(
         &self,
         f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::rpt::samples;
-use crate::state::model::Mode;
+use crate::rpt::types::Mode;
 
 /// What app_rpt prints: `Conn: %-10s%-20s%-12d%-11s%-20s%-20s` (value part). printf pads
 /// by bytes, not characters.
@@ -570,7 +570,7 @@ fn non_ascii_text_does_not_panic() {
 
 mod layout_round_trip {
     use super::*;
-    use crate::state::model::format_elapsed;
+    use crate::rpt::types::format_elapsed;
     use proptest::prelude::*;
 
     fn peer_ip() -> impl Strategy<Value = String> {
