@@ -22,4 +22,6 @@ pub struct App {
     pub metrics: Metrics,
     /// Process start, ms since the Unix epoch.
     pub started_ms: u64,
+    /// The durable history store (`None` when `history.enabled` is false).
+    pub history: Option<crate::history::History>,
 }

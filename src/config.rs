@@ -136,6 +136,10 @@ pub struct ConfigFile {
     pub lua: LuaConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Directory for the daemon's own files (history database, sessions). Default `./state`.
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub history: HistoryConfig,
     #[serde(default)]
     pub alert_webhooks: Vec<WebhookConfig>,
     #[serde(default)]
@@ -218,6 +222,30 @@ impl Default for AlertsConfig {
         AlertsConfig {
             history: 500,
             repeat_interval: Dur(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// `history:` section: the SQLite history store (`docs/history.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    /// Database file; default `<state_dir>/history.db`. Resolved when the config is loaded.
+    pub path: Option<PathBuf>,
+    /// Rows older than this many days are pruned (0 = keep forever).
+    pub retention_days: u32,
+    /// Depth of the queue from the change stream to the writer thread.
+    pub queue: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            enabled: true,
+            path: None,
+            retention_days: 90,
+            queue: 65_536,
         }
     }
 }
@@ -351,6 +379,10 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub alert_webhooks: Vec<WebhookConfig>,
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// Directory for the daemon's own files (resolved against the config file's folder).
+    pub state_dir: PathBuf,
+    /// Durable history (`history:`), with `path` resolved.
+    pub history: HistoryConfig,
 }
 
 /// Where AllStarLink keeps the node database.
@@ -497,6 +529,14 @@ impl Resolver<'_> {
                 ));
             }
         }
+        if f.history.queue == 0 {
+            return Err(format!("{}: queue must be above 0", self.at("history")));
+        }
+        let state_dir = self.path(
+            f.state_dir
+                .as_deref()
+                .unwrap_or_else(|| Path::new("./state")),
+        );
         let script_dirs = f
             .script_dirs
             .clone()
@@ -522,6 +562,17 @@ impl Resolver<'_> {
             alerts: f.alerts,
             alert_webhooks: f.alert_webhooks,
             plugins: f.plugins,
+            history: HistoryConfig {
+                path: Some(
+                    f.history
+                        .path
+                        .as_deref()
+                        .map(|p| self.path(p))
+                        .unwrap_or_else(|| state_dir.join("history.db")),
+                ),
+                ..f.history
+            },
+            state_dir,
         })
     }
 

@@ -17,6 +17,7 @@ use crate::ami::connection;
 use crate::app::App;
 use crate::config::Config;
 use crate::control::Control;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::poller::{self, PollerParts};
 use crate::script::{self, ScriptHost, ScriptRegistry};
@@ -52,6 +53,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
 
+    // Subscribes to the change stream before the engine starts, so nothing is missed.
+    let history = History::start(&config.history, &store, metrics.clone(), shutdown.clone())?;
     let (ami_tx, ami_rx) = mpsc::channel(EVENT_QUEUE);
     let (poll_tx, poll_rx) = mpsc::channel(256);
     let mut servers = BTreeMap::new();
@@ -133,6 +136,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.alert_webhooks.clone(),
         metrics.clone(),
     );
+    if let Some(h) = &history {
+        h.record_alerts(&alerts, shutdown.clone());
+    }
     let app = App {
         config: config.clone(),
         state: store,
@@ -141,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         scripts: ScriptRegistry::default(),
         metrics,
         started_ms: now_ms(),
+        history,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod observe;

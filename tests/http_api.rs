@@ -113,6 +113,7 @@ async fn start(websocket: &str, replay: usize) -> Harness {
         scripts: ScriptRegistry::default(),
         metrics,
         started_ms: now_ms(),
+        history: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

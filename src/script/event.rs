@@ -116,6 +116,9 @@ impl EventBuilder {
             location,
             keyups,
             keyed_seconds_total,
+            // Today's totals (history) are on node views, not on change events.
+            keyups_today: _,
+            talk_seconds_today: _,
         } = l;
         args.push(self.string(lua, node)?);
         args.push(self.wire(lua, kind)?);
@@ -206,6 +209,8 @@ mod tests {
             location: Some("CT".into()),
             keyups: 7,
             keyed_seconds_total: 12.25,
+            keyups_today: 0,
+            talk_seconds_today: 0.0,
         });
         e
     }

@@ -13,6 +13,7 @@
 
 mod api;
 mod event;
+pub mod history_api;
 mod host;
 mod instance;
 mod queue;

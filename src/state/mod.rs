@@ -10,4 +10,4 @@ pub mod store;
 
 pub use change::{ChangeEvent, ChangeKind, Published};
 pub use model::{Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView};
-pub use store::{Replay, StateStore};
+pub use store::{Replay, StateStore, TodayCounts};
