@@ -217,6 +217,13 @@ fn page<T>(
     if let Some(c) = q.cursor {
         f.add("id < ?", Sql::Integer(c));
     }
+    // Walk the table newest first by id and stop at `limit` matches: the unary `+` keeps
+    // SQLite from using the node/time indexes, which would sort every matching row first.
+    for t in &mut f.terms {
+        if !t.starts_with('(') && !t.starts_with("id ") {
+            t.insert(0, '+');
+        }
+    }
     let sql = format!(
         "{table_sql} WHERE {} ORDER BY id DESC LIMIT {}",
         f.sql(),

@@ -45,9 +45,11 @@ fn with_history<R>(
     lua: &Lua,
     f: impl FnOnce(&rusqlite::Connection) -> Result<R, query::QueryError>,
 ) -> mlua::Result<R> {
-    let history = ctx(lua)?.app.history.clone().ok_or_else(|| {
-        mlua::Error::runtime(format!("history is disabled (history.enabled: false)"))
-    })?;
+    let history = ctx(lua)?
+        .app
+        .history
+        .clone()
+        .ok_or_else(|| mlua::Error::runtime("history is disabled (history.enabled: false)"))?;
     history
         .read(f)
         .map_err(|e| mlua::Error::runtime(e.to_string()))
