@@ -64,6 +64,7 @@ impl Rig {
             scripts: ScriptRegistry::default(),
             metrics,
             started_ms: 0,
+            history: None,
         };
         let shutdown = CancellationToken::new();
         let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
@@ -107,6 +108,8 @@ fn link_keyed(seq: u64) -> ChangeEvent {
         location: None,
         keyups: seq,
         keyed_seconds_total: 12.5,
+        keyups_today: 0,
+        talk_seconds_today: 0.0,
     });
     e
 }

@@ -152,6 +152,7 @@ fn bench_app(clients: usize) -> App {
         scripts: ScriptRegistry::default(),
         metrics,
         started_ms: now_ms(),
+        history: None,
     }
 }
 
@@ -176,6 +177,8 @@ fn link_keyed() -> ChangeEvent {
         location: Some("Newington, CT".into()),
         keyups: 42,
         keyed_seconds_total: 311.5,
+        keyups_today: 0,
+        talk_seconds_today: 0.0,
     });
     ev
 }

@@ -22,6 +22,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Process start, ms since the Unix epoch.
     pub started_ms: u64,
+    /// The durable history store (`None` when `history.enabled` is false).
+    pub history: Option<crate::history::History>,
 }
 
 impl App {
@@ -35,5 +37,6 @@ impl App {
             self.scripts.clone(),
             self.metrics.clone(),
         )
+        .with_history(self.history.clone())
     }
 }

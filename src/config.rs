@@ -195,6 +195,10 @@ pub struct ConfigFile {
     pub lua: LuaConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Directory for the daemon's own files (history database, sessions). Default `./state`.
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub history: HistoryConfig,
     #[serde(default)]
     pub alert_webhooks: Vec<WebhookConfig>,
     #[serde(default)]
@@ -311,6 +315,30 @@ impl Default for AlertsConfig {
         AlertsConfig {
             history: 500,
             repeat_interval: Dur(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// `history:` section: the SQLite history store (`docs/history.md`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    /// Database file; default `<state_dir>/history.db`. Resolved when the config is loaded.
+    pub path: Option<PathBuf>,
+    /// Rows older than this many days are pruned (0 = keep forever).
+    pub retention_days: u32,
+    /// Depth of the queue from the change stream to the writer thread.
+    pub queue: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            enabled: true,
+            path: None,
+            retention_days: 90,
+            queue: 65_536,
         }
     }
 }
@@ -456,6 +484,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// AMI actions per second per server from scripts and the API together (1 … 1000).
     pub ami_actions_per_second: u32,
+    /// Directory for the daemon's own files (resolved against the config file's folder).
+    pub state_dir: PathBuf,
+    /// Durable history (`history:`), with `path` resolved.
+    pub history: HistoryConfig,
 }
 
 /// Default `shutdown_grace`.
@@ -698,6 +730,14 @@ impl Resolver<'_> {
                 self.at("ami_actions_per_second")
             ));
         }
+        if f.history.queue == 0 {
+            return Err(format!("{}: queue must be above 0", self.at("history")));
+        }
+        let state_dir = self.path(
+            f.state_dir
+                .as_deref()
+                .unwrap_or_else(|| Path::new("./state")),
+        );
         let script_dirs = f
             .script_dirs
             .clone()
@@ -728,6 +768,17 @@ impl Resolver<'_> {
             setup_needed: self.missing.take(),
             shutdown_grace,
             ami_actions_per_second,
+            history: HistoryConfig {
+                path: Some(
+                    f.history
+                        .path
+                        .as_deref()
+                        .map(|p| self.path(p))
+                        .unwrap_or_else(|| state_dir.join("history.db")),
+                ),
+                ..f.history
+            },
+            state_dir,
         })
     }
 

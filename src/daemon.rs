@@ -26,6 +26,7 @@ use crate::ami::{AmiEvent, AmiHandle, connection};
 use crate::app::App;
 use crate::config::Config;
 use crate::control::Control;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::observe::now_ms;
 use crate::poller::{self, PollResult, PollerHandle, PollerParts};
@@ -69,6 +70,8 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let (engine_tx, commands) = EngineSender::channel();
     watch_names(&config, engine_tx.clone(), stop.clone());
 
+    // Subscribes to the change stream before the engine starts, so nothing is missed.
+    let history = History::start(&config.history, &store, metrics.clone(), stop.clone())?;
     let (ami_tx, ami_rx) = mpsc::channel(EVENT_QUEUE);
     let (poll_tx, poll_rx) = mpsc::channel(POLL_QUEUE);
     let wiring = spawn_sessions(&config, ami_tx, poll_tx, &metrics, &stop);
@@ -86,6 +89,9 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         config.alert_webhooks.clone(),
         metrics.clone(),
     );
+    if let Some(h) = &history {
+        h.record_alerts(&alerts, stop.clone());
+    }
     let app = App {
         config: config.clone(),
         state: store.clone(),
@@ -94,6 +100,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         scripts: ScriptRegistry::default(),
         metrics: metrics.clone(),
         started_ms: now_ms(),
+        history,
     };
     // Scripts subscribe to the change stream here, before the engine publishes anything.
     let scripts = script::spawn(app.script_env(), stop.clone())?;
@@ -272,6 +279,10 @@ impl Daemon {
             s.stopped().await;
         }
         let _ = engine.await;
+        // Open keyups and sessions closed at the shutdown time, the file flushed.
+        if let Some(h) = &self.app.history {
+            h.closed().await;
+        }
     }
 }
 

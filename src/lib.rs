@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod fswatch;
+pub mod history;
 pub mod http;
 pub mod logging;
 pub mod metrics;

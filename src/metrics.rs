@@ -6,8 +6,8 @@
 //! never asks Asterisk anything.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every series, registered in one [`Registry`]. Cheap to clone (handles are shared).
@@ -67,6 +67,12 @@ pub struct Metrics {
     pub scripts_loaded: IntGauge,
     pub script_disabled: IntGaugeVec,
     pub alerts_dropped: IntCounterVec,
+
+    // History (SQLite)
+    pub history_writes: IntCounter,
+    pub history_write_errors: IntCounter,
+    pub history_queue_dropped: IntCounter,
+    pub history_queue_depth: IntGauge,
 
     // Alerts and voter
     pub alerts: IntCounterVec,
@@ -450,6 +456,34 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "nexus_scripts_loaded",
                     "Lua scripts currently loaded and enabled."
+                ))
+            ),
+            history_writes: reg!(
+                r,
+                IntCounter::with_opts(opts(
+                    "nexus_history_writes_total",
+                    "Items (changes, alerts, audit records, store writes) committed to the history database."
+                ))
+            ),
+            history_write_errors: reg!(
+                r,
+                IntCounter::with_opts(opts(
+                    "nexus_history_write_errors_total",
+                    "History items or batches that could not be written (see the log)."
+                ))
+            ),
+            history_queue_dropped: reg!(
+                r,
+                IntCounter::with_opts(opts(
+                    "nexus_history_queue_dropped_total",
+                    "Items not recorded because the history writer's queue was full."
+                ))
+            ),
+            history_queue_depth: reg!(
+                r,
+                IntGauge::with_opts(opts(
+                    "nexus_history_queue_depth",
+                    "Items waiting for the history writer."
                 ))
             ),
             alerts: reg!(

@@ -123,6 +123,7 @@ async fn start_with(websocket: &str, http: &str, replay: usize, grace: Duration)
         scripts: ScriptRegistry::default(),
         metrics,
         started_ms: now_ms(),
+        history: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -11,6 +11,7 @@
 
 mod dashboard;
 mod errors;
+mod history;
 mod metrics;
 mod openapi;
 mod origin;
@@ -74,6 +75,30 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/api/scripts",
+    },
+    Route {
+        method: "GET",
+        path: "/api/history/keyups",
+    },
+    Route {
+        method: "GET",
+        path: "/api/history/links",
+    },
+    Route {
+        method: "GET",
+        path: "/api/history/ami",
+    },
+    Route {
+        method: "GET",
+        path: "/api/history/alerts",
+    },
+    Route {
+        method: "GET",
+        path: "/api/stats/talkers",
+    },
+    Route {
+        method: "GET",
+        path: "/api/stats/activity",
     },
     Route {
         method: "GET",
@@ -265,6 +290,8 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
     let api = rest::routes(ctx.clone())
+        .or(history::routes(ctx.clone()))
+        .unify()
         .or(ws::route(ctx.clone()))
         .unify()
         .or(metrics::route(ctx.clone()))

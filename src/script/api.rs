@@ -170,6 +170,7 @@ pub fn install(
     sandbox::wrap_functions(lua, &nexus, "nexus")?;
     nexus.set("config", plugin_config(lua, plugin)?)?;
     nexus.set("store", store::proxy(lua, store)?)?;
+    nexus.set("history", super::history_api::table(lua)?)?;
     let log = log_table(lua)?;
     sandbox::wrap_functions(lua, &log, "nexus.log")?;
     lua.globals().set("print", log.get::<Function>("info")?)?;

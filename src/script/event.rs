@@ -23,7 +23,7 @@ const CONSTRUCTOR: &str = r#"
 return function(seq, kind, time_ms, server, node, duration_seconds, err, fields, has_link,
                 lnode, lkind, ip, direction, elapsed, connected_seconds, mode, state, keyed,
                 last_keyed_seconds, last_unkeyed_seconds, reconnects, callsign, description,
-                location, keyups, keyed_seconds_total)
+                location, keyups, keyed_seconds_total, keyups_today, talk_seconds_today)
   local link
   if has_link then
     link = {
@@ -32,6 +32,7 @@ return function(seq, kind, time_ms, server, node, duration_seconds, err, fields,
       last_keyed_seconds = last_keyed_seconds, last_unkeyed_seconds = last_unkeyed_seconds,
       reconnects = reconnects, callsign = callsign, description = description,
       location = location, keyups = keyups, keyed_seconds_total = keyed_seconds_total,
+      keyups_today = keyups_today, talk_seconds_today = talk_seconds_today,
     }
   end
   return {
@@ -54,7 +55,7 @@ impl EventBuilder {
         Ok(EventBuilder {
             constructor,
             strings: HashMap::new(),
-            args: Vec::with_capacity(26),
+            args: Vec::with_capacity(28),
         })
     }
 
@@ -116,6 +117,8 @@ impl EventBuilder {
             location,
             keyups,
             keyed_seconds_total,
+            keyups_today,
+            talk_seconds_today,
         } = l;
         args.push(self.string(lua, node)?);
         args.push(self.wire(lua, kind)?);
@@ -134,6 +137,8 @@ impl EventBuilder {
         args.push(self.opt_string(lua, location.as_deref())?);
         args.push(int(*keyups));
         args.push(Value::Number(*keyed_seconds_total));
+        args.push(int(*keyups_today));
+        args.push(Value::Number(*talk_seconds_today));
         Ok(())
     }
 
@@ -206,6 +211,8 @@ mod tests {
             location: Some("CT".into()),
             keyups: 7,
             keyed_seconds_total: 12.25,
+            keyups_today: 0,
+            talk_seconds_today: 0.0,
         });
         e
     }

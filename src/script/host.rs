@@ -373,7 +373,11 @@ impl Host {
             .get(stem)
             .cloned()
             .unwrap_or(serde_json::Value::Null);
-        let store = self.stores.entry(key.to_owned()).or_default().clone();
+        let store = self
+            .stores
+            .entry(key.to_owned())
+            .or_insert_with(|| super::history_api::load_store(&self.env.app, key))
+            .clone();
         let params = LoadParams {
             name,
             key,

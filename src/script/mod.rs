@@ -16,6 +16,7 @@
 mod api;
 pub mod builtin;
 mod event;
+pub mod history_api;
 mod host;
 mod instance;
 mod queue;
@@ -63,6 +64,8 @@ pub struct ScriptEnv {
     /// What `GET /api/scripts` shows (and the health problem).
     pub scripts: ScriptRegistry,
     pub metrics: Metrics,
+    /// The history store (`nexus.history`, durable `nexus.store`), when enabled.
+    pub history: Option<crate::history::History>,
 }
 
 impl ScriptEnv {
@@ -85,7 +88,14 @@ impl ScriptEnv {
             alerts,
             scripts,
             metrics,
+            history: None,
         }
+    }
+
+    /// The same environment with the history store.
+    pub fn with_history(mut self, history: Option<crate::history::History>) -> ScriptEnv {
+        self.history = history;
+        self
     }
 }
 

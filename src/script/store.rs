@@ -147,11 +147,15 @@ pub fn proxy(lua: &Lua, store: SharedStore) -> mlua::Result<Table> {
     let s = store.clone();
     meta.set(
         MetaMethod::NewIndex.name(),
-        lua.create_function(move |_, (_, k, v): (Value, Value, Value)| {
+        lua.create_function(move |lua, (_, k, v): (Value, Value, Value)| {
             let key = key_of(&k)?;
+            let value = value_of(v)?;
             lock(&s)
-                .set(&key, value_of(v)?)
-                .map_err(mlua::Error::runtime)
+                .set(&key, value.clone())
+                .map_err(mlua::Error::runtime)?;
+            // Durable through the history database (a no-op without it).
+            super::history_api::persist_store(lua, &key, value.as_ref());
+            Ok(())
         })?,
     )?;
     let s = store;

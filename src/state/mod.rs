@@ -14,4 +14,4 @@ pub use engine::{EngineInput, EngineSender};
 pub use model::{
     Direction, LinkKind, LinkState, LinkView, LinkedNode, Mode, NodeView, VoterSnapshot,
 };
-pub use store::{Replay, StateStore};
+pub use store::{Replay, StateStore, TodayCounts};

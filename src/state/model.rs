@@ -44,6 +44,12 @@ pub struct LinkView {
     pub keyups: u64,
     /// Seconds of audio received from this link since it connected.
     pub keyed_seconds_total: f64,
+    /// Keyups from this link today (UTC day), from the history store (0 without history).
+    #[serde(default)]
+    pub keyups_today: u64,
+    /// Seconds of audio from this link today (UTC day), from the history store.
+    #[serde(default)]
+    pub talk_seconds_today: f64,
 }
 
 /// A local node, as the API shows it.

@@ -91,6 +91,8 @@ impl Link {
                 } else {
                     0.0
                 },
+            keyups_today: 0,
+            talk_seconds_today: 0.0,
         }
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct Model {
     replay_cap: usize,
 }
 
+/// Per-link totals for today, kept by the history store: (node, link) → (keyups, seconds).
+pub type TodayCounts = std::collections::HashMap<(String, String), (u64, f64)>;
+
 /// The shared model. Cheap to clone.
 #[derive(Clone)]
 pub struct StateStore {
@@ -38,6 +41,8 @@ pub struct StateStore {
     tx: broadcast::Sender<Arc<Published>>,
     /// This run's id: sequence numbers only mean something within one epoch.
     epoch: Arc<str>,
+    /// Today's per-link totals (history): copied into link views when they are made.
+    today: Arc<RwLock<Arc<TodayCounts>>>,
 }
 
 /// A new per-run id: the start time, the process id and a counter (several stores in one
@@ -79,7 +84,30 @@ impl StateStore {
             inner: Arc::new(RwLock::new(model)),
             tx,
             epoch: new_epoch(),
+            today: Arc::default(),
         }
+    }
+
+    /// Installs today's per-link totals (the history writer refreshes them).
+    pub fn set_link_today(&self, counts: TodayCounts) {
+        *self.today.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(counts);
+    }
+
+    /// Fills `keyups_today` / `talk_seconds_today` of every link from the cached totals.
+    fn with_today(&self, mut views: Vec<NodeView>) -> Vec<NodeView> {
+        let today = self.today.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if today.is_empty() {
+            return views;
+        }
+        for n in &mut views {
+            for l in &mut n.links {
+                if let Some(&(k, s)) = today.get(&(n.node_id.clone(), l.node.clone())) {
+                    l.keyups_today = k;
+                    l.talk_seconds_today = s;
+                }
+            }
+        }
+        views
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
@@ -92,16 +120,22 @@ impl StateStore {
 
     /// Every node, in node-id order.
     pub fn nodes(&self) -> Vec<NodeView> {
-        let m = self.read();
-        let now = super::change::now_ms();
-        m.nodes.values().map(|n| n.view(now, &m.astdb)).collect()
+        let views = {
+            let m = self.read();
+            let now = super::change::now_ms();
+            m.nodes.values().map(|n| n.view(now, &m.astdb)).collect()
+        };
+        self.with_today(views)
     }
 
     /// One node.
     pub fn node(&self, id: &str) -> Option<NodeView> {
         let now = super::change::now_ms();
-        let m = self.read();
-        m.nodes.get(id).map(|n| n.view(now, &m.astdb))
+        let view = {
+            let m = self.read();
+            m.nodes.get(id).map(|n| n.view(now, &m.astdb))
+        };
+        view.and_then(|v| self.with_today(vec![v]).pop())
     }
 
     /// The ids of every node.
@@ -139,14 +173,17 @@ impl StateStore {
     pub fn subscribe_with_snapshot(
         &self,
     ) -> (u64, Vec<NodeView>, broadcast::Receiver<Arc<Published>>) {
-        let m = self.read();
-        let now = super::change::now_ms();
-        let rx = self.tx.subscribe();
-        (
-            m.seq,
-            m.nodes.values().map(|n| n.view(now, &m.astdb)).collect(),
-            rx,
-        )
+        let (seq, views, rx) = {
+            let m = self.read();
+            let now = super::change::now_ms();
+            let rx = self.tx.subscribe();
+            (
+                m.seq,
+                m.nodes.values().map(|n| n.view(now, &m.astdb)).collect(),
+                rx,
+            )
+        };
+        (seq, self.with_today(views), rx)
     }
 
     /// The changes after `since`, if the buffer still holds all of them, with a

@@ -178,6 +178,10 @@ pub async fn start_daemon(
         yaml.push_str(&format!("  - node_id: {n}\n"));
     }
     yaml.push_str(extra_yaml);
+    if !extra_yaml.contains("state_dir:") {
+        // Each daemon gets its own state folder (history database), never the repository's.
+        yaml.push_str(&format!("state_dir: {}\n", temp_dir("state").display()));
+    }
     let config =
         allstar_nexus::config::Config::parse(&yaml, "test", None).expect("test config is valid");
     allstar_nexus::daemon::start(config, CancellationToken::new())
@@ -195,4 +199,19 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A fresh, empty folder under the system temp folder, unique to this call.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nexus-test-{tag}-{}-{}-{}",
+        std::process::id(),
+        allstar_nexus::observe::now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

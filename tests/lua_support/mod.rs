@@ -144,6 +144,7 @@ pub fn app(config: Config, poll_nodes: &[&str], shutdown: &CancellationToken) ->
         scripts: ScriptRegistry::default(),
         metrics,
         started_ms: 0,
+        history: None,
     }
 }
 
@@ -268,6 +269,8 @@ pub fn link_view(name: &str) -> LinkView {
         location: None,
         keyups: 0,
         keyed_seconds_total: 0.0,
+        keyups_today: 0,
+        talk_seconds_today: 0.0,
     }
 }
 

@@ -1,0 +1,292 @@
+//! History store figures (plain main, `cargo bench --bench history`):
+//! 1. 2,000 recorded changes per second for 10 s: the writer thread's CPU time;
+//! 2. top talkers over one day holding 1,000,000 keyups (whole day, and a range whose
+//!    ends fall inside hours);
+//! 3. bytes on disk per keyup; 4. process RSS with that database open and queried.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use allstar_nexus::config::HistoryConfig;
+use allstar_nexus::history::{History, RangeQuery, query, schema};
+use allstar_nexus::metrics::Metrics;
+use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
+use tokio_util::sync::CancellationToken;
+
+fn link(name: &str) -> LinkView {
+    LinkView {
+        node: name.into(),
+        kind: LinkKind::of(name),
+        ip: Some("10.0.0.1".into()),
+        direction: None,
+        elapsed: "00:00:00".into(),
+        connected_seconds: 0,
+        mode: None,
+        state: None,
+        keyed: false,
+        last_keyed_seconds: None,
+        last_unkeyed_seconds: None,
+        reconnects: 0,
+        callsign: None,
+        description: None,
+        location: None,
+        keyups: 0,
+        keyed_seconds_total: 0.0,
+        keyups_today: 0,
+        talk_seconds_today: 0.0,
+    }
+}
+
+/// CPU seconds (user + system) of the thread named `name` in this process.
+fn thread_cpu(name: &str) -> Option<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = entry.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            return Some((u + s) / ticks);
+        }
+    }
+    None
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn temp(tag: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("nexus-bench-history-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("history.db")
+}
+
+fn sustained(seconds: u64, per_second: u64) {
+    let path = temp("rate");
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::default();
+    let h = History::open(
+        &path,
+        &HistoryConfig::default(),
+        StateStore::new(16, 16),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .expect("open");
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = thread_cpu("nexus-history").expect("writer thread");
+    let start = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = per_second / 100;
+    let mut sent = 0u64;
+    let mut keyed = [false; 200];
+    while start.elapsed() < Duration::from_secs(seconds) {
+        for _ in 0..per_tick {
+            let i = (sent % 200) as usize;
+            let kind = if keyed[i] {
+                ChangeKind::LinkUnkeyed
+            } else {
+                ChangeKind::LinkKeyed
+            };
+            keyed[i] = !keyed[i];
+            let node = format!("{}", 1000 + i % 5);
+            let mut ev = ChangeEvent::new(kind, "bench", Some(&node));
+            ev.link = Some(link(&format!("{}", 2000 + i)));
+            if kind == ChangeKind::LinkUnkeyed {
+                ev.duration_seconds = Some(1.5);
+            }
+            h.record(Published::new(ev));
+            sent += 1;
+        }
+        let next = start + tick * ((sent / per_tick) as u32);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(600)); // last batch
+    let cpu = thread_cpu("nexus-history").expect("writer thread") - cpu0;
+    let written = metrics.history_writes.get();
+    let dropped = metrics.history_queue_dropped.get();
+    println!(
+        "sustained: {sent} changes in {wall:.1} s ({:.0}/s), written {written}, dropped {dropped}, \
+         writer CPU {cpu:.2} s = {:.1} % of a core",
+        sent as f64 / wall,
+        cpu / wall * 100.0
+    );
+    shutdown.cancel();
+}
+
+/// Writes `n` closed keyups spread over one day (and their hourly totals) directly.
+fn fill(path: &Path, n: u64, day: u64) {
+    let mut c = rusqlite::Connection::open(path).expect("open");
+    c.pragma_update(None, "journal_mode", "WAL").expect("wal");
+    schema::migrate(&mut c).expect("schema");
+    let tx = c.transaction().expect("tx");
+    {
+        let mut ins = tx
+            .prepare(
+                "INSERT INTO keyups (server, node, link, source, start_ms, end_ms, duration_s, end_reason)
+                 VALUES ('bench', ?1, ?2, 'link', ?3, ?4, ?5, 'unkeyed')",
+            )
+            .expect("prepare");
+        let mut hour = tx
+            .prepare(
+                "INSERT INTO keyup_hours (node, link, hour_ms, keyups, talk_seconds) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT(node, hour_ms, link) DO UPDATE
+                 SET keyups = keyups + 1, talk_seconds = talk_seconds + excluded.talk_seconds",
+            )
+            .expect("prepare");
+        let mut x: u64 = 12345;
+        for i in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let start = day + i * 86_400_000 / n;
+            let secs = 0.5 + (x >> 40) as f64 % 30.0;
+            let node = "1999";
+            let l = format!("{}", 2000 + (x >> 33) % 500);
+            ins.execute(rusqlite::params![
+                node,
+                l,
+                start as i64,
+                (start + (secs * 1000.0) as u64) as i64,
+                secs
+            ])
+            .expect("insert");
+            hour.execute(rusqlite::params![
+                node,
+                l,
+                (start / 3_600_000 * 3_600_000) as i64,
+                secs
+            ])
+            .expect("hour");
+        }
+    }
+    tx.commit().expect("commit");
+    c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        .expect("checkpoint");
+}
+
+/// This thread's CPU time, in milliseconds.
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1000.0 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Median wall time and median CPU time of the calling thread, in ms (the machine may be
+/// shared: CPU time is what the query itself costs).
+fn timed<R>(runs: usize, mut f: impl FnMut() -> R) -> ((f64, f64), R) {
+    let mut times = Vec::with_capacity(runs);
+    let mut cpu = Vec::with_capacity(runs);
+    let mut last = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let c = thread_cpu_ms();
+        last = Some(f());
+        cpu.push(thread_cpu_ms() - c);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    ((times[runs / 2], cpu[runs / 2]), last.expect("ran"))
+}
+
+fn million() {
+    let path = temp("million");
+    let day = 20_000 * 86_400_000u64;
+    let n = 1_000_000;
+    let t = Instant::now();
+    fill(&path, n, day);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "fill: {n} keyups in {:.1} s; file {:.1} MB = {:.0} bytes per keyup (rows, indexes, hourly totals)",
+        t.elapsed().as_secs_f64(),
+        size as f64 / 1e6,
+        size as f64 / n as f64
+    );
+    let rss0 = rss_mb();
+    let shutdown = CancellationToken::new();
+    let h = History::open(
+        &path,
+        &HistoryConfig {
+            retention_days: 0,
+            ..HistoryConfig::default()
+        },
+        StateStore::new(16, 16),
+        Metrics::default(),
+        shutdown.clone(),
+    )
+    .expect("open");
+    let whole = RangeQuery {
+        node: Some("1999".into()),
+        since_ms: Some(day),
+        until_ms: Some(day + 86_400_000 - 1),
+        limit: 100,
+        ..RangeQuery::default()
+    };
+    let ((ms, cpu), top) = timed(21, || {
+        h.read(|c| query::talkers(c, &whole)).expect("talkers")
+    });
+    println!(
+        "top talkers, whole day of {n} keyups: median {ms:.2} ms wall, {cpu:.2} ms CPU ({} talkers, top {} with {} keyups)",
+        top.len(),
+        top[0].link,
+        top[0].keyups
+    );
+    let ragged = RangeQuery {
+        since_ms: Some(day + 1_800_000),
+        until_ms: Some(day + 86_400_000 - 1_800_000),
+        ..whole.clone()
+    };
+    let ((ms, cpu), _) = timed(21, || {
+        h.read(|c| query::talkers(c, &ragged)).expect("talkers")
+    });
+    println!(
+        "top talkers, day minus half an hour at each end: median {ms:.2} ms wall, {cpu:.2} ms CPU"
+    );
+    let act = RangeQuery {
+        bucket_ms: 3_600_000,
+        ..whole.clone()
+    };
+    let ((ms, cpu), b) = timed(21, || {
+        h.read(|c| query::activity(c, &act)).expect("activity")
+    });
+    println!(
+        "activity, 24 hourly buckets: median {ms:.2} ms wall, {cpu:.2} ms CPU ({} buckets)",
+        b.len()
+    );
+    let page = RangeQuery {
+        limit: 100,
+        ..whole.clone()
+    };
+    let ((ms, cpu), _) = timed(21, || h.read(|c| query::keyups(c, &page)).expect("keyups"));
+    println!("keyups page of 100 (node + day): median {ms:.2} ms wall, {cpu:.2} ms CPU");
+    println!(
+        "RSS: {rss0:.1} MB before opening the 1M-keyup database, {:.1} MB after opening and querying it",
+        rss_mb()
+    );
+    shutdown.cancel();
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    sustained(10, 2000);
+    million();
+}

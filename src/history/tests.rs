@@ -1,0 +1,249 @@
+//! Unit tests of the history store: migrations from an old file, crash recovery, query
+//! parameters, statistics edges.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::*;
+use crate::state::{ChangeEvent, ChangeKind, LinkKind, LinkView};
+
+fn temp_db(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "nexus-history-unit-{tag}-{}-{}",
+        std::process::id(),
+        crate::observe::now_ms()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("history.db")
+}
+
+fn link(name: &str) -> LinkView {
+    LinkView {
+        node: name.into(),
+        kind: LinkKind::of(name),
+        ip: None,
+        direction: None,
+        elapsed: "00:00:00".into(),
+        connected_seconds: 0,
+        mode: None,
+        state: None,
+        keyed: false,
+        last_keyed_seconds: None,
+        last_unkeyed_seconds: None,
+        reconnects: 0,
+        callsign: None,
+        description: None,
+        location: None,
+        keyups: 0,
+        keyed_seconds_total: 0.0,
+        keyups_today: 0,
+        talk_seconds_today: 0.0,
+    }
+}
+
+fn unkey(node: &str, l: &str, at: u64, secs: f64) -> Arc<Published> {
+    let mut ev = ChangeEvent::new(ChangeKind::LinkUnkeyed, "s", Some(node));
+    ev.time_ms = at;
+    ev.link = Some(link(l));
+    ev.duration_seconds = Some(secs);
+    Published::new(ev)
+}
+
+fn open(path: &Path, shutdown: &CancellationToken) -> History {
+    // Retention off: these tests write rows dated 1970.
+    let cfg = HistoryConfig {
+        retention_days: 0,
+        ..HistoryConfig::default()
+    };
+    History::open(
+        path,
+        &cfg,
+        StateStore::new(16, 16),
+        Metrics::default(),
+        shutdown.clone(),
+    )
+    .expect("open")
+}
+
+fn wait_rows(h: &History, sql: &str, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: i64 = h.read(|c| c.query_row(sql, [], |r| r.get(0))).unwrap_or(-1);
+        if got == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sql}: {got} != {n}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_version_1_file_is_migrated_and_its_hourly_totals_backfilled() {
+    let path = temp_db("migrate");
+    {
+        let mut c = Connection::open(&path).expect("open");
+        schema::migrate_to(&mut c, 1).expect("v1");
+        assert_eq!(schema::version(&c).expect("version"), 1);
+        c.execute_batch(
+            "INSERT INTO keyups (server, node, link, source, start_ms, end_ms, duration_s, end_reason)
+             VALUES ('s', '1999', '2000', 'link', 7200000, 7203000, 3.0, 'unkeyed'),
+                    ('s', '1999', '2000', 'link', 7300000, 7301500, 1.5, 'unkeyed'),
+                    ('s', '1999', NULL, 'rx', 7300000, 7301000, 1.0, 'unkeyed');",
+        )
+        .expect("old rows");
+    }
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let (v, hours): (u32, Vec<(String, i64, f64)>) = h.read(|c| {
+        let v = schema::version(c).expect("version");
+        let mut st = c
+            .prepare("SELECT link, keyups, talk_seconds FROM keyup_hours ORDER BY link")
+            .expect("prepare");
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows");
+        (v, rows)
+    });
+    assert_eq!(v, schema::CURRENT);
+    assert_eq!(
+        hours,
+        vec![("(rx)".into(), 1, 1.0), ("2000".into(), 2, 4.5)]
+    );
+    let q = RangeQuery {
+        since_ms: Some(0),
+        until_ms: Some(10 * 3_600_000),
+        limit: 10,
+        ..RangeQuery::default()
+    };
+    let t = h.read(|c| query::talkers(c, &q)).expect("talkers");
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].keyups, t[0].talk_seconds), (2, 4.5));
+    shutdown.cancel();
+}
+
+#[test]
+fn a_newer_file_is_refused_not_damaged() {
+    let path = temp_db("newer");
+    {
+        let c = Connection::open(&path).expect("open");
+        c.pragma_update(None, "user_version", 99).expect("set");
+    }
+    let err = History::open(
+        &path,
+        &HistoryConfig::default(),
+        StateStore::new(16, 16),
+        Metrics::default(),
+        CancellationToken::new(),
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+#[test]
+fn talkers_add_partial_hours_from_raw_rows_to_whole_hours() {
+    let path = temp_db("talkers");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let base = 1_000 * 3_600_000u64; // on an hour boundary
+    // 10:30 (partial first hour), 11:10 and 12:50 (whole hours), 13:20 (partial last hour).
+    for (at, secs) in [
+        (base + 1_800_000, 1.0),
+        (base + 4_200_000, 2.0),
+        (base + 10_200_000, 4.0),
+        (base + 12_000_000, 8.0),
+    ] {
+        h.record(unkey("1999", "2000", at, secs));
+    }
+    wait_rows(&h, "SELECT COUNT(*) FROM keyups", 4);
+    let q = |since: u64, until: u64| RangeQuery {
+        since_ms: Some(since),
+        until_ms: Some(until),
+        limit: 10,
+        ..RangeQuery::default()
+    };
+    let got = |r: RangeQuery| {
+        h.read(|c| query::talkers(c, &r))
+            .expect("talkers")
+            .first()
+            .map(|t| (t.keyups, t.talk_seconds))
+    };
+    // Every row is counted by its start time, whichever path answers.
+    assert_eq!(got(q(base + 1_700_000, base + 12_100_000)), Some((4, 15.0)));
+    assert_eq!(got(q(base + 1_900_000, base + 11_000_000)), Some((2, 6.0)));
+    assert_eq!(got(q(base + 4_000_000, base + 4_300_000)), Some((1, 2.0)));
+    assert_eq!(got(q(base + 4_300_000, base + 4_400_000)), None);
+    shutdown.cancel();
+}
+
+#[test]
+fn rows_left_open_are_closed_as_unknown_at_the_last_heartbeat() {
+    let path = temp_db("crash");
+    {
+        let mut c = Connection::open(&path).expect("open");
+        schema::migrate(&mut c).expect("schema");
+        c.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('last_alive_ms', 5000);
+             INSERT INTO keyups (server, node, link, source, start_ms) VALUES ('s', '1999', '2000', 'link', 2000);
+             INSERT INTO link_sessions (server, node, link, connected_ms) VALUES ('s', '1999', '2000', 1000);
+             INSERT INTO ami_sessions (server, up_ms) VALUES ('s', 500);",
+        )
+        .expect("rows");
+    }
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    wait_rows(
+        &h,
+        "SELECT COUNT(*) FROM keyups WHERE end_reason = 'unknown' AND end_ms = 5000 AND duration_s = 3.0",
+        1,
+    );
+    wait_rows(
+        &h,
+        "SELECT COUNT(*) FROM link_sessions WHERE end_reason = 'unknown' AND disconnected_ms = 5000",
+        1,
+    );
+    wait_rows(
+        &h,
+        "SELECT COUNT(*) FROM ami_sessions WHERE end_reason = 'unknown' AND down_ms = 5000",
+        1,
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn parameters_are_checked_and_named() {
+    let q = |pairs: &[(&str, &str)]| {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RangeQuery::parse(&m, &["node", "since", "until", "limit", "cursor", "bucket"])
+    };
+    let ok = q(&[
+        ("since", "2026-11-29T18:00:00Z"),
+        ("until", "1795978800000"),
+        ("limit", "1000"),
+    ])
+    .expect("valid");
+    assert_eq!(ok.since_ms, Some(1_795_975_200_000));
+    assert_eq!(ok.until_ms, Some(1_795_978_800_000));
+    assert_eq!(ok.limit, 1000);
+    assert_eq!(q(&[("bucket", "15m")]).expect("bucket").bucket_ms, 900_000);
+    for (k, v) in [
+        ("limit", "0"),
+        ("limit", "x"),
+        ("since", "tomorrow"),
+        ("cursor", "-1"),
+        ("bucket", "90s"),
+        ("node", "19 99"),
+        ("link", "2000"),
+    ] {
+        let e = q(&[(k, v)]).expect_err("invalid").to_string();
+        assert!(e.contains(&format!("`{k}`")), "{k}={v}: {e}");
+    }
+}

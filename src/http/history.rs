@@ -1,0 +1,155 @@
+//! History and statistics routes: `/api/history/{keyups,links,ami,alerts}` (paged, newest
+//! first) and `/api/stats/{talkers,activity}`. They read the SQLite store on its own read
+//! connection from the blocking pool, so they answer whether or not AMI is up. History
+//! disabled → 503; a bad parameter → 400 naming it. See `docs/history.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::errors::error_reply;
+use super::{Ctx, json_reply};
+use crate::history::query::{self, QueryError, RangeQuery};
+
+const ROW_PARAMS: &[&str] = &[
+    "node", "link", "server", "since", "until", "limit", "cursor",
+];
+const TALKER_PARAMS: &[&str] = &["node", "since", "until", "limit"];
+const ACTIVITY_PARAMS: &[&str] = &["node", "since", "until", "bucket"];
+
+/// Which query a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    Keyups,
+    Links,
+    Ami,
+    Alerts,
+    Talkers,
+    Activity,
+}
+
+/// Every history route.
+pub(super) fn routes(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with = move || {
+        let ctx = ctx.clone();
+        warp::any().map(move || ctx.clone())
+    };
+    let history = warp::path!("api" / "history" / String)
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with())
+        .and_then(|table: String, q, c| async move {
+            let what = match table.as_str() {
+                "keyups" => What::Keyups,
+                "links" => What::Links,
+                "ami" => What::Ami,
+                "alerts" => What::Alerts,
+                _ => return Err(warp::reject::not_found()),
+            };
+            Ok(answer(c, what, q).await)
+        });
+    let stats = warp::path!("api" / "stats" / String)
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with())
+        .and_then(|which: String, q, c| async move {
+            let what = match which.as_str() {
+                "talkers" => What::Talkers,
+                "activity" => What::Activity,
+                _ => return Err(warp::reject::not_found()),
+            };
+            Ok(answer(c, what, q).await)
+        });
+    history.or(stats).unify()
+}
+
+#[derive(Serialize)]
+struct Talkers {
+    node: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    talkers: Vec<query::Talker>,
+}
+
+#[derive(Serialize)]
+struct Activity {
+    node: Option<String>,
+    bucket_seconds: u64,
+    buckets: Vec<query::Bucket>,
+}
+
+async fn answer(ctx: Arc<Ctx>, what: What, q: HashMap<String, String>) -> Response {
+    let Some(history) = ctx.app.history.clone() else {
+        return error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "history is disabled (history.enabled: false in the configuration)",
+        );
+    };
+    let allowed = match what {
+        What::Talkers => TALKER_PARAMS,
+        What::Activity => ACTIVITY_PARAMS,
+        _ => ROW_PARAMS,
+    };
+    let rq = match RangeQuery::parse(&q, allowed) {
+        Ok(r) => r,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let run = tokio::task::spawn_blocking(move || {
+        history.read(|conn| -> Result<Response, QueryError> {
+            let ok = |v: &dyn erased::Json| v.reply();
+            Ok(match what {
+                What::Keyups => ok(&query::keyups(conn, &rq)?),
+                What::Links => ok(&query::links(conn, &rq)?),
+                What::Ami => ok(&query::ami(conn, &rq)?),
+                What::Alerts => ok(&query::alerts(conn, &rq)?),
+                What::Talkers => ok(&Talkers {
+                    talkers: query::talkers(conn, &rq)?,
+                    node: rq.node.clone(),
+                    since_ms: rq.since_ms,
+                    until_ms: rq.until_ms,
+                }),
+                What::Activity => ok(&Activity {
+                    buckets: query::activity(conn, &rq)?,
+                    node: rq.node.clone(),
+                    bucket_seconds: rq.bucket_ms / 1000,
+                }),
+            })
+        })
+    });
+    match run.await {
+        Ok(Ok(res)) => res,
+        Ok(Err(QueryError::BadParam(m))) => error_reply(StatusCode::BAD_REQUEST, &m),
+        Ok(Err(QueryError::Db(m))) => {
+            tracing::warn!("[HISTORY] query failed: {m}");
+            error_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the history database could not answer (see the daemon log)",
+            )
+        }
+        Err(_) => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the history query stopped unexpectedly",
+        ),
+    }
+}
+
+/// A tiny object-safe "serialise as a 200 JSON reply".
+mod erased {
+    use super::*;
+
+    pub trait Json {
+        fn reply(&self) -> Response;
+    }
+
+    impl<T: Serialize> Json for T {
+        fn reply(&self) -> Response {
+            json_reply(StatusCode::OK, self)
+        }
+    }
+}
