@@ -140,6 +140,103 @@ pub struct ConfigFile {
     pub alert_webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// Directory for durable state (the control audit log; later the history store).
+    pub state_dir: Option<PathBuf>,
+    /// Whether reads need no credential once tokens or users exist (default true).
+    #[serde(default = "yes")]
+    pub anonymous_read: bool,
+    #[serde(default)]
+    pub api_tokens: Vec<ApiTokenConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// One entry of `api_tokens:` (see `docs/security.md`).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    pub name: String,
+    /// The secret itself, or `sha256:<64 hex>` of it. Never logged.
+    pub token: String,
+    pub role: crate::auth::Role,
+    /// Local nodes this token may act on and read (absent = all).
+    #[serde(default, deserialize_with = "opt_node_ids")]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ApiTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTokenConfig")
+            .field("name", &self.name)
+            .field("token", &"********")
+            .field("role", &self.role)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// One entry of `users:` (browser logins).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Argon2id PHC string from `allstar-nexus hash-password`.
+    pub password_hash: String,
+    pub role: crate::auth::Role,
+    #[serde(default, deserialize_with = "opt_node_ids")]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_hash", &"********")
+            .field("role", &self.role)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// Node lists written as numbers or strings.
+fn opt_node_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Id(#[serde(deserialize_with = "node_id")] String);
+    let v: Option<Vec<Id>> = Option::deserialize(d)?;
+    Ok(v.map(|v| v.into_iter().map(|i| i.0).collect()))
+}
+
+/// `control:` section (link control).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// How long a connect/disconnect waits for XStat to show the result.
+    pub verify_timeout: Dur,
+    /// Control actions allowed per identity per minute.
+    pub rate_limit_per_minute: u32,
+    /// Lifetime of a browser login session.
+    pub session_ttl: Dur,
+    /// Failed logins from one address before each further attempt is slowed down.
+    pub login_slowdown_after: u32,
+    /// Failed logins from one address before it is locked out.
+    pub login_lockout_after: u32,
+    /// How long a lockout lasts.
+    pub login_lockout: Dur,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            verify_timeout: Dur(Duration::from_secs(10)),
+            rate_limit_per_minute: 10,
+            session_ttl: Dur(Duration::from_secs(12 * 3600)),
+            login_slowdown_after: 3,
+            login_lockout_after: 10,
+            login_lockout: Dur(Duration::from_secs(15 * 60)),
+        }
+    }
 }
 
 /// `metrics:` section.
@@ -351,6 +448,12 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub alert_webhooks: Vec<WebhookConfig>,
     pub plugins: BTreeMap<String, serde_json::Value>,
+    /// Durable state (`state_dir`, default `state` beside the config file).
+    pub state_dir: PathBuf,
+    pub anonymous_read: bool,
+    pub api_tokens: Vec<ApiTokenConfig>,
+    pub users: Vec<UserConfig>,
+    pub control: ControlConfig,
 }
 
 /// Where AllStarLink keeps the node database.
@@ -497,6 +600,8 @@ impl Resolver<'_> {
                 ));
             }
         }
+        crate::auth::check_config(&f.api_tokens, &f.users, &f.control, &seen)
+            .map_err(|e| format!("{}: {e}", self.at(e.key())))?;
         let script_dirs = f
             .script_dirs
             .clone()
@@ -522,6 +627,11 @@ impl Resolver<'_> {
             alerts: f.alerts,
             alert_webhooks: f.alert_webhooks,
             plugins: f.plugins,
+            state_dir: self.path(f.state_dir.as_deref().unwrap_or(Path::new("state"))),
+            anonymous_read: f.anonymous_read,
+            api_tokens: f.api_tokens,
+            users: f.users,
+            control: f.control,
         })
     }
 

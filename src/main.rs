@@ -67,6 +67,8 @@ enum Command {
     },
     /// Check a configuration file and exit (non-zero with the problem when invalid).
     CheckConfig { path: PathBuf },
+    /// Read a password (no echo) and print its Argon2id hash for `users[].password_hash`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
                 sim::run_standalone(listen, config, demo_network, activity, shutdown).await
             }
             Command::CheckConfig { path } => check_config(path),
+            Command::HashPassword => allstar_nexus::auth::password::run_hash_password(),
         }
     });
     match result {

@@ -12,6 +12,7 @@
 //! [`spawn`] starts it all and returns a [`ScriptHost`] handle.
 
 mod api;
+mod control_api;
 mod event;
 mod host;
 mod instance;
