@@ -88,7 +88,9 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditLog").field("path", &self.path).finish()
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -194,7 +196,8 @@ mod tests {
         let log = AuditLog::new(&dir);
         for i in 0..5 {
             let who = if i % 2 == 0 { "alice" } else { "bob" };
-            log.append_blocking(&entry(i, who, "verified")).expect("append");
+            log.append_blocking(&entry(i, who, "verified"))
+                .expect("append");
         }
         log.append_blocking(&entry(9, "bob", "refused"))
             .expect("append");

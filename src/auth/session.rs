@@ -162,11 +162,10 @@ impl Sessions {
                 .clone(),
         };
         let pw = pw.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
-            hash.is_some_and(|h| password::verify(&pw, &h))
-        })
-        .await
-        .map_err(|e| LoginError::Internal(format!("password check failed: {e}")))?;
+        let matched =
+            tokio::task::spawn_blocking(move || hash.is_some_and(|h| password::verify(&pw, &h)))
+                .await
+                .map_err(|e| LoginError::Internal(format!("password check failed: {e}")))?;
         let user = match user {
             Some(u) if matched => u,
             _ => {

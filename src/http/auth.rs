@@ -78,7 +78,10 @@ pub(crate) fn cookie_check(ctx: &Ctx, identity: &Identity, headers: &HeaderMap) 
     };
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let sent = h("x-csrf-token").unwrap_or("");
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), csrf.as_bytes())) {
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        sent.as_bytes(),
+        csrf.as_bytes(),
+    )) {
         return Some(
             "requests made with the login cookie need the X-CSRF-Token header from /api/login or /api/session".into(),
         );
@@ -94,13 +97,19 @@ pub(crate) fn cookie_check(ctx: &Ctx, identity: &Identity, headers: &HeaderMap) 
         {
             None
         }
-        Some(_) => Some("requests made with the login cookie must come from this site (Origin does not match)".into()),
+        Some(_) => Some(
+            "requests made with the login cookie must come from this site (Origin does not match)"
+                .into(),
+        ),
         None => Some("requests made with the login cookie need an Origin header".into()),
     }
 }
 
 /// The peer address and the `X-Forwarded-For` a proxy added.
-pub(crate) fn source(addr: Option<SocketAddr>, headers: &HeaderMap) -> (Option<String>, Option<String>) {
+pub(crate) fn source(
+    addr: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> (Option<String>, Option<String>) {
     (
         addr.map(|a| a.ip().to_string()),
         headers

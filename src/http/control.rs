@@ -95,9 +95,11 @@ pub(super) fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(with())
-        .then(|q: HashMap<String, String>, h: HeaderMap, c: Arc<Ctx>| async move {
-            audit(&c, &q, &h).await
-        });
+        .then(
+            |q: HashMap<String, String>, h: HeaderMap, c: Arc<Ctx>| async move {
+                audit(&c, &q, &h).await
+            },
+        );
     login
         .or(logout)
         .unify()
@@ -149,7 +151,12 @@ fn connect_request(node: String, body: &[u8]) -> Result<RawRequest, (RawRequest,
     raw.target = Some(match parsed.target {
         serde_json::Value::String(s) => s,
         serde_json::Value::Number(n) => n.to_string(),
-        _ => return Err((raw, "target must be a node number (string or number)".into())),
+        _ => {
+            return Err((
+                raw,
+                "target must be a node number (string or number)".into(),
+            ));
+        }
     });
     Ok(raw)
 }
@@ -220,8 +227,16 @@ async fn login(
     let lc = LinkControl::shared(&ctx.app);
     if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        if !origin::allowed(o, h("host"), h("x-forwarded-host"), &ctx.app.config.websocket.allowed_origins) {
-            return error_reply(StatusCode::FORBIDDEN, "logins must come from this site (Origin does not match)");
+        if !origin::allowed(
+            o,
+            h("host"),
+            h("x-forwarded-host"),
+            &ctx.app.config.websocket.allowed_origins,
+        ) {
+            return error_reply(
+                StatusCode::FORBIDDEN,
+                "logins must come from this site (Origin does not match)",
+            );
         }
     }
     if !lc.auth().login_available() {
@@ -237,7 +252,10 @@ async fn login(
         );
     };
     let (source, forwarded_for) = auth::source(addr, headers);
-    let result = lc.auth().login(&b.name, &b.password, addr.map(|a| a.ip())).await;
+    let result = lc
+        .auth()
+        .login(&b.name, &b.password, addr.map(|a| a.ip()))
+        .await;
     let now = crate::observe::now_ms();
     let mut entry = AuditEntry {
         time_ms: now,
@@ -362,7 +380,11 @@ fn session(ctx: &Ctx, headers: &HeaderMap) -> Response {
             authenticated,
             name: authenticated.then(|| id.name.clone()),
             role: id.role,
-            nodes: if authenticated { id.nodes.clone() } else { None },
+            nodes: if authenticated {
+                id.nodes.clone()
+            } else {
+                None
+            },
             csrf_token,
             login_available: lc.auth().login_available(),
             control_enabled: lc.enabled(),
@@ -381,7 +403,10 @@ async fn audit(ctx: &Ctx, q: &HashMap<String, String>, headers: &HeaderMap) -> R
         Err(why) => return error_reply(StatusCode::UNAUTHORIZED, why),
     };
     if id.role.is_none() {
-        return error_reply(StatusCode::UNAUTHORIZED, "the audit log needs an admin credential");
+        return error_reply(
+            StatusCode::UNAUTHORIZED,
+            "the audit log needs an admin credential",
+        );
     }
     if !id.has(Role::Admin) {
         return error_reply(StatusCode::FORBIDDEN, "the audit log needs the admin role");

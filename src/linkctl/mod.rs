@@ -122,8 +122,7 @@ struct Inner {
 
 /// The instance of each running daemon, keyed by its configuration (so the REST API and
 /// Lua share one rate limiter and one audit writer without a new field in `App`).
-static SHARED: OnceLock<Mutex<Vec<(Weak<crate::config::Config>, LinkControl)>>> =
-    OnceLock::new();
+static SHARED: OnceLock<Mutex<Vec<(Weak<crate::config::Config>, LinkControl)>>> = OnceLock::new();
 
 /// How long between polls while waiting for a result.
 const REPOLL: Duration = Duration::from_secs(1);
@@ -418,11 +417,10 @@ impl LinkControl {
                     )
                 })
             }
-            LinkCommand::Disconnect { node, target } => (!view
-                .links
-                .iter()
-                .any(|l| &l.node == target))
-            .then(|| format!("{target} is not linked to {node}; nothing was sent")),
+            LinkCommand::Disconnect { node, target } => {
+                (!view.links.iter().any(|l| &l.node == target))
+                    .then(|| format!("{target} is not linked to {node}; nothing was sent"))
+            }
             LinkCommand::DisconnectAll { node } => view
                 .links
                 .is_empty()
@@ -533,10 +531,15 @@ fn describe(cmd: &LinkCommand, v: Option<&NodeView>, ok: bool, timeout: Duration
         LinkCommand::Connect { target, mode, .. } => {
             let link = v.and_then(|v| v.links.iter().find(|l| &l.node == target));
             match (ok, link) {
-                (true, _) => format!("XStat shows {target} linked to {node} in {} mode", mode.as_str()),
+                (true, _) => format!(
+                    "XStat shows {target} linked to {node} in {} mode",
+                    mode.as_str()
+                ),
                 (false, Some(l)) => format!(
                     "{waited} XStat shows {target} linked to {node} with mode {}, not {}",
-                    l.mode.map(|m| format!("{m:?}")).unwrap_or_else(|| "unknown".into()),
+                    l.mode
+                        .map(|m| format!("{m:?}"))
+                        .unwrap_or_else(|| "unknown".into()),
                     mode.as_str()
                 ),
                 (false, None) => format!("{waited} XStat shows no link {target} on {node}"),

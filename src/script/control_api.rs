@@ -32,9 +32,7 @@ pub fn register(lua: &Lua, nexus: &Table) -> mlua::Result<()> {
     )?;
     nexus.set(
         "disconnect",
-        lua.create_function(|lua, args: mlua::MultiValue| {
-            call(lua, LinkAction::Disconnect, args)
-        })?,
+        lua.create_function(|lua, args: mlua::MultiValue| call(lua, LinkAction::Disconnect, args))?,
     )?;
     nexus.set(
         "disconnect_all",
@@ -88,7 +86,9 @@ fn call(
         node: text(args.first()),
         target: (action != LinkAction::DisconnectAll).then(|| text(args.get(1))),
         mode: (action == LinkAction::Connect).then_some(mode).flatten(),
-        permanent: (action == LinkAction::Connect).then_some(permanent).flatten(),
+        permanent: (action == LinkAction::Connect)
+            .then_some(permanent)
+            .flatten(),
     };
     let calls: Table = lua.named_registry_value(CALLS)?;
     if calls.pairs::<Value, Value>().count() >= MAX_CONTROL_CALLS {
