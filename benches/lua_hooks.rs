@@ -17,7 +17,7 @@ use allstar_nexus::app::App;
 use allstar_nexus::config::Config;
 use allstar_nexus::control::Control;
 use allstar_nexus::metrics::Metrics;
-use allstar_nexus::script::{self, ScriptHost, ScriptRegistry};
+use allstar_nexus::script::{self, ScriptHost};
 use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
 use tokio_util::sync::CancellationToken;
 
@@ -56,16 +56,8 @@ impl Rig {
             state.clone(),
             metrics.clone(),
         );
-        let app = App {
-            alerts: AlertHub::new(&config.alerts, Vec::new(), metrics.clone()),
-            config: Arc::new(config),
-            state,
-            control,
-            scripts: ScriptRegistry::default(),
-            metrics,
-            started_ms: 0,
-            history: None,
-        };
+        let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
+        let app = App::assemble(Arc::new(config), state, control, alerts, metrics, None);
         let shutdown = CancellationToken::new();
         let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
         assert!(

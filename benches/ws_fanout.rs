@@ -22,8 +22,6 @@ use allstar_nexus::app::App;
 use allstar_nexus::config::Config;
 use allstar_nexus::control::Control;
 use allstar_nexus::metrics::Metrics;
-use allstar_nexus::script::ScriptRegistry;
-use allstar_nexus::state::change::now_ms;
 use allstar_nexus::state::{
     ChangeEvent, ChangeKind, Direction, LinkKind, LinkState, LinkView, Mode, StateStore,
 };
@@ -144,16 +142,7 @@ fn bench_app(clients: usize) -> App {
         metrics.clone(),
     );
     let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
-    App {
-        config: Arc::new(config),
-        state: store,
-        control,
-        alerts,
-        scripts: ScriptRegistry::default(),
-        metrics,
-        started_ms: now_ms(),
-        history: None,
-    }
+    App::assemble(Arc::new(config), store, control, alerts, metrics, None)
 }
 
 /// A realistic change: a link keyed, with its full link view (about 400 bytes of JSON).

@@ -24,9 +24,40 @@ pub struct App {
     pub started_ms: u64,
     /// The durable history store (`None` when `history.enabled` is false).
     pub history: Option<crate::history::History>,
+    /// Link control (identities, typed ilink commands, audit), shared by REST and Lua.
+    pub linkctl: crate::linkctl::LinkControl,
 }
 
 impl App {
+    /// Assembles the shared parts; link control is built over them, and the script
+    /// registry starts empty.
+    pub fn assemble(
+        config: Arc<Config>,
+        state: StateStore,
+        control: Control,
+        alerts: AlertHub,
+        metrics: Metrics,
+        history: Option<crate::history::History>,
+    ) -> App {
+        let linkctl = crate::linkctl::LinkControl::new(
+            config.clone(),
+            state.clone(),
+            control.clone(),
+            metrics.clone(),
+        );
+        App {
+            config,
+            state,
+            control,
+            alerts,
+            scripts: ScriptRegistry::default(),
+            metrics,
+            started_ms: crate::observe::now_ms(),
+            history,
+            linkctl,
+        }
+    }
+
     /// The narrow environment the Lua scripts get (`script::spawn`).
     pub fn script_env(&self) -> ScriptEnv {
         ScriptEnv::new(
@@ -38,5 +69,6 @@ impl App {
             self.metrics.clone(),
         )
         .with_history(self.history.clone())
+        .with_linkctl(self.linkctl.clone())
     }
 }

@@ -207,6 +207,101 @@ pub struct ConfigFile {
     pub shutdown_grace: Option<Dur>,
     /// AMI actions per second per server that scripts and the API together may cause.
     pub ami_actions_per_second: Option<u32>,
+    /// Whether reads need no credential once tokens or users exist (default true).
+    #[serde(default = "yes")]
+    pub anonymous_read: bool,
+    #[serde(default)]
+    pub api_tokens: Vec<ApiTokenConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// One entry of `api_tokens:` (see `docs/security.md`).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    pub name: String,
+    /// The secret itself, or `sha256:<64 hex>` of it. Never logged.
+    pub token: String,
+    pub role: crate::auth::Role,
+    /// Local nodes this token may act on and read (absent = all).
+    #[serde(default, deserialize_with = "opt_node_ids")]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for ApiTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTokenConfig")
+            .field("name", &self.name)
+            .field("token", &"********")
+            .field("role", &self.role)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// One entry of `users:` (browser logins).
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Argon2id PHC string from `allstar-nexus hash-password`.
+    pub password_hash: String,
+    pub role: crate::auth::Role,
+    #[serde(default, deserialize_with = "opt_node_ids")]
+    pub nodes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password_hash", &"********")
+            .field("role", &self.role)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// Node lists written as numbers or strings.
+fn opt_node_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Id(#[serde(deserialize_with = "node_id")] String);
+    let v: Option<Vec<Id>> = Option::deserialize(d)?;
+    Ok(v.map(|v| v.into_iter().map(|i| i.0).collect()))
+}
+
+/// `control:` section (link control).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// How long a connect/disconnect waits for XStat to show the result.
+    pub verify_timeout: Dur,
+    /// Control actions allowed per identity per minute.
+    pub rate_limit_per_minute: u32,
+    /// Lifetime of a browser login session.
+    pub session_ttl: Dur,
+    /// Failed logins from one address before each further attempt is slowed down.
+    pub login_slowdown_after: u32,
+    /// Failed logins from one address before it is locked out.
+    pub login_lockout_after: u32,
+    /// How long a lockout lasts.
+    pub login_lockout: Dur,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            verify_timeout: Dur(Duration::from_secs(10)),
+            rate_limit_per_minute: 10,
+            session_ttl: Dur(Duration::from_secs(12 * 3600)),
+            login_slowdown_after: 3,
+            login_lockout_after: 10,
+            login_lockout: Dur(Duration::from_secs(15 * 60)),
+        }
+    }
 }
 
 /// `metrics:` section.
@@ -245,7 +340,7 @@ impl Default for WebSocketConfig {
     }
 }
 
-/// `http:` section: limits of the HTTP server (see `docs/security-http.md`).
+/// `http:` section: limits of the HTTP server (see `docs/security.md, "HTTP limits"`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -488,6 +583,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Durable history (`history:`), with `path` resolved.
     pub history: HistoryConfig,
+    pub anonymous_read: bool,
+    pub api_tokens: Vec<ApiTokenConfig>,
+    pub users: Vec<UserConfig>,
+    pub control: ControlConfig,
 }
 
 /// Default `shutdown_grace`.
@@ -738,6 +837,8 @@ impl Resolver<'_> {
                 .as_deref()
                 .unwrap_or_else(|| Path::new("./state")),
         );
+        crate::auth::check_config(&f.api_tokens, &f.users, &f.control, &seen)
+            .map_err(|e| format!("{}: {e}", self.at(e.key())))?;
         let script_dirs = f
             .script_dirs
             .clone()
@@ -779,6 +880,10 @@ impl Resolver<'_> {
                 ..f.history
             },
             state_dir,
+            anonymous_read: f.anonymous_read,
+            api_tokens: f.api_tokens,
+            users: f.users,
+            control: f.control,
         })
     }
 
@@ -895,7 +1000,12 @@ impl Resolver<'_> {
             64,
             16 * 1024 * 1024,
         )?;
-        self.dur_in("heartbeat", ws.heartbeat.0, Duration::from_millis(100), HOUR)?;
+        self.dur_in(
+            "heartbeat",
+            ws.heartbeat.0,
+            Duration::from_millis(100),
+            HOUR,
+        )?;
         let lua = &f.lua;
         self.num_in("memory_limit_mb", lua.memory_limit_mb, 1, 4096)?;
         self.num_in("queue", lua.queue, 1, 10_000_000)?;
@@ -925,7 +1035,12 @@ impl Resolver<'_> {
             Duration::from_millis(100),
             HOUR,
         )?;
-        self.num_in("max_connections_per_ip", h.max_connections_per_ip, 1, 1_000_000)?;
+        self.num_in(
+            "max_connections_per_ip",
+            h.max_connections_per_ip,
+            1,
+            1_000_000,
+        )?;
         self.num_in("max_connections", h.max_connections, 1, 1_000_000)?;
         self.num_in(
             "poll_requests_per_minute",

@@ -28,9 +28,8 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::history::History;
 use crate::metrics::Metrics;
-use crate::observe::now_ms;
 use crate::poller::{self, PollResult, PollerHandle, PollerParts};
-use crate::script::{self, ScriptHost, ScriptRegistry};
+use crate::script::{self, ScriptHost};
 use crate::state::StateStore;
 use crate::state::engine::{
     self, EngineInput, EngineParts, EngineSendError, EngineSender, NodeSpec,
@@ -92,16 +91,14 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     if let Some(h) = &history {
         h.record_alerts(&alerts, stop.clone());
     }
-    let app = App {
-        config: config.clone(),
-        state: store.clone(),
+    let app = App::assemble(
+        config.clone(),
+        store.clone(),
         control,
         alerts,
-        scripts: ScriptRegistry::default(),
-        metrics: metrics.clone(),
-        started_ms: now_ms(),
+        metrics.clone(),
         history,
-    };
+    );
     // Scripts subscribe to the change stream here, before the engine publishes anything.
     let scripts = script::spawn(app.script_env(), stop.clone())?;
     let automatic_polling = !config.disable_link_poller;

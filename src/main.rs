@@ -84,6 +84,8 @@ enum Command {
     CheckConfig { path: PathBuf },
     /// Show the running daemon's nodes, links, who is keyed and AMI status (from its API).
     Status(allstar_nexus::status::StatusArgs),
+    /// Read a password (no echo) and print its Argon2id hash for `users[].password_hash`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
             }
             Command::CheckConfig { path } => check_config(path),
             Command::Status(args) => allstar_nexus::status::run(args).await,
+            Command::HashPassword => allstar_nexus::auth::password::run_hash_password(),
         }
     });
     // Tasks still running after an orderly stop (or a late one) are abandoned, not awaited.

@@ -83,6 +83,9 @@ pub struct Metrics {
     pub voter_receivers: IntGaugeVec,
 
     pub build_info: IntGaugeVec,
+
+    // Link control
+    pub control_actions: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -551,6 +554,16 @@ impl Metrics {
                         "Always 1; the version label says which build runs."
                     ),
                     &["version"]
+                )
+            ),
+            control_actions: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_control_actions_total",
+                        "Link control attempts by action (connect, disconnect, disconnect_all) and result (verified, unverified, already, refused, failed)."
+                    ),
+                    &["action", "result"]
                 )
             ),
             registry: r,

@@ -17,8 +17,6 @@ use allstar_nexus::config::Config;
 use allstar_nexus::control::Control;
 use allstar_nexus::metrics::Metrics;
 use allstar_nexus::poller::{self, PollResult, PollerParts};
-use allstar_nexus::script::ScriptRegistry;
-use allstar_nexus::state::change::now_ms;
 use allstar_nexus::state::{ChangeEvent, ChangeKind, Published, StateStore};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -115,16 +113,7 @@ async fn start_with(websocket: &str, http: &str, replay: usize, grace: Duration)
         metrics.clone(),
     );
     let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
-    let app = App {
-        config: Arc::new(config),
-        state: store,
-        control,
-        alerts,
-        scripts: ScriptRegistry::default(),
-        metrics,
-        started_ms: now_ms(),
-        history: None,
-    };
+    let app = App::assemble(Arc::new(config), store, control, alerts, metrics, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -9,6 +9,8 @@
 //! and POSTs that carry a foreign `Origin` are refused ([`origin`]). Nothing from the
 //! configuration is serialised (it holds AMI passwords). See `docs/api.md`.
 
+pub mod auth;
+mod control;
 mod dashboard;
 mod errors;
 mod history;
@@ -103,6 +105,34 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/api/openapi.json",
+    },
+    Route {
+        method: "POST",
+        path: "/api/login",
+    },
+    Route {
+        method: "POST",
+        path: "/api/logout",
+    },
+    Route {
+        method: "GET",
+        path: "/api/session",
+    },
+    Route {
+        method: "POST",
+        path: "/api/nodes/{id}/links",
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/nodes/{id}/links",
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/nodes/{id}/links/{target}",
+    },
+    Route {
+        method: "GET",
+        path: "/api/audit",
     },
     Route {
         method: "GET",
@@ -289,12 +319,15 @@ fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
 {
-    let api = rest::routes(ctx.clone())
+    let reads = rest::routes(ctx.clone())
         .or(history::routes(ctx.clone()))
         .unify()
         .or(ws::route(ctx.clone()))
         .unify()
         .or(metrics::route(ctx.clone()))
+        .unify();
+    let api = control::routes(ctx.clone())
+        .or(auth::guard(ctx.clone()).and(reads).and_then(auth::mask))
         .unify()
         .or(dashboard::routes(ctx.clone()))
         .unify()

@@ -1,5 +1,5 @@
 //! The HTTP server's accept loop and connections, run by us rather than by `warp::serve`
-//! so that the limits of `docs/security-http.md` hold:
+//! so that the limits of `docs/security.md, "HTTP limits"` hold:
 //!
 //! - HTTP/1.1 only (hyper's `http1` server; no plain-text HTTP/2 on the API port); the
 //!   headers of each request, and the wait for the next request on a keep-alive

@@ -165,6 +165,7 @@ pub fn install(
     nexus.set("poll_interval", lua.create_function(poll_interval)?)?;
     nexus.set("poll_now", lua.create_function(poll_now)?)?;
     nexus.set("voter_status", lua.create_function(voter_status)?)?;
+    super::control_api::register(lua, &nexus)?;
     nexus.set("alert", lua.create_function(alert)?)?;
     nexus.set("now", lua.create_function(|_, ()| Ok(wall_seconds()))?)?;
     sandbox::wrap_functions(lua, &nexus, "nexus")?;

@@ -15,6 +15,7 @@
 
 mod api;
 pub mod builtin;
+mod control_api;
 mod event;
 pub mod history_api;
 mod host;
@@ -66,6 +67,8 @@ pub struct ScriptEnv {
     pub metrics: Metrics,
     /// The history store (`nexus.history`, durable `nexus.store`), when enabled.
     pub history: Option<crate::history::History>,
+    /// Link control for `nexus.connect` & co. (absent in rigs built without it).
+    pub linkctl: Option<crate::linkctl::LinkControl>,
 }
 
 impl ScriptEnv {
@@ -89,7 +92,14 @@ impl ScriptEnv {
             scripts,
             metrics,
             history: None,
+            linkctl: None,
         }
+    }
+
+    /// The same environment with link control.
+    pub fn with_linkctl(mut self, linkctl: crate::linkctl::LinkControl) -> ScriptEnv {
+        self.linkctl = Some(linkctl);
+        self
     }
 
     /// The same environment with the history store.

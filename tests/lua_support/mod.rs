@@ -15,7 +15,7 @@ use allstar_nexus::config::{AmiSettings, Config, NodeConfig, ServerConfig};
 use allstar_nexus::control::Control;
 use allstar_nexus::metrics::Metrics;
 use allstar_nexus::poller::{self, PollerParts};
-use allstar_nexus::script::{self, ScriptHost, ScriptRegistry};
+use allstar_nexus::script::{self, ScriptHost};
 use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
 use tokio_util::sync::CancellationToken;
 
@@ -136,16 +136,7 @@ pub fn app(config: Config, poll_nodes: &[&str], shutdown: &CancellationToken) ->
         state.clone(),
         metrics.clone(),
     );
-    App {
-        config: Arc::new(config),
-        state,
-        control,
-        alerts,
-        scripts: ScriptRegistry::default(),
-        metrics,
-        started_ms: 0,
-        history: None,
-    }
+    App::assemble(Arc::new(config), state, control, alerts, metrics, None)
 }
 
 /// A running script host over `dir`.

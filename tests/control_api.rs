@@ -1,0 +1,847 @@
+//! End-to-end tests of link control (issue 10): the daemon against the app_rpt simulator
+//! over TCP, real HTTP requests. The simulator records every action it receives, which
+//! proves that refused requests never reached AMI.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use allstar_nexus::auth::{hex, password, sha256};
+use allstar_nexus::daemon::Running;
+use allstar_nexus::sim::SimHandle;
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789";
+const CONTROL: &str = "control-token-0123456789";
+const READ: &str = "read-token-0123456789abc";
+const ONLY_2000: &str = "node2000-token-0123456789";
+const ALICE_PW: &str = "alice-password-1";
+
+struct T {
+    sim: SimHandle,
+    d: Running,
+    http: reqwest::Client,
+    dir: PathBuf,
+}
+
+impl Drop for T {
+    fn drop(&mut self) {
+        self.d.shutdown.cancel();
+        self.sim.shutdown();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "nexus-control-{name}-{}-{}",
+        std::process::id(),
+        allstar_nexus::observe::now_ms()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Tokens for every role, a node-restricted token and a user, plus `extra` YAML.
+fn auth_yaml(dir: &std::path::Path, extra: &str) -> String {
+    let hash = password::hash(ALICE_PW).expect("hash");
+    format!(
+        "state_dir: {}\napi_tokens:\n  - {{name: root, token: {ADMIN}, role: admin}}\n  \
+         - {{name: op, token: \"sha256:{}\", role: control}}\n  - {{name: viewer, token: {READ}, role: read}}\n  \
+         - {{name: op2000, token: {ONLY_2000}, role: control, nodes: [2000]}}\n\
+         users:\n  - {{name: alice, password_hash: '{hash}', role: control}}\n{extra}",
+        dir.display(),
+        hex(&sha256(CONTROL.as_bytes()))
+    )
+}
+
+async fn setup_with(dir: PathBuf, yaml: &str) -> T {
+    let sim = sim_on_tcp(&["1999", "2000"]).await;
+    let d = start_daemon(sim.addr(), &["1999", "2000"], yaml).await;
+    wait_until("both nodes polled", || {
+        ["1999", "2000"]
+            .iter()
+            .all(|n| d.app.state.node(n).is_some_and(|v| v.last_poll.is_some()))
+    })
+    .await;
+    T {
+        sim,
+        d,
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+async fn setup(name: &str, extra: &str) -> T {
+    let dir = temp_dir(name);
+    let yaml = auth_yaml(
+        &dir,
+        &format!("control:\n  verify_timeout: 3s\n  rate_limit_per_minute: 100\n{extra}"),
+    );
+    setup_with(dir, &yaml).await
+}
+
+impl T {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.d.http_addr)
+    }
+
+    /// `rpt cmd … ilink …` commands the simulator received.
+    fn ilinks(&self) -> Vec<String> {
+        self.sim
+            .recorded_actions()
+            .iter()
+            .filter_map(|a| a.get("Command").map(str::to_owned))
+            .filter(|c| c.contains("ilink"))
+            .collect()
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut r = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await.expect("request");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    async fn connect(&self, node: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let (s, v, _) = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/api/nodes/{node}/links"),
+                token,
+                Some(body),
+            )
+            .await;
+        (s, v)
+    }
+
+    async fn audit(&self, query: &str) -> Vec<Value> {
+        let (s, v, _) = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/audit{query}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn without_credentials_configured_control_is_403_and_reads_stay_open() {
+    let dir = temp_dir("off");
+    let t = setup_with(dir.clone(), &format!("state_dir: {}\n", dir.display())).await;
+    let (s, v) = t.connect("1999", None, json!({"target": "2003"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("api_tokens"),
+        "{v}"
+    );
+    let (s, v, _) = t
+        .send(reqwest::Method::GET, "/api/session", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["authenticated"], false);
+    assert_eq!(v["control_enabled"], false);
+    assert_eq!(v["login_available"], false);
+    t.sim.connect_link(
+        "1999",
+        allstar_nexus::sim::SimLink::allstar(
+            "2100",
+            "203.0.113.9",
+            allstar_nexus::state::Direction::Out,
+        ),
+    );
+    t.d.app.control.poll_now("1999").expect("poll");
+    wait_until("link seen", || {
+        t.d.app.state.node("1999").is_some_and(|n| {
+            n.links
+                .iter()
+                .any(|l| l.ip.as_deref() == Some("203.0.113.9"))
+        })
+    })
+    .await;
+    let (s, v, _) = t
+        .send(reqwest::Method::GET, "/api/nodes/1999", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        v.to_string().contains("203.0.113.9"),
+        "unmasked when auth is off: {v}"
+    );
+    assert!(t.ilinks().is_empty());
+}
+
+#[tokio::test]
+async fn each_role_and_refusal_is_audited_and_reaches_nothing() {
+    let t = setup("roles", "").await;
+    let body = json!({"target": "2003", "mode": "transceive"});
+    let cases: [(&str, Option<&str>, StatusCode); 5] = [
+        ("1999", None, StatusCode::UNAUTHORIZED),
+        (
+            "1999",
+            Some("wrong-token-0123456789"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("1999", Some(READ), StatusCode::FORBIDDEN),
+        ("1999", Some(ONLY_2000), StatusCode::FORBIDDEN),
+        ("9999", Some(ADMIN), StatusCode::NOT_FOUND),
+    ];
+    for (node, token, want) in cases {
+        let (s, v) = t.connect(node, token, body.clone()).await;
+        assert_eq!(s, want, "{node} {token:?}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (s, v, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links",
+            Some(READ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        t.ilinks().is_empty(),
+        "refusals reached AMI: {:?}",
+        t.ilinks()
+    );
+    let refused = t.audit("?result=refused").await;
+    assert_eq!(refused.len(), 6, "{refused:?}");
+    let names: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["identity"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "anonymous",
+            "anonymous",
+            "viewer",
+            "op2000",
+            "root",
+            "viewer"
+        ]
+    );
+    let statuses: Vec<u64> = refused
+        .iter()
+        .filter_map(|e| e["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [401, 401, 403, 403, 404, 403]);
+    let text = serde_json::to_string(&refused).expect("json");
+    for secret in [ADMIN, CONTROL, READ, ONLY_2000, "wrong-token-0123456789"] {
+        assert!(!text.contains(secret), "a secret reached the audit");
+    }
+    // The node-restricted token may act on its own node; control may too.
+    let (s, v) = t.connect("2000", Some(ONLY_2000), body.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v, _) = t
+        .send(reqwest::Method::GET, "/api/audit", Some(CONTROL), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "audit is admin only: {v}");
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("nexus_control_actions_total{action=\"connect\",result=\"refused\"} 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn injections_in_every_field_are_400_and_reach_nothing() {
+    let t = setup("inject", "").await;
+    let targets = [
+        "2003\r\nAction: Logoff",
+        "2003;ls",
+        "2003\n",
+        " 2003",
+        "20 03",
+        "",
+        "abc",
+        "12345678",
+    ];
+    for target in targets {
+        let (s, v) = t
+            .connect("1999", Some(ADMIN), json!({"target": target}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{target:?}: {v}");
+        assert!(v["error"].as_str().unwrap_or("").contains("target"), "{v}");
+    }
+    for mode in ["transceive\r\n", "monitor;", "T"] {
+        let (s, v) = t
+            .connect("1999", Some(ADMIN), json!({"target": "2003", "mode": mode}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{mode:?}: {v}");
+        assert!(v["error"].as_str().unwrap_or("").contains("mode"), "{v}");
+    }
+    for node in ["1999%0D%0AAction:%20Logoff", "1999;x", "1999%0A", "19%2099"] {
+        let (s, v) = t
+            .connect(node, Some(ADMIN), json!({"target": "2003"}))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{node:?}: {v}");
+        let (s, v, _) = t
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/api/nodes/{node}/links"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{node:?}: {v}");
+    }
+    for target in ["2003%0D%0A", "2003;6", "2003%20"] {
+        let (s, v, _) = t
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/api/nodes/1999/links/{target}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{target:?}: {v}");
+    }
+    let (s, _) = t
+        .connect("1999", Some(ADMIN), json!({"target": "2003", "extra": "x"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        t.ilinks().is_empty(),
+        "injections reached AMI: {:?}",
+        t.ilinks()
+    );
+    let audit = t.audit("?result=refused&limit=1000").await;
+    assert!(audit.len() >= 20, "{}", audit.len());
+    let raw = std::fs::read_to_string(t.dir.join("audit.jsonl")).expect("audit file");
+    assert!(
+        raw.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "one JSON object per line"
+    );
+}
+
+#[tokio::test]
+async fn verified_connect_mode_change_permanent_disconnect_and_idempotence() {
+    let t = setup("verify", "").await;
+    let (s, v) = t
+        .connect("1999", Some(CONTROL), json!({"target": "2003"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"], "verified", "{v}");
+    assert_eq!(v["action"], "connect");
+    assert_eq!(v["mode"], "transceive");
+    assert_eq!(v["link"]["node"], "2003");
+    assert_eq!(v["link"]["mode"], "T");
+    assert_eq!(t.ilinks(), ["rpt cmd 1999 ilink 3 2003"]);
+
+    let (s, v) = t
+        .connect(
+            "1999",
+            Some(CONTROL),
+            json!({"target": 2003, "mode": "transceive"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("already")),
+        "{v}"
+    );
+    assert_eq!(t.ilinks().len(), 1, "an idempotent repeat sends nothing");
+
+    let (s, v) = t
+        .connect(
+            "1999",
+            Some(CONTROL),
+            json!({"target": "2003", "mode": "monitor"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("verified")),
+        "{v}"
+    );
+    assert_eq!(v["link"]["mode"], "R");
+    let (s, v) = t
+        .connect(
+            "1999",
+            Some(CONTROL),
+            json!({"target": "2003", "mode": "monitor", "permanent": true}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("verified")),
+        "{v}"
+    );
+    assert_eq!(v["permanent"], true);
+    let (s, v) = t
+        .connect(
+            "1999",
+            Some(CONTROL),
+            json!({"target": "2004", "mode": "local_monitor"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("verified")),
+        "{v}"
+    );
+    assert_eq!(v["link"]["mode"], "L");
+
+    let (s, v, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links/2003",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("verified")),
+        "{v}"
+    );
+    assert!(v["link"].is_null(), "{v}");
+    let (s, v, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links/2003",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("already")),
+        "{v}"
+    );
+
+    let (s, v, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("verified")),
+        "{v}"
+    );
+    assert_eq!(v["action"], "disconnect_all");
+    let (s, v, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("already")),
+        "{v}"
+    );
+    assert_eq!(
+        t.ilinks(),
+        [
+            "rpt cmd 1999 ilink 3 2003",
+            "rpt cmd 1999 ilink 2 2003",
+            "rpt cmd 1999 ilink 12 2003",
+            "rpt cmd 1999 ilink 8 2004",
+            "rpt cmd 1999 ilink 11 2003",
+            "rpt cmd 1999 ilink 6",
+        ]
+    );
+    let audit = t.audit("?identity=op").await;
+    let results: Vec<&str> = audit.iter().filter_map(|e| e["result"].as_str()).collect();
+    assert_eq!(
+        results,
+        [
+            "verified", "already", "verified", "verified", "verified", "verified", "already",
+            "verified", "already"
+        ]
+    );
+    assert!(
+        audit.iter().all(|e| e["source"] == "127.0.0.1"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_link_that_never_appears_ends_unverified_in_time() {
+    let dir = temp_dir("unverified");
+    let yaml = auth_yaml(&dir, "control:\n  verify_timeout: 1s\n");
+    let t = setup_with(dir, &yaml).await;
+    // app_rpt (and the simulator) ignore a node linking to itself: the link never shows.
+    let started = Instant::now();
+    let (s, v) = t
+        .connect("1999", Some(ADMIN), json!({"target": "1999"}))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"], "unverified", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("no link 1999"),
+        "{v}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(t.ilinks(), ["rpt cmd 1999 ilink 3 1999"]);
+    assert_eq!(t.audit("?result=unverified").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let dir = temp_dir("rate");
+    let yaml = auth_yaml(&dir, "control:\n  rate_limit_per_minute: 2\n");
+    let t = setup_with(dir, &yaml).await;
+    let (s, _) = t
+        .connect("1999", Some(CONTROL), json!({"target": "2003"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links/2003",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v, h) = t
+        .send(
+            reqwest::Method::POST,
+            "/api/nodes/1999/links",
+            Some(CONTROL),
+            Some(json!({"target": "2003"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    let retry: u64 = h
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(t.ilinks().len(), 2, "the refused one sent nothing");
+    // Another identity has its own budget.
+    let (s, _) = t
+        .connect("1999", Some(ADMIN), json!({"target": "2003"}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+async fn login(t: &T, name: &str, pw: &str) -> reqwest::Response {
+    t.http
+        .post(t.url("/api/login"))
+        .json(&json!({"name": name, "password": pw}))
+        .send()
+        .await
+        .expect("login")
+}
+
+#[tokio::test]
+async fn cookie_login_needs_csrf_and_origin() {
+    let t = setup("cookie", "").await;
+    let res = login(&t, "alice", "not-her-password").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = login(&t, "alice", ALICE_PW).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    let v: Value = res.json().await.expect("json");
+    assert_eq!(
+        (v["name"].as_str(), v["role"].as_str()),
+        (Some("alice"), Some("control"))
+    );
+    let csrf = v["csrf_token"].as_str().expect("csrf").to_owned();
+    let session = cookie.split(';').next().expect("pair").to_owned();
+    let origin = format!("http://{}", t.d.http_addr);
+
+    let s: Value = t
+        .http
+        .get(t.url("/api/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        (s["authenticated"].as_bool(), s["csrf_token"].as_str()),
+        (Some(true), Some(csrf.as_str()))
+    );
+    assert_eq!(s["login_available"], true);
+    assert_eq!(s["control_enabled"], true);
+
+    let post = |csrf: Option<&str>, origin: Option<&str>| {
+        let mut r = t
+            .http
+            .post(t.url("/api/nodes/1999/links"))
+            .header("cookie", &session)
+            .json(&json!({"target": "2003"}));
+        if let Some(c) = csrf {
+            r = r.header("x-csrf-token", c);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    for (c, o) in [
+        (None, Some(origin.as_str())),
+        (Some("bad"), Some(origin.as_str())),
+        (Some(csrf.as_str()), None),
+        (Some(csrf.as_str()), Some("http://evil.example")),
+    ] {
+        let res = post(c, o).await.expect("post");
+        assert_eq!(
+            res.status(),
+            StatusCode::FORBIDDEN,
+            "csrf {c:?} origin {o:?}"
+        );
+    }
+    assert!(t.ilinks().is_empty());
+    let res = post(Some(&csrf), Some(&origin)).await.expect("post");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(t.ilinks().len(), 1);
+
+    let res = t
+        .http
+        .post(t.url("/api/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let s: Value = t
+        .http
+        .get(t.url("/api/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("s")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(s["authenticated"], false);
+    let logins = t.audit("?action=login").await;
+    let results: Vec<&str> = logins.iter().filter_map(|e| e["result"].as_str()).collect();
+    assert_eq!(results, ["refused", "ok"]);
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_lock_the_address_out() {
+    let dir = temp_dir("lockout");
+    let yaml = auth_yaml(
+        &dir,
+        "control:\n  login_slowdown_after: 10\n  login_lockout_after: 3\n  login_lockout: 10m\n",
+    );
+    let t = setup_with(dir, &yaml).await;
+    for _ in 0..3 {
+        assert_eq!(
+            login(&t, "alice", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let res = login(&t, "alice", ALICE_PW).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    let retry: u64 = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry > 500 && retry <= 600, "{retry}");
+    assert_eq!(t.audit("?action=login&result=refused").await.len(), 4);
+}
+
+#[tokio::test]
+async fn reads_can_require_a_credential_and_ips_are_masked_below_control() {
+    let t = setup("reads", "anonymous_read: false\n").await;
+    t.sim.connect_link(
+        "1999",
+        allstar_nexus::sim::SimLink::allstar(
+            "2100",
+            "203.0.113.9",
+            allstar_nexus::state::Direction::Out,
+        ),
+    );
+    t.d.app.control.poll_now("1999").expect("poll");
+    wait_until("link seen", || {
+        t.d.app.state.node("1999").is_some_and(|n| {
+            n.links
+                .iter()
+                .any(|l| l.ip.as_deref() == Some("203.0.113.9"))
+        })
+    })
+    .await;
+    let (s, _, _) = t.send(reqwest::Method::GET, "/api/nodes", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = t
+        .send(
+            reqwest::Method::GET,
+            "/api/nodes",
+            Some("bogus-token-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = t
+        .send(reqwest::Method::GET, "/api/health", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "health stays open");
+    for path in ["/api/nodes", "/api/nodes/1999"] {
+        let (s, v, _) = t.send(reqwest::Method::GET, path, Some(READ), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = v.to_string();
+        assert!(
+            !text.contains("203.0.113.9") && text.contains("203.0.x.x"),
+            "{text}"
+        );
+        let (_, v, _) = t
+            .send(reqwest::Method::GET, path, Some(CONTROL), None)
+            .await;
+        assert!(v.to_string().contains("203.0.113.9"), "control sees IPs");
+    }
+}
+
+#[tokio::test]
+async fn audit_entries_survive_a_restart() {
+    let dir = temp_dir("restart");
+    let yaml = auth_yaml(&dir, "");
+    {
+        let t = setup_with(dir.clone(), &yaml).await;
+        let (s, v) = t
+            .connect("1999", Some(CONTROL), json!({"target": "2003"}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let t = setup_with(dir, &yaml).await;
+    let entries = t.audit("?action=connect").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["identity"], "op");
+    assert_eq!(entries[0]["target"], "2003");
+    assert_eq!(entries[0]["result"], "verified");
+}
+
+#[tokio::test]
+async fn lua_control_is_audited_under_the_script_name() {
+    let dir = temp_dir("lua");
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).expect("dir");
+    std::fs::write(
+        scripts.join("ctl.lua"),
+        "got = {}\n\
+         function go() nexus.connect(1999, 2005, {mode = 'monitor'}, function(r) got.first = r end) end\n\
+         function bad() nexus.disconnect(1999, '2005;6') end\n\
+         function on_control_result(r) got.event = r end\n\
+         function result() return got end\n",
+    )
+    .expect("script");
+    let sim = sim_on_tcp(&["1999", "2000"]).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {SECRET}\n\
+         astdb_path: /nonexistent/astdb.txt\nscript_dirs: [{}]\nnodes:\n  - node_id: 1999\n  - node_id: 2000\n{}",
+        sim.addr().port(),
+        scripts.display(),
+        auth_yaml(&dir, "")
+    );
+    let config = allstar_nexus::config::Config::parse(&yaml, "test", None).expect("valid");
+    let d = allstar_nexus::daemon::start(config, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("daemon starts");
+    wait_until("node polled", || {
+        d.app
+            .state
+            .node("1999")
+            .is_some_and(|v| v.last_poll.is_some())
+    })
+    .await;
+    let t = T {
+        sim,
+        d,
+        http: reqwest::Client::new(),
+        dir,
+    };
+    assert!(
+        t.d.scripts
+            .wait_until(Duration::from_secs(10), |h| h.version("ctl.lua").is_some())
+            .await
+    );
+    t.d.scripts.call("ctl.lua", "go", vec![]).await.expect("go");
+    t.d.scripts
+        .call("ctl.lua", "bad", vec![])
+        .await
+        .expect("bad");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got =
+            t.d.scripts
+                .call("ctl.lua", "result", vec![])
+                .await
+                .expect("result");
+        if got["first"].is_object() && got["event"].is_object() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "no results: {got}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got["first"]["result"], "verified", "{got}");
+    assert_eq!(got["first"]["link"]["mode"], "R", "{got}");
+    assert_eq!(got["event"]["ok"], false, "{got}");
+    assert_eq!(got["event"]["status"], 400, "{got}");
+    assert_eq!(t.ilinks(), ["rpt cmd 1999 ilink 2 2005"]);
+    let audit = t.audit("?identity=script:ctl.lua").await;
+    let results: Vec<&str> = audit.iter().filter_map(|e| e["result"].as_str()).collect();
+    assert_eq!(results, ["verified", "refused"]);
+    assert!(audit.iter().all(|e| e["via"] == "script"));
+}
