@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::SimHandle;
 use super::rng::SimRng;
 use super::truth::{SimLink, SimNodeTruth, SimTruth, SimVoterReceiver, mode_letter};
-use crate::state::model::{Direction, LinkKind, LinkState, Mode};
+use crate::rpt::types::{Direction, LinkKind, LinkState, Mode};
 
 /// Transmitter hang time after the last audio.
 const TX_TAIL: Duration = Duration::from_millis(1500);

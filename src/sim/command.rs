@@ -20,7 +20,7 @@
 use super::SimHandle;
 use super::format;
 use super::truth::{SimLink, SimNodeTruth, linked_nodes};
-use crate::state::model::{Direction, LinkKind, Mode, format_elapsed};
+use crate::rpt::types::{Direction, LinkKind, Mode, format_elapsed};
 
 /// What the CLI printed and whether the command succeeded.
 pub(crate) struct CliOutput {

@@ -16,7 +16,7 @@ use super::mask;
 use super::truth::{
     SimLinkTruth, SimNodeTruth, SimTruth, SimVoterReceiver, TruthEvent, linked_nodes,
 };
-use crate::state::model::{Direction, LinkState, format_elapsed};
+use crate::rpt::types::{Direction, LinkState, format_elapsed};
 
 /// A frame under construction: `Key: Value` lines ended by CRLF.
 #[derive(Debug, Default)]
@@ -673,8 +673,8 @@ mod tests {
             wall: SystemTime::UNIX_EPOCH,
         };
         t.add_node("1999", now, 1);
-        let behind: Vec<(crate::state::model::Mode, String)> = (0..5000)
-            .map(|i| (crate::state::model::Mode::T, (100_000 + i).to_string()))
+        let behind: Vec<(crate::rpt::types::Mode, String)> = (0..5000)
+            .map(|i| (crate::rpt::types::Mode::T, (100_000 + i).to_string()))
             .collect();
         let hub = SimLink::allstar("2000", "192.0.2.1", Direction::Out).with_remote_nodes(behind);
         t.connect_link("1999", hub, now);

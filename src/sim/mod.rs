@@ -45,7 +45,7 @@ pub use activity::{demo_network, spawn_activity};
 pub use faults::SimFaults;
 pub use truth::{SimLink, SimLinkTruth, SimNodeTruth, SimTruth, SimVoterReceiver};
 
-use crate::state::model::{LinkState, Mode};
+use crate::rpt::types::{LinkState, Mode};
 use shared::Shared;
 
 /// Which Asterisk/app_rpt generation the simulator imitates.

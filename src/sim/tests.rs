@@ -11,7 +11,7 @@ use tokio_util::codec::FramedRead;
 
 use super::*;
 use crate::ami::{AmiCodec, Frame, Incoming};
-use crate::state::model::{Direction, LinkState, Mode};
+use crate::rpt::types::{Direction, LinkState, Mode};
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::state::model::{Direction, LinkState, Mode};
+use crate::rpt::types::{Direction, LinkState, Mode};
 
 /// app_rpt initialises `lastkeyedtime` to start minus this (`RPT_LOCKOUT_SECS`).
 const RPT_LOCKOUT_SECS: u64 = 60;
