@@ -161,17 +161,12 @@ impl History {
             shutdown,
             closed: closed_tx,
         };
-        let handle = std::thread::Builder::new()
+        // Not joined here: the daemon's lifecycle awaits `closed()` on shutdown (open rows
+        // closed, file flushed); a rig that never shuts down just leaves the thread idle.
+        std::thread::Builder::new()
             .name("nexus-history".into())
             .spawn(move || writer::run(parts))
             .map_err(|e| fail("cannot start the writer thread", &e))?;
-        // Joined from the blocking pool: dropping the runtime waits for blocking tasks, so
-        // the writer's shutdown (closing open rows) completes before the process exits.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(move || {
-                let _ = handle.join();
-            });
-        }
         tracing::info!("[HISTORY] recording to {}", path.display());
         Ok(History {
             inner: Arc::new(Inner {

@@ -36,7 +36,7 @@ pub(super) fn routes(
     let common = {
         let with = with.clone();
         move || {
-            warp::addr::remote()
+            super::server::remote()
                 .and(warp::header::headers_cloned())
                 .and(with())
         }

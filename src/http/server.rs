@@ -235,6 +235,14 @@ pub(crate) struct ConnInfo {
     lease: Arc<Lease>,
 }
 
+/// The peer's address, from the connection (warp's `addr::remote` knows nothing here:
+/// the accept loop is ours).
+pub(crate) fn remote()
+-> impl warp::Filter<Extract = (Option<SocketAddr>,), Error = std::convert::Infallible> + Clone {
+    use warp::Filter;
+    warp::ext::optional::<ConnInfo>().map(|c: Option<ConnInfo>| c.map(|c| c.peer))
+}
+
 impl ConnInfo {
     /// The connection becomes a WebSocket: it is never idle from now on.
     pub fn mark_upgraded(&self) {
