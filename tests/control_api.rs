@@ -11,6 +11,7 @@ use allstar_nexus::auth::{hex, password, sha256};
 use allstar_nexus::daemon::Running;
 use allstar_nexus::sim::SimHandle;
 use common::*;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -751,6 +752,22 @@ async fn reads_can_require_a_credential_and_ips_are_masked_below_control() {
             .send(reqwest::Method::GET, path, Some(CONTROL), None)
             .await;
         assert!(v.to_string().contains("203.0.113.9"), "control sees IPs");
+    }
+    // The WebSocket snapshot follows the same rule as REST.
+    for (token, sees) in [(READ, false), (CONTROL, true)] {
+        let url = format!("ws://{}/ws?token={token}", t.d.http_addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws handshake");
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("snapshot in time")
+            .expect("a frame")
+            .expect("frame ok");
+        let text = first.into_text().expect("text frame").to_string();
+        assert!(text.contains("\"snapshot\""), "{text}");
+        assert_eq!(text.contains("203.0.113.9"), sees, "{text}");
+        assert_eq!(text.contains("203.0.x.x"), !sees, "{text}");
     }
 }
 

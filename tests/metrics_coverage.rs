@@ -148,6 +148,27 @@ async fn every_catalogued_series_appears_after_the_demo_scenario() {
         }
     }
     assert!(refused, "the action budget never ran out");
+    // A link control attempt while no identity is configured: refused (403) and counted.
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/nodes/1999/links"))
+        .json(&serde_json::json!({"target": "2003"}))
+        .send()
+        .await
+        .expect("control request");
+    assert_eq!(res.status().as_u16(), 403);
+    // A request that is not HTTP: answered 400 and counted as a connection error.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(d.daemon.http_addr)
+            .await
+            .expect("tcp");
+        s.write_all(b"NOT HTTP AT ALL\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    }
     // A reconnect.
     d.sim.drop_sessions();
     let a = app.clone();

@@ -208,7 +208,8 @@ fn decode(s: &str) -> Option<String> {
 /// Masks link IPs in node answers for readers who may not see them.
 pub(super) async fn mask(access: ReadAccess, res: Response) -> Result<Response, Rejection> {
     let is_nodes = access.path == "/api/nodes"
-        || (access.path.starts_with("/api/nodes/") && access.path.matches('/').count() == 3);
+        || (access.path.starts_with("/api/nodes/") && access.path.matches('/').count() == 3)
+        || access.path == "/api/history/links";
     if !access.mask || !is_nodes || res.status() != StatusCode::OK {
         return Ok(res);
     }

@@ -116,7 +116,12 @@ pub(super) fn route(
                   headers: HeaderMap,
                   query: HashMap<String, String>,
                   conn: Option<ConnInfo>| {
-                let res = handshake(&ctx, ws, &headers, &query);
+                // Readers who may not see link IPs (anonymous or `read` while identities
+                // are configured) get every frame with IPs masked, as REST does.
+                let token = query.get("token").map(String::as_str);
+                let mask = super::auth::read_access(&ctx.app.linkctl, "/ws", &headers, token)
+                    .map_or(true, |a| a.mask);
+                let res = handshake(&ctx, ws, &headers, &query, mask);
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(c) = conn {
                         c.mark_upgraded();
@@ -133,6 +138,7 @@ fn handshake(
     ws: Ws,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
+    mask: bool,
 ) -> Response {
     let cfg = &ctx.app.config.websocket;
     if let Some(o) = headers.get(header::ORIGIN) {
@@ -185,7 +191,7 @@ fn handshake(
     let max = cfg.max_message_bytes.max(125);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| Client::run(ctx, socket, since, slot))
+        .on_upgrade(move |socket| Client::run(ctx, socket, since, slot, mask))
         .into_response()
 }
 
@@ -278,14 +284,14 @@ enum Push {
 }
 
 impl Client {
-    async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<Resume>, slot: Slot) {
+    async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<Resume>, slot: Slot, mask: bool) {
         let cfg = ctx.app.config.websocket.clone();
         let heartbeat = cfg.heartbeat.0.max(MIN_HEARTBEAT);
         let (sink, inbound) = socket.split();
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
         let stall = (heartbeat * 2).max(MIN_STALL);
-        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone(), stall));
+        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone(), stall, mask));
         let (from_tx, mut from_client) = mpsc::channel(4);
         let heard = Arc::new(AtomicBool::new(true));
         let reader = tokio::spawn(read_loop(inbound, from_tx, heard.clone()));
@@ -694,9 +700,11 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Message>,
     drained: Arc<Notify>,
     stall: Duration,
+    mask: bool,
 ) {
     while let Some(msg) = queue.recv().await {
         let close = msg.is_close();
+        let msg = if mask { masked(msg) } else { msg };
         if !matches!(
             tokio::time::timeout(stall, sink.feed(msg)).await,
             Ok(Ok(()))
@@ -716,10 +724,40 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
+/// The frame with every link IP masked (`crate::auth::mask_ips_in`); frames that are not
+/// JSON text (pings, close) pass unchanged. Only masked readers pay for the re-encoding.
+fn masked(msg: Message) -> Message {
+    let Ok(text) = msg.to_str() else {
+        return msg;
+    };
+    if !text.contains("\"ip\"") {
+        return msg;
+    }
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(text) else {
+        return msg;
+    };
+    crate::auth::mask_ips_in(&mut json);
+    match serde_json::to_string(&json) {
+        Ok(t) => Message::text(t),
+        Err(_) => msg,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::{ChangeEvent, ChangeKind};
+
+    #[test]
+    fn masked_frames_hide_link_ips_and_keep_the_rest() {
+        let f = r#"{"type":"event","seq":3,"event":{"kind":"link_keyed","link":{"node":"2000","ip":"192.0.2.44"}}}"#;
+        let out = masked(Message::text(f));
+        let text = out.to_str().expect("text");
+        assert!(!text.contains("192.0.2.44"), "{text}");
+        assert!(text.contains("\"node\":\"2000\""), "{text}");
+        let plain = r#"{"type":"heartbeat","seq":3}"#;
+        assert_eq!(masked(Message::text(plain)).to_str().ok(), Some(plain));
+    }
 
     #[test]
     fn event_frames_embed_the_change_verbatim() {
