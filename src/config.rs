@@ -1290,31 +1290,34 @@ const FIVE_MIN: Duration = Duration::from_secs(300);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Asterisk's AMI event class names in bit order (`main/manager.c`); the simulator's mask
+/// parser uses the same list.
+pub const EVENT_CLASSES: [&str; 19] = [
+    "system",
+    "call",
+    "log",
+    "verbose",
+    "command",
+    "agent",
+    "user",
+    "config",
+    "dtmf",
+    "reporting",
+    "cdr",
+    "dialplan",
+    "originate",
+    "agi",
+    "cc",
+    "aoc",
+    "test",
+    "security",
+    "message",
+];
+
 /// An `Events:` mask Asterisk understands (ami-app-rpt.md §1.4, `strings_to_mask`): all
 /// digits, a true/false word, or a comma list of event class names.
 fn valid_event_mask(mask: &str) -> bool {
     const WORDS: [&str; 6] = ["on", "off", "yes", "no", "true", "false"];
-    const CLASSES: [&str; 19] = [
-        "system",
-        "call",
-        "log",
-        "verbose",
-        "command",
-        "agent",
-        "user",
-        "config",
-        "dtmf",
-        "reporting",
-        "cdr",
-        "dialplan",
-        "originate",
-        "agi",
-        "cc",
-        "aoc",
-        "test",
-        "security",
-        "message",
-    ];
     let m = mask.trim();
     if !m.is_empty() && m.len() <= 10 && m.bytes().all(|b| b.is_ascii_digit()) {
         return true;
@@ -1323,8 +1326,11 @@ fn valid_event_mask(mask: &str) -> bool {
         return true;
     }
     !m.is_empty()
-        && m.split(',')
-            .all(|c| CLASSES.iter().any(|k| k.eq_ignore_ascii_case(c.trim())))
+        && m.split(',').all(|c| {
+            EVENT_CLASSES
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(c.trim()))
+        })
 }
 
 /// Leading blanks, and the text after any `- ` list markers: (column of the text, number

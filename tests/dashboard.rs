@@ -797,9 +797,7 @@ async fn browser_control_login_connect_verified_disconnect() {
             .expect("daemon");
         let present = control_api_present(&format!("http://{}", probe.http_addr)).await;
         probe.shutdown.cancel();
-        if !present {
-            return;
-        }
+        assert!(present, "the control API (/api/session) is missing");
     }
     let state = std::env::temp_dir().join(format!("nexus-dash-ctl-{}", std::process::id()));
     let d = daemon_with_operator(&sim, &state).await;

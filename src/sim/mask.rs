@@ -1,6 +1,9 @@
 //! AMI event classes and the `Events:` / `EventMask:` value parser (`strings_to_mask` in
 //! Asterisk's `main/manager.c`, ami-app-rpt.md §1.4).
 
+// Class names in bit order (shared with the `ami_events` check in config).
+use crate::config::EVENT_CLASSES as CLASSES;
+
 /// `EVENT_FLAG_SYSTEM`: FullyBooted and friends.
 pub(crate) const SYSTEM: u32 = 1 << 0;
 /// `EVENT_FLAG_CALL`: every app_rpt event.
@@ -11,29 +14,6 @@ pub(crate) const DIALPLAN: u32 = 1 << 11;
 pub(crate) const SECURITY: u32 = 1 << 17;
 /// Every class.
 pub(crate) const ALL: u32 = (1 << 19) - 1;
-
-/// Class names in bit order.
-const CLASSES: [&str; 19] = [
-    "system",
-    "call",
-    "log",
-    "verbose",
-    "command",
-    "agent",
-    "user",
-    "config",
-    "dtmf",
-    "reporting",
-    "cdr",
-    "dialplan",
-    "originate",
-    "agi",
-    "cc",
-    "aoc",
-    "test",
-    "security",
-    "message",
-];
 
 /// Parses an event mask like Asterisk: all digits → numeric bitmask; a false word → none;
 /// a true word → all; otherwise a comma list of class names (exact, case-sensitive, as
