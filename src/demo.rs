@@ -35,8 +35,15 @@ fn demo_config(ami: SocketAddr, listen: SocketAddr, secret: &str) -> anyhow::Res
         .iter()
         .map(|d| format!("{:?}", d.display().to_string()))
         .collect();
+    // The demo's history lives in a fresh folder under the system temp directory, never in
+    // the directory it was started from.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let state =
+        std::env::temp_dir().join(format!("allstar-nexus-demo-{}-{run}", std::process::id()));
     let yaml = format!(
-        "listen: \"{listen}\"\n\
+        "state_dir: {:?}\n\
+         listen: \"{listen}\"\n\
          ami_host: \"{}\"\nami_port: {}\nami_username: admin\nami_password: \"{secret}\"\n\
          ami_retry_interval: 2s\nami_retry_max: 10s\n\
          polling_interval_seconds: 15\n\
@@ -45,6 +52,7 @@ fn demo_config(ami: SocketAddr, listen: SocketAddr, secret: &str) -> anyhow::Res
          astdb_path: /nonexistent/astdb.txt\n\
          alerts:\n  repeat_interval: 30s\n\
          plugins:\n  alerts:\n    stuck_tx_minutes: 1\n    ami_down_seconds: 10\n    watch_nodes: [2002]\n",
+        state.display().to_string(),
         ami.ip(),
         ami.port(),
         dirs.join(", ")
