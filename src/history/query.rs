@@ -539,7 +539,17 @@ fn raw_totals(
          WHERE {} AND source = 'link' AND end_ms IS NOT NULL GROUP BY 1",
         f.sql()
     );
-    let mut st = conn.prepare(&sql)?;
+    add_rows(conn, &sql, &f, out)
+}
+
+/// Runs a `SELECT key, count, seconds … GROUP BY 1` and adds its rows to `out`.
+fn add_rows(
+    conn: &Connection,
+    sql: &str,
+    f: &Filter,
+    out: &mut BTreeMap<String, (u64, f64)>,
+) -> Result<(), QueryError> {
+    let mut st = conn.prepare(sql)?;
     let rows = st.query_map(params_from_iter(f.args.iter()), |r| {
         Ok((
             r.get::<_, Sql>(0)?,
@@ -582,26 +592,7 @@ fn hour_totals(
          WHERE {} AND link NOT IN ('(rx)', '(tx)') GROUP BY 1",
         f.sql()
     );
-    let mut st = conn.prepare(&sql)?;
-    let rows = st.query_map(params_from_iter(f.args.iter()), |r| {
-        Ok((
-            r.get::<_, Sql>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, f64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (k, n, s) = row?;
-        let k = match k {
-            Sql::Text(t) => t,
-            Sql::Integer(i) => i.to_string(),
-            _ => continue,
-        };
-        let e = out.entry(k).or_default();
-        e.0 += n.max(0) as u64;
-        e.1 += s;
-    }
-    Ok(())
+    add_rows(conn, &sql, &f, out)
 }
 
 /// Totals per link over `[since, until]`: whole hours from the per-hour table, the partial
