@@ -22,6 +22,10 @@ use serde::{Deserialize, Deserializer};
 /// (not in `ami`) so `config` imports nothing above it; `ami::codec` re-exports it.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+pub mod identity;
+
+pub use identity::{ApiTokenConfig, Role, UserConfig};
+
 /// A configuration problem, worded for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -216,61 +220,6 @@ pub struct ConfigFile {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub control: ControlConfig,
-}
-
-/// One entry of `api_tokens:` (see `docs/security.md`).
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ApiTokenConfig {
-    pub name: String,
-    /// The secret itself, or `sha256:<64 hex>` of it. Never logged.
-    pub token: String,
-    pub role: crate::auth::Role,
-    /// Local nodes this token may act on and read (absent = all).
-    #[serde(default, deserialize_with = "opt_node_ids")]
-    pub nodes: Option<Vec<String>>,
-}
-
-impl std::fmt::Debug for ApiTokenConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiTokenConfig")
-            .field("name", &self.name)
-            .field("token", &"********")
-            .field("role", &self.role)
-            .field("nodes", &self.nodes)
-            .finish()
-    }
-}
-
-/// One entry of `users:` (browser logins).
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    /// Argon2id PHC string from `allstar-nexus hash-password`.
-    pub password_hash: String,
-    pub role: crate::auth::Role,
-    #[serde(default, deserialize_with = "opt_node_ids")]
-    pub nodes: Option<Vec<String>>,
-}
-
-impl std::fmt::Debug for UserConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("name", &self.name)
-            .field("password_hash", &"********")
-            .field("role", &self.role)
-            .field("nodes", &self.nodes)
-            .finish()
-    }
-}
-
-/// Node lists written as numbers or strings.
-fn opt_node_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Id(#[serde(deserialize_with = "node_id")] String);
-    let v: Option<Vec<Id>> = Option::deserialize(d)?;
-    Ok(v.map(|v| v.into_iter().map(|i| i.0).collect()))
 }
 
 /// `control:` section (link control).
@@ -837,7 +786,7 @@ impl Resolver<'_> {
                 .as_deref()
                 .unwrap_or_else(|| Path::new("./state")),
         );
-        crate::auth::check_config(&f.api_tokens, &f.users, &f.control, &seen)
+        identity::check_config(&f.api_tokens, &f.users, &f.control, &seen)
             .map_err(|e| format!("{}: {e}", self.at(e.key())))?;
         let script_dirs = f
             .script_dirs

@@ -9,36 +9,14 @@
 pub mod password;
 pub mod session;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ApiTokenConfig, Config, ControlConfig, UserConfig};
+use crate::config::Config;
+pub use crate::config::identity::{AuthConfigError, Role, check_config, sha256, token_digest};
 pub use session::{LoginError, LoginOk};
-
-/// What an identity may do; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Read,
-    Control,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Control => "control",
-            Role::Admin => "admin",
-        }
-    }
-}
 
 /// How a request proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,156 +98,6 @@ impl Identity {
     pub fn sees_ips(&self) -> bool {
         matches!(self.via, Via::Open) || self.has(Role::Control)
     }
-}
-
-/// A problem in `api_tokens`, `users` or `control`, with the key to point at.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct AuthConfigError {
-    key: &'static str,
-    message: String,
-}
-
-impl AuthConfigError {
-    fn new(key: &'static str, message: impl Into<String>) -> AuthConfigError {
-        AuthConfigError {
-            key,
-            message: message.into(),
-        }
-    }
-
-    /// The YAML key the problem is at.
-    pub fn key(&self) -> &'static str {
-        self.key
-    }
-}
-
-/// Checks the credentials section at load time: unique names, token and hash formats,
-/// known nodes, sane limits. Messages never contain a secret.
-pub fn check_config(
-    tokens: &[ApiTokenConfig],
-    users: &[UserConfig],
-    control: &ControlConfig,
-    nodes: &BTreeMap<String, String>,
-) -> Result<(), AuthConfigError> {
-    let mut names = std::collections::BTreeSet::new();
-    for t in tokens {
-        check_name("api_tokens", &t.name, &mut names)?;
-        if token_digest(&t.token).is_none() {
-            return Err(AuthConfigError::new(
-                "token",
-                format!(
-                    "api_tokens entry {:?}: the token must be at least 16 characters, or \
-                     sha256:<64 hex digits> of it",
-                    t.name
-                ),
-            ));
-        }
-        check_nodes("api_tokens", &t.name, t.nodes.as_deref(), nodes)?;
-    }
-    for u in users {
-        check_name("users", &u.name, &mut names)?;
-        if !password::is_argon2id(&u.password_hash) {
-            return Err(AuthConfigError::new(
-                "password_hash",
-                format!(
-                    "users entry {:?}: password_hash must be an Argon2id hash \
-                     ($argon2id$...); make one with `allstar-nexus hash-password`",
-                    u.name
-                ),
-            ));
-        }
-        check_nodes("users", &u.name, u.nodes.as_deref(), nodes)?;
-    }
-    if control.rate_limit_per_minute == 0 || control.login_lockout_after == 0 {
-        return Err(AuthConfigError::new(
-            "control",
-            "rate_limit_per_minute and login_lockout_after must be above 0",
-        ));
-    }
-    if control.verify_timeout.0 < Duration::from_millis(100) {
-        return Err(AuthConfigError::new(
-            "verify_timeout",
-            "must be at least 100ms",
-        ));
-    }
-    Ok(())
-}
-
-fn check_name(
-    section: &'static str,
-    name: &str,
-    seen: &mut std::collections::BTreeSet<String>,
-) -> Result<(), AuthConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-        && !name.starts_with("script:");
-    if !ok {
-        return Err(AuthConfigError::new(
-            "name",
-            format!(
-                "{section}: name {:?} must be 1-64 letters, digits, '-', '_', '.', '@'",
-                crate::observe::clip(name, 64).0
-            ),
-        ));
-    }
-    if !seen.insert(name.to_owned()) {
-        return Err(AuthConfigError::new(
-            "name",
-            format!("{section}: name {name:?} is used twice (tokens and users share names)"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_nodes(
-    section: &'static str,
-    name: &str,
-    list: Option<&[String]>,
-    nodes: &BTreeMap<String, String>,
-) -> Result<(), AuthConfigError> {
-    for n in list.unwrap_or_default() {
-        if !nodes.contains_key(n) {
-            return Err(AuthConfigError::new(
-                "nodes",
-                format!("{section} entry {name:?}: node {n:?} is not a configured node"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// SHA-256 of a configured token: `sha256:<hex>` as given, or the hash of the secret.
-/// `None` when the value is neither (too short a secret, bad hex).
-pub fn token_digest(configured: &str) -> Option<[u8; 32]> {
-    if let Some(hex) = configured.strip_prefix("sha256:") {
-        return parse_hex32(hex.trim());
-    }
-    if configured.chars().count() < 16 {
-        return None;
-    }
-    Some(sha256(configured.as_bytes()))
-}
-
-/// SHA-256 of bytes.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&Sha256::digest(bytes));
-    out
-}
-
-fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Lower-case hex of bytes.

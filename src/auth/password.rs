@@ -5,10 +5,7 @@ use std::io::{BufRead, IsTerminal};
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 
-/// Whether a configured hash looks like an Argon2id PHC string we can verify.
-pub fn is_argon2id(hash: &str) -> bool {
-    hash.starts_with("$argon2id$") && argon2::PasswordHash::new(hash).is_ok()
-}
+pub use crate::config::identity::is_argon2id;
 
 /// An Argon2id hash (PHC string, random salt, default parameters) of `password`.
 pub fn hash(password: &str) -> Result<String, String> {
