@@ -3,22 +3,20 @@
 //! `cargo bench --bench lua_hooks` prints:
 //! - throughput: changes per second through the inbox into a trivial `nexus.on` hook (and
 //!   one that reads the event's fields), with the queue kept full;
-//! - latency: from `StateStore::publish_external` (the engine's path: broadcast, forwarder
+//! - latency: from `EngineSender::publish` (the real path: engine, broadcast, forwarder
 //!   task, inbox, Lua thread) until the scripts have handled the change, one change at a
 //!   time, with a trivial hook and with no script listening; the difference is what the
 //!   hook adds.
+//!
+//! The daemon is started through the composition root (`daemon::start`), without AMI.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allstar_nexus::alerts::AlertHub;
-use allstar_nexus::app::App;
 use allstar_nexus::config::Config;
-use allstar_nexus::control::Control;
-use allstar_nexus::metrics::Metrics;
-use allstar_nexus::script::{self, ScriptHost};
-use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
+use allstar_nexus::script::ScriptHost;
+use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView, Published};
 use tokio_util::sync::CancellationToken;
 
 const TRIVIAL: &str = "n = 0\nnexus.on('link_keyed', function(e) n = n + 1 end)\n";
@@ -26,13 +24,15 @@ const READS_FIELDS: &str = "keys = {}\nnexus.on('link_keyed', function(e) keys[e
 const NOT_LISTENING: &str = "nexus.on('tx_keyed', function(e) end)\n";
 
 struct Rig {
-    app: App,
     host: ScriptHost,
+    engine: EngineSender,
     shutdown: CancellationToken,
     dir: PathBuf,
 }
 
 impl Rig {
+    /// The daemon (`daemon::start`, the composition root) without AMI, history or astdb,
+    /// with one script.
     async fn start(script: &str) -> Rig {
         let dir = std::env::temp_dir().join(format!(
             "nexus-bench-{}-{}",
@@ -40,34 +40,28 @@ impl Rig {
             script.len()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bench dir");
+        std::fs::create_dir_all(dir.join("state")).expect("bench dir");
         std::fs::write(dir.join("bench.lua"), script).expect("write script");
         let yaml = format!(
-            "ami_enabled: false\nscript_dirs: [{:?}]\nlua:\n  queue: 10000\n",
-            dir.display().to_string()
+            "listen: 127.0.0.1:0\nami_enabled: false\nastdb_path: /nonexistent/astdb.txt\n\
+             script_dirs: [{:?}]\nstate_dir: {:?}\nhistory:\n  enabled: false\nlua:\n  queue: 10000\n",
+            dir.display().to_string(),
+            dir.join("state").display().to_string()
         );
         let config = Config::parse(&yaml, "bench.yaml", None).expect("config");
-        let metrics = Metrics::new(false);
-        let state = StateStore::new(1024, 65_536);
-        let control = Control::new(
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            state.clone(),
-            metrics.clone(),
-        );
-        let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
-        let app = App::assemble(Arc::new(config), state, control, alerts, metrics, None);
         let shutdown = CancellationToken::new();
-        let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
+        let running = allstar_nexus::daemon::start(config, shutdown.clone())
+            .await
+            .expect("daemon starts");
+        let host = running.scripts;
         assert!(
             host.wait_version("bench.lua", script.as_bytes(), Duration::from_secs(10))
                 .await,
             "script loaded"
         );
         Rig {
-            app,
             host,
+            engine: running.engine,
             shutdown,
             dir,
         }
@@ -130,7 +124,13 @@ async fn latencies(script: &str, n: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 200 {
         let started = Instant::now();
-        let seq = rig.app.state.publish_external(link_keyed(0)).event.seq;
+        let seq = rig
+            .engine
+            .publish(link_keyed(0))
+            .await
+            .expect("published")
+            .event
+            .seq;
         while rig.host.delivered_seq() < seq {
             tokio::task::yield_now().await;
         }

@@ -40,12 +40,19 @@ pub enum ControlError {
     #[error("unreadable VoterStatus reply: {0}")]
     Parse(String),
     #[error("rate limited: at most {per_second} actions/s to server {server}; try again shortly")]
-    RateLimited { server: String, per_second: u32 },
+    RateLimited {
+        server: String,
+        per_second: u32,
+        /// How long until the budget holds enough for this request (REST: `Retry-After`).
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Engine(#[from] crate::state::engine::EngineSendError),
 }
 
-/// A token bucket: `rate` tokens a second, holding at most `rate` (one second's burst).
+/// A token bucket: `rate` tokens a second, holding at most `rate` (one second's burst), or
+/// the cost of the largest request when that is more (so a two-action poll is possible
+/// at one action a second).
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -66,23 +73,25 @@ impl RateLimit {
         }
     }
 
-    /// Takes `cost` tokens from `server`'s bucket, or says no (nothing taken).
-    fn take(&self, server: &str, cost: f64) -> bool {
+    /// Takes `cost` tokens from `server`'s bucket, or says how long until it holds
+    /// enough (nothing taken).
+    fn take(&self, server: &str, cost: f64) -> Result<(), Duration> {
         let rate = f64::from(self.per_second);
+        let capacity = rate.max(cost);
         let now = Instant::now();
         let mut all = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = all.entry(server.to_owned()).or_insert(Bucket {
-            tokens: rate,
+            tokens: capacity,
             at: now,
         });
         let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
-        b.tokens = (b.tokens + refill).min(rate);
+        b.tokens = (b.tokens + refill).min(capacity);
         b.at = now;
         if b.tokens >= cost {
             b.tokens -= cost;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((cost - b.tokens) / rate))
         }
     }
 }
@@ -167,9 +176,9 @@ impl Control {
             .node_server
             .get(node)
             .ok_or_else(|| ControlError::UnknownNode(node.chars().take(32).collect()))?;
-        if self.inner.limit.take(server, f64::from(actions)) {
+        let Err(retry_after) = self.inner.limit.take(server, f64::from(actions)) else {
             return Ok(());
-        }
+        };
         self.inner
             .metrics
             .ami_actions_rate_limited
@@ -178,6 +187,7 @@ impl Control {
         Err(ControlError::RateLimited {
             server: server.clone(),
             per_second: self.inner.limit.per_second,
+            retry_after,
         })
     }
 
@@ -282,22 +292,42 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_a_second_of_burst_then_the_rate() {
         let l = RateLimit::new(10);
-        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        let granted = (0..100).filter(|_| l.take("a", 1.0).is_ok()).count();
         assert_eq!(granted, 10, "one second's worth at once");
-        assert!(l.take("b", 1.0), "servers have their own budgets");
+        assert!(l.take("b", 1.0).is_ok(), "servers have their own budgets");
         tokio::time::advance(Duration::from_millis(500)).await;
-        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        let granted = (0..100).filter(|_| l.take("a", 1.0).is_ok()).count();
         assert_eq!(granted, 5, "refilled at 10/s");
         tokio::time::advance(Duration::from_secs(60)).await;
-        let granted = (0..100).filter(|_| l.take("a", 1.0)).count();
+        let granted = (0..100).filter(|_| l.take("a", 1.0).is_ok()).count();
         assert_eq!(granted, 10, "never more than one second's burst");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_larger_than_what_is_left_takes_nothing() {
         let l = RateLimit::new(3);
-        assert!(l.take("a", 2.0));
-        assert!(!l.take("a", 2.0));
-        assert!(l.take("a", 1.0), "the refused request took nothing");
+        assert!(l.take("a", 2.0).is_ok());
+        assert!(l.take("a", 2.0).is_err());
+        assert!(l.take("a", 1.0).is_ok(), "the refused request took nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_says_when_the_budget_holds_enough() {
+        let l = RateLimit::new(4);
+        assert!(l.take("a", 4.0).is_ok());
+        assert_eq!(l.take("a", 2.0), Err(Duration::from_millis(500)));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(l.take("a", 2.0), Err(Duration::from_millis(250)));
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(l.take("a", 2.0).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_is_possible_at_one_action_a_second() {
+        let l = RateLimit::new(1);
+        assert!(l.take("a", 2.0).is_ok(), "the bucket holds a whole poll");
+        assert_eq!(l.take("a", 2.0), Err(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(l.take("a", 2.0).is_ok());
     }
 }

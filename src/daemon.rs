@@ -49,6 +49,8 @@ pub struct Daemon {
     /// Cancelled by `run` when shutting down; every loop inside stops on it.
     stop: CancellationToken,
     engine: Option<EngineParts>,
+    /// Where inputs reach the engine (the model's only writer).
+    engine_tx: EngineSender,
     servers: Vec<AmiHandle>,
 }
 
@@ -78,7 +80,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         wiring.pollers.clone(),
         wiring.servers.clone(),
         wiring.node_server,
-        engine_tx,
+        engine_tx.clone(),
         store.clone(),
         metrics.clone(),
         config.ami_actions_per_second,
@@ -118,6 +120,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         scripts,
         stop,
         engine: Some(engine),
+        engine_tx,
         servers: wiring.servers.into_values().collect(),
     })
 }
@@ -228,6 +231,12 @@ impl Daemon {
         &self.scripts
     }
 
+    /// Where inputs reach the state engine (tools and tests inject changes with
+    /// [`EngineSender::publish`]); inputs wait until [`Daemon::run`] starts the engine.
+    pub fn engine(&self) -> &EngineSender {
+        &self.engine_tx
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled, then stops every part within
     /// `shutdown_grace`. Returns `Ok` after an orderly stop (and after a late one: what
     /// did not finish in time is logged and abandoned).
@@ -288,6 +297,8 @@ pub struct Running {
     pub app: App,
     /// The Lua host (reload, test hooks).
     pub scripts: ScriptHost,
+    /// Inputs to the state engine ([`EngineSender::publish`] injects a change).
+    pub engine: EngineSender,
     /// Where the HTTP server listens (useful with port 0).
     pub http_addr: SocketAddr,
     /// Cancel to stop; then await `done`.
@@ -303,10 +314,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let http_addr = listener.local_addr()?;
     let daemon = build(config).await?;
     let (app, scripts) = (daemon.app.clone(), daemon.scripts.clone());
+    let engine = daemon.engine_tx.clone();
     let done = tokio::spawn(daemon.run(listener, shutdown.clone()));
     Ok(Running {
         app,
         scripts,
+        engine,
         http_addr,
         shutdown,
         done,

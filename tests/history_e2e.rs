@@ -271,26 +271,22 @@ async fn pages_have_no_gaps_or_repeats_under_concurrent_writes() {
     for i in 0..150u64 {
         let at = now - 100_000 + i * 100;
         let link = format!("{}", 3000 + i % 7);
-        d.app
-            .state
-            .publish_external(keyup("1999", &link, ChangeKind::LinkUnkeyed, at, 1.0));
+        d.engine
+            .publish(keyup("1999", &link, ChangeKind::LinkUnkeyed, at, 1.0))
+            .await
+            .expect("published");
     }
     wait_json(&d, "/api/history/keyups?limit=1000", "150 keyups", |v| {
         items(v).len() >= 150
     })
     .await;
     // A writer keeps adding keyups while a reader pages through.
-    let store = d.app.state.clone();
+    let engine = d.engine.clone();
     let writing = tokio::spawn(async move {
         for i in 0..200u64 {
             let at = allstar_nexus::observe::now_ms();
-            store.publish_external(keyup(
-                "1999",
-                "4000",
-                ChangeKind::LinkUnkeyed,
-                at,
-                0.5 + i as f64,
-            ));
+            let change = keyup("1999", "4000", ChangeKind::LinkUnkeyed, at, 0.5 + i as f64);
+            engine.publish(change).await.expect("published");
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     });
@@ -343,13 +339,15 @@ async fn retention_prunes_old_rows_at_start() {
     let day = 86_400_000;
     for i in 0..1200u64 {
         let at = now - 5 * day + i;
-        d.app
-            .state
-            .publish_external(keyup("1999", "2000", ChangeKind::LinkUnkeyed, at, 1.0));
+        d.engine
+            .publish(keyup("1999", "2000", ChangeKind::LinkUnkeyed, at, 1.0))
+            .await
+            .expect("published");
     }
-    d.app
-        .state
-        .publish_external(keyup("1999", "2000", ChangeKind::LinkUnkeyed, now, 2.0));
+    d.engine
+        .publish(keyup("1999", "2000", ChangeKind::LinkUnkeyed, now, 2.0))
+        .await
+        .expect("published");
     wait_json(
         &d,
         "/api/history/keyups?limit=1000&link=2000",

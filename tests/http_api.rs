@@ -1,27 +1,22 @@
 //! End-to-end tests of the HTTP surface: real HTTP requests (reqwest) and real WebSocket
-//! clients (tokio-tungstenite) against `http::serve` on port 0.
+//! clients (tokio-tungstenite) against the daemon (`daemon::start`) on port 0.
 //!
-//! The App is assembled from its parts. The AMI server it points at is a closed port, so
-//! the supervisor reports "connection refused" (health shows it) and nothing ever
-//! connects. Changes are produced with `StateStore::publish_external`.
+//! The AMI server it points at is a closed port, so the supervisor reports "connection
+//! refused" (health shows it) and nothing ever connects. Changes are injected through the
+//! state engine (`EngineSender::publish`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allstar_nexus::alerts::{AlertHub, AlertRequest, Severity};
-use allstar_nexus::ami::{AmiEvent, connection};
+use allstar_nexus::alerts::{AlertRequest, Severity};
 use allstar_nexus::app::App;
 use allstar_nexus::config::Config;
-use allstar_nexus::control::Control;
-use allstar_nexus::metrics::Metrics;
-use allstar_nexus::poller::{self, PollResult, PollerParts};
-use allstar_nexus::state::{ChangeEvent, ChangeKind, Published, StateStore};
+use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, Published};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -31,19 +26,44 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const PASSWORD: &str = "s3cret-AMI-pw-never-shown";
 
-/// A running server and the parts the tests poke.
+/// A running daemon (`daemon::start`) and the parts the tests poke.
 struct Harness {
     addr: SocketAddr,
     app: App,
+    /// Inputs to the state engine: the tests' changes go in here.
+    engine: EngineSender,
     shutdown: CancellationToken,
+    /// Ends when the daemon has stopped.
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _ami_events: mpsc::Receiver<AmiEvent>,
-    _poll_results: mpsc::Receiver<PollResult>,
+    /// The sequence number once the daemon is ready (the AMI server's first, failed,
+    /// status is published as `ami_disconnected`); the tests' changes come after it.
+    base: u64,
+    _state: TempDir,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("nexus-http-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -55,7 +75,7 @@ async fn closed_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-/// Starts the server with the given `websocket:` settings (YAML, indented by 2) and a
+/// Starts the daemon with the given `websocket:` settings (YAML, indented by 2) and a
 /// replay buffer of `replay` changes.
 async fn start(websocket: &str, replay: usize) -> Harness {
     start_with(websocket, "", replay, Duration::from_secs(5)).await
@@ -63,74 +83,54 @@ async fn start(websocket: &str, replay: usize) -> Harness {
 
 /// [`start`] with an `http:` section (YAML, indented by 2) and a shutdown grace period.
 async fn start_with(websocket: &str, http: &str, replay: usize, grace: Duration) -> Harness {
+    start_full(websocket, http, "", replay, grace).await
+}
+
+/// [`start_with`] plus `extra` top-level YAML. No scripts, no history, no astdb; the AMI
+/// server is a closed port.
+async fn start_full(
+    websocket: &str,
+    http: &str,
+    extra: &str,
+    replay: usize,
+    grace: Duration,
+) -> Harness {
     let port = closed_port().await;
     let http = if http.is_empty() {
         String::new()
     } else {
         format!("http:\n{http}\n")
     };
+    let state = TempDir::new();
     let yaml = format!(
         "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {port}\nami_username: admin\nami_password: {PASSWORD}\n\
          ami_retry_interval: 30s\nami_retry_max: 60s\nami_connect_timeout: 1s\n\
-         nodes:\n  - node_id: 1999\n  - node_id: 2000\nwebsocket:\n{websocket}\n{http}"
+         astdb_path: /nonexistent/astdb.txt\nscript_dirs: []\nstate_dir: {:?}\nhistory:\n  enabled: false\n\
+         shutdown_grace: {}ms\nnodes:\n  - node_id: 1999\n  - node_id: 2000\n\
+         websocket:\n{websocket}  replay_buffer: {replay}\n{http}{extra}",
+        state.0.display().to_string(),
+        grace.as_millis()
     );
     let config = Config::parse(&yaml, "test", None).expect("test config is valid");
-    let metrics = Metrics::new(false);
-    let store = StateStore::new(replay, 65_536);
     let shutdown = CancellationToken::new();
-    let (ev_tx, ev_rx) = mpsc::channel(1024);
-    let (poll_tx, poll_rx) = mpsc::channel(64);
-    let server_cfg = config.servers[0].clone();
-    let ami = connection::spawn_tcp(
-        server_cfg.clone(),
-        config.ami.clone(),
-        ev_tx,
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let mut servers = BTreeMap::new();
-    servers.insert(server_cfg.name.clone(), ami.clone());
-    let mut node_server = BTreeMap::new();
-    let mut pollers = BTreeMap::new();
-    for n in &server_cfg.nodes {
-        node_server.insert(n.node_id.clone(), server_cfg.name.clone());
-        let handle = poller::spawn(PollerParts {
-            node: n.node_id.clone(),
-            interval: n.poll_interval,
-            ami: ami.clone(),
-            results: poll_tx.clone(),
-            metrics: metrics.clone(),
-            automatic: true,
-            shutdown: shutdown.clone(),
-        });
-        pollers.insert(n.node_id.clone(), handle);
-    }
-    let control = Control::new(
-        pollers,
-        servers,
-        node_server,
-        store.clone(),
-        metrics.clone(),
-    );
-    let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
-    let app = App::assemble(Arc::new(config), store, control, alerts, metrics, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let running = allstar_nexus::daemon::start(config, shutdown.clone())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(allstar_nexus::http::serve_with_grace(
-        app.clone(),
-        listener,
-        shutdown.clone(),
-        grace,
-    ));
+        .expect("daemon starts");
+    let app = running.app;
+    // Ready once the refused first attempt is in the model (and published).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.servers().is_empty() {
+        assert!(Instant::now() < deadline, "no AMI status in time");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     Harness {
-        addr,
+        addr: running.http_addr,
+        base: app.state.seq(),
         app,
+        engine: running.engine,
         shutdown,
-        server,
-        _ami_events: ev_rx,
-        _poll_results: poll_rx,
+        server: running.done,
+        _state: state,
     }
 }
 
@@ -141,17 +141,22 @@ impl Harness {
         format!("http://{}{path}", self.addr)
     }
 
-    fn publish(&self, kind: ChangeKind) -> Arc<Published> {
-        self.app
-            .state
-            .publish_external(ChangeEvent::new(kind, "default", Some("1999")))
+    /// The `n`th change the test publishes (sequence numbers after [`Harness::base`]).
+    fn seq(&self, n: u64) -> u64 {
+        self.base + n
+    }
+
+    /// Publishes a change of node 1999 through the state engine.
+    async fn publish(&self, kind: ChangeKind) -> Arc<Published> {
+        let ev = ChangeEvent::new(kind, "default", Some("1999"));
+        self.engine.publish(ev).await.expect("the engine publishes")
     }
 
     /// A change with a large payload (fills sockets quickly).
-    fn publish_big(&self, bytes: usize) -> Arc<Published> {
+    async fn publish_big(&self, bytes: usize) -> Arc<Published> {
         let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "default", None);
         ev.error = Some("x".repeat(bytes));
-        self.app.state.publish_external(ev)
+        self.engine.publish(ev).await.expect("the engine publishes")
     }
 
     async fn ws(&self, query: &str) -> Ws {
@@ -265,21 +270,24 @@ fn assert_error(v: &Value, contains: &str) {
 #[tokio::test]
 async fn snapshot_then_events_in_order() {
     let h = start(WS_DEFAULT, 1024).await;
-    h.publish(ChangeKind::TxKeyed);
+    h.publish(ChangeKind::TxKeyed).await;
     let mut ws = h.ws("").await;
     let snap = next_json(&mut ws).await;
     assert_eq!(snap["type"], "snapshot");
-    assert_eq!(snap["seq"], 1);
+    assert_eq!(snap["seq"], h.seq(1));
     assert_eq!(snap["reason"], "connect");
     assert!(snap["nodes"].is_array());
 
     let mut published = Vec::new();
     for i in 0..50 {
-        published.push(h.publish(if i % 2 == 0 {
-            ChangeKind::TxUnkeyed
-        } else {
-            ChangeKind::TxKeyed
-        }));
+        published.push(
+            h.publish(if i % 2 == 0 {
+                ChangeKind::TxUnkeyed
+            } else {
+                ChangeKind::TxKeyed
+            })
+            .await,
+        );
     }
     for p in &published {
         let raw = loop {
@@ -297,7 +305,7 @@ async fn snapshot_then_events_in_order() {
         assert_eq!(v["event"]["seq"], p.event.seq);
         assert_eq!(v["event"]["kind"], p.event.kind.as_str());
     }
-    assert_eq!(published.last().map(|p| p.event.seq), Some(51));
+    assert_eq!(published.last().map(|p| p.event.seq), Some(h.seq(51)));
 }
 
 #[tokio::test]
@@ -306,19 +314,20 @@ async fn resume_after_a_gap_gets_exactly_the_missed_events() {
     let mut ws = h.ws("").await;
     assert_eq!(next_json(&mut ws).await["type"], "snapshot");
     for _ in 0..3 {
-        h.publish(ChangeKind::RxKeyed);
+        h.publish(ChangeKind::RxKeyed).await;
     }
     let mut last = 0;
     for _ in 0..3 {
         let v = next_event(&mut ws).await;
         last = v["seq"].as_u64().expect("seq");
     }
-    assert_eq!(last, 3);
+    assert_eq!(last, h.seq(3));
     drop(ws);
 
-    let missed: Vec<u64> = (0..5)
-        .map(|_| h.publish(ChangeKind::RxUnkeyed).event.seq)
-        .collect();
+    let mut missed = Vec::new();
+    for _ in 0..5 {
+        missed.push(h.publish(ChangeKind::RxUnkeyed).await.event.seq);
+    }
     let mut ws = h.ws(&format!("?since={last}")).await;
     for want in &missed {
         let v = next_event(&mut ws).await;
@@ -334,7 +343,7 @@ async fn resume_after_a_gap_gets_exactly_the_missed_events() {
             .is_none(),
         "nothing beyond the missed events"
     );
-    let live = h.publish(ChangeKind::TxKeyed);
+    let live = h.publish(ChangeKind::TxKeyed).await;
     assert_eq!(next_event(&mut ws).await["seq"], live.event.seq);
 
     // Resuming exactly at the current point replays nothing.
@@ -350,17 +359,17 @@ async fn resume_after_a_gap_gets_exactly_the_missed_events() {
 async fn since_older_than_the_buffer_gets_a_snapshot() {
     let h = start(WS_DEFAULT, 8).await;
     for _ in 0..20 {
-        h.publish(ChangeKind::TxKeyed);
+        h.publish(ChangeKind::TxKeyed).await;
     }
-    let mut ws = h.ws("?since=2").await;
+    let mut ws = h.ws(&format!("?since={}", h.seq(2))).await;
     let v = next_json(&mut ws).await;
     assert_eq!(
         (v["type"].as_str(), v["seq"].as_u64(), v["reason"].as_str()),
-        (Some("snapshot"), Some(20), Some("replay_miss"))
+        (Some("snapshot"), Some(h.seq(20)), Some("replay_miss"))
     );
     // Inside the buffer: replay.
-    let mut ws = h.ws("?since=15").await;
-    assert_eq!(next_json(&mut ws).await["seq"], 16);
+    let mut ws = h.ws(&format!("?since={}", h.seq(15))).await;
+    assert_eq!(next_json(&mut ws).await["seq"], h.seq(16));
     // From the future (the daemon restarted): snapshot.
     let mut ws = h.ws("?since=999").await;
     assert_eq!(next_json(&mut ws).await["type"], "snapshot");
@@ -382,8 +391,9 @@ async fn a_stalled_client_never_delays_another_and_is_dropped() {
         tokio::sync::watch::channel::<(u64, Duration)>((0, Duration::ZERO));
     let reader = {
         let sent = sent.clone();
+        let first = h.seq(1);
         tokio::spawn(async move {
-            let mut expect = 1;
+            let mut expect = first;
             let mut worst = Duration::ZERO;
             loop {
                 let Some(v) = next_json_within(&mut fast, Duration::from_secs(10)).await else {
@@ -416,7 +426,7 @@ async fn a_stalled_client_never_delays_another_and_is_dropped() {
             "the stalled client was never dropped"
         );
         for _ in 0..16 {
-            let p = h.publish_big(8 * 1024);
+            let p = h.publish_big(8 * 1024).await;
             sent.lock()
                 .expect("lock")
                 .insert(p.event.seq, Instant::now());
@@ -456,7 +466,7 @@ async fn a_stalled_client_never_delays_another_and_is_dropped() {
     .await;
     assert!(end.is_ok(), "the dropped client's stream ends");
     assert!(
-        (n as u64) < last,
+        (n as u64) < last - h.base,
         "the stalled client did not get everything ({n} of {last})"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -476,7 +486,7 @@ async fn a_client_that_falls_behind_then_reads_again_is_resynced() {
             "the slow client was never marked for resync"
         );
         for _ in 0..50 {
-            h.publish_big(8 * 1024);
+            h.publish_big(8 * 1024).await;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -495,7 +505,7 @@ async fn a_client_that_falls_behind_then_reads_again_is_resynced() {
     };
     // From the snapshot on, events follow it without a gap (a later snapshot may only
     // move the cursor forward) up to a change published now.
-    let live = h.publish(ChangeKind::TxKeyed);
+    let live = h.publish(ChangeKind::TxKeyed).await;
     let mut cursor = snapshot_seq;
     while cursor < live.event.seq {
         let v = next_event(&mut slow).await;
@@ -601,9 +611,15 @@ async fn errors_are_json_with_the_right_status() {
     let (s, v) = get_json(&h.url("/api/nodes/424242")).await;
     assert_eq!(s, 404);
     assert_error(&v, "unknown node");
+    // The engine registers every configured node before HTTP serves: never polled, its
+    // server down, it is there and stale.
     let (s, v) = get_json(&h.url("/api/nodes/1999")).await;
-    assert_eq!(s, 404, "configured but not yet reported by the engine");
-    assert_error(&v, "no state yet");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["node_id"].as_str(), v["stale"].as_bool()),
+        (Some("1999"), Some(true)),
+        "{v}"
+    );
     let (s, v) = get_json(&h.url("/api/nodes/1999/voter")).await;
     assert_eq!(s, 404);
     assert_error(&v, "voter plugin");
@@ -709,10 +725,10 @@ async fn errors_are_json_with_the_right_status() {
 #[tokio::test]
 async fn read_routes_and_openapi() {
     let h = start(WS_DEFAULT, 64).await;
-    h.publish(ChangeKind::TxKeyed);
+    h.publish(ChangeKind::TxKeyed).await;
     let (s, v) = get_json(&h.url("/api/nodes")).await;
     assert_eq!(s, 200);
-    assert_eq!(v["seq"], 1);
+    assert_eq!(v["seq"], h.seq(1));
     assert!(v["nodes"].is_array());
     let (s, v) = get_json(&h.url("/api/scripts")).await;
     assert_eq!(s, 200);
@@ -839,14 +855,14 @@ async fn client_cap() {
 #[tokio::test]
 async fn heartbeats_alerts_ping_and_oversized_messages() {
     let h = start("  heartbeat: 200ms\n  max_message_bytes: 1024\n", 64).await;
-    h.publish(ChangeKind::TxKeyed);
+    h.publish(ChangeKind::TxKeyed).await;
     let mut ws = h.ws("").await;
-    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    assert_eq!(next_json(&mut ws).await["seq"], h.seq(1));
     let t = Instant::now();
     let hb = next_json(&mut ws).await;
     assert_eq!(
         (hb["type"].as_str(), hb["seq"].as_u64()),
-        (Some("heartbeat"), Some(1))
+        (Some("heartbeat"), Some(h.seq(1)))
     );
     assert!(t.elapsed() < Duration::from_secs(2));
 
@@ -864,7 +880,7 @@ async fn heartbeats_alerts_ping_and_oversized_messages() {
             break v;
         }
     };
-    assert_eq!(alert["seq"], 1);
+    assert_eq!(alert["seq"], h.seq(1));
     assert_eq!(alert["alert"]["title"], "TX stuck");
     assert_eq!(alert["alert"]["severity"], "warning");
     let (_, v) = get_json(&h.url("/api/alerts?limit=1")).await;
@@ -879,7 +895,7 @@ async fn heartbeats_alerts_ping_and_oversized_messages() {
             break v;
         }
     };
-    assert_eq!(pong["seq"], 1);
+    assert_eq!(pong["seq"], h.seq(1));
     ws.send(Message::text("not json at all"))
         .await
         .expect("ignored text");
@@ -1096,8 +1112,8 @@ async fn every_message_carries_the_epoch_and_a_foreign_epoch_gets_a_snapshot() {
     let mut ws = h.ws("").await;
     let snap = next_json(&mut ws).await;
     assert_eq!(snap["epoch"], epoch.as_str());
-    h.publish(ChangeKind::TxKeyed);
-    h.publish(ChangeKind::TxUnkeyed);
+    h.publish(ChangeKind::TxKeyed).await;
+    h.publish(ChangeKind::TxUnkeyed).await;
     let ev = next_event(&mut ws).await;
     assert_eq!(
         (ev["type"].as_str(), ev["epoch"].as_str()),
@@ -1124,22 +1140,23 @@ async fn every_message_carries_the_epoch_and_a_foreign_epoch_gets_a_snapshot() {
     }
 
     // The same run resumes with its epoch: a replay, no snapshot.
-    let mut ws = h.ws(&format!("?since=1&epoch={epoch}")).await;
+    let since = h.seq(1);
+    let mut ws = h.ws(&format!("?since={since}&epoch={epoch}")).await;
     let v = next_json(&mut ws).await;
     assert_eq!(
         (v["type"].as_str(), v["seq"].as_u64()),
-        (Some("event"), Some(2))
+        (Some("event"), Some(h.seq(2)))
     );
-    // Another run's seq 1 is not ours: a fresh snapshot, never our deltas.
-    let mut ws = h.ws("?since=1&epoch=another-run").await;
+    // Another run's seq is not ours: a fresh snapshot, never our deltas.
+    let mut ws = h.ws(&format!("?since={since}&epoch=another-run")).await;
     let v = next_json(&mut ws).await;
     assert_eq!(
         (v["type"].as_str(), v["reason"].as_str(), v["seq"].as_u64()),
-        (Some("snapshot"), Some("epoch_changed"), Some(2))
+        (Some("snapshot"), Some("epoch_changed"), Some(h.seq(2)))
     );
     assert_eq!(h.resyncs("epoch_changed"), 1);
     // Without `epoch`, today's behaviour: a replay.
-    let mut ws = h.ws("?since=1").await;
+    let mut ws = h.ws(&format!("?since={since}")).await;
     assert_eq!(next_json(&mut ws).await["type"], "event");
 }
 
@@ -1267,6 +1284,45 @@ async fn poll_requests_past_the_rate_get_429() {
         .expect("Retry-After");
     assert!((1..=20).contains(&retry), "{retry}");
     assert_error(&res.json().await.expect("json"), "poll_requests_per_minute");
+}
+
+/// The per-server AMI action budget (`ami_actions_per_second`, shared with Lua) refuses
+/// with 429 and a `Retry-After` that says when the budget holds the request again.
+#[tokio::test]
+async fn the_ami_action_budget_refusal_says_when_to_retry() {
+    let h = start_full(
+        WS_DEFAULT,
+        "",
+        "ami_actions_per_second: 1\n",
+        64,
+        Duration::from_secs(5),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let poll = |node: &str| {
+        client
+            .post(h.url(&format!("/api/nodes/{node}/poll")))
+            .send()
+    };
+    // A poll is two actions (XStat + SawStat): the bucket holds exactly one.
+    let res = poll("1999").await.expect("poll");
+    assert_eq!(res.status().as_u16(), 202);
+    // Another node on the same server: the budget is empty, refilled at 1 action a second.
+    let res = poll("2000").await.expect("poll");
+    assert_eq!(res.status().as_u16(), 429);
+    let retry: Option<u64> = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    assert_eq!(retry, Some(2), "two actions at one a second");
+    assert_error(&res.json().await.expect("json"), "rate limited");
+    assert!(
+        h.app
+            .metrics
+            .render()
+            .contains("nexus_ami_actions_rate_limited_total{server=\"default\"} 1")
+    );
 }
 
 #[tokio::test]

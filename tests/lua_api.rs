@@ -30,7 +30,7 @@ end
 async fn events_are_plain_tables_with_the_websocket_fields_and_nil_for_missing_ones() {
     let dir = TempDir::new("events");
     dir.save("rec.lua", RECORDER);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("rec.lua", RECORDER).await;
 
     let p = rig.publish(event(ChangeKind::TxKeyed)).await;
@@ -93,7 +93,7 @@ end
 function answered() return answer end
 "#;
     dir.save("t.lua", src);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("t.lua", src).await;
     // No fixed sleep: wait for the fifth tick, then check the pace (20 ms apart at least).
     let started = std::time::Instant::now();
@@ -146,7 +146,7 @@ function try()
 end
 "#;
     dir.save("p.lua", src);
-    let rig = Rig::start(dir.path(), "", &["1999"]);
+    let rig = Rig::start(dir.path(), "", &["1999"]).await;
     rig.loaded("p.lua", src).await;
     let got = rig.call("p.lua", "try", vec![]).await;
     assert_eq!(
@@ -194,7 +194,7 @@ function store_table() return pcall(function() nexus.store.bad = {} end) end
         "function cfg() return next(nexus.config) == nil end\n",
     );
     let extra = "plugins:\n  cfg:\n    limit: 3\n    gone: null\n    nested: {deep: true}\n    list: [1, 2]\n";
-    let rig = Rig::start(dir.path(), extra, &[]);
+    let rig = Rig::start(dir.path(), extra, &[]).await;
     rig.loaded("cfg.lua", src).await;
     let got = rig.call("cfg.lua", "show", vec![]).await;
     assert_eq!(
@@ -268,7 +268,7 @@ end
 "#;
     dir.save("raise.lua", src);
     let extra = format!("alert_webhooks:\n  - url: {url}\n    timeout: 2s\n    retries: 0\n");
-    let rig = Rig::start(dir.path(), &extra, &[]);
+    let rig = Rig::start(dir.path(), &extra, &[]).await;
     rig.loaded("raise.lua", src).await;
     let got = rig.call("raise.lua", "raise", vec![]).await;
     assert_eq!(
@@ -339,7 +339,8 @@ end
         dir.path(),
         "lua:\n  memory_limit_mb: 64\n  callback_budget: 20s\n",
         &[],
-    );
+    )
+    .await;
     rig.loaded("flood.lua", src).await;
     let before = rss_bytes();
     let got = rig.call("flood.lua", "flood", vec![json!(200)]).await;
@@ -386,7 +387,7 @@ function hammer(what)
 end
 "#;
     dir.save("hammer.lua", src);
-    let rig = Rig::start(dir.path(), "", &["1999"]);
+    let rig = Rig::start(dir.path(), "", &["1999"]).await;
     rig.loaded("hammer.lua", src).await;
     let got = rig.call("hammer.lua", "hammer", vec![json!("poll")]).await;
     let ok = got["ok"].as_i64().unwrap_or(0);

@@ -14,7 +14,7 @@ const ALERTS: &str = "plugins:\n  alerts:\n    stuck_tx_minutes: 10\n    flap_dr
 
 async fn alerts_rig(dir: &TempDir) -> Rig {
     dir.copy_plugin("alerts.lua");
-    let rig = Rig::start(dir.path(), ALERTS, &[]);
+    let rig = Rig::start(dir.path(), ALERTS, &[]).await;
     let src = std::fs::read_to_string(dir.path().join("alerts.lua")).expect("plugin");
     rig.loaded("alerts.lua", &src).await;
     rig
@@ -151,13 +151,17 @@ async fn ami_down_is_reported_after_the_threshold_and_recovery_after() {
     );
 }
 
+/// No wall-clock waits: the plugin's own timer is set to an hour (it never fires during
+/// the test) and the test runs the plugin's `check(now)` itself with chosen times, after
+/// changes stamped with a fixed time. Every step is a barrier on the Lua thread (the
+/// change is handled, the call has returned) before the interval is read.
 #[tokio::test]
 async fn adaptive_polling_speeds_up_on_activity_and_slows_down_after_cooldown() {
     let dir = TempDir::new("adaptive");
     dir.copy_plugin("adaptive_polling.lua");
-    let cfg = "plugins:\n  adaptive_polling:\n    fast_seconds: 2\n    slow_seconds: 30\n    cooldown_seconds: 0.3\n    \
-               check_seconds: 0.05\n";
-    let rig = Rig::start(dir.path(), cfg, &["1999"]);
+    let cfg = "plugins:\n  adaptive_polling:\n    fast_seconds: 2\n    slow_seconds: 30\n    cooldown_seconds: 120\n    \
+               check_seconds: 3600\n";
+    let rig = Rig::start(dir.path(), cfg, &["1999"]).await;
     let src = std::fs::read_to_string(dir.path().join("adaptive_polling.lua")).expect("plugin");
     rig.loaded("adaptive_polling.lua", &src).await;
     let interval = || rig.app.control.poll_interval("1999");
@@ -166,39 +170,45 @@ async fn adaptive_polling_speeds_up_on_activity_and_slows_down_after_cooldown() 
         Some(Duration::from_secs(60)),
         "configured interval until something happens"
     );
+    // Every change happens at `t0` (seconds); checks run at `t0 + offset`.
+    let t0_ms = ago_ms(0);
+    let t0 = t0_ms as f64 / 1000.0;
+    let at = |mut e: allstar_nexus::state::ChangeEvent| {
+        e.time_ms = t0_ms;
+        e
+    };
+    let check = |offset: f64| rig.call("adaptive_polling.lua", "check", vec![json!(t0 + offset)]);
 
-    rig.publish(link_event(ChangeKind::LinkKeyed, "2000")).await;
+    rig.publish(at(link_event(ChangeKind::LinkKeyed, "2000")))
+        .await;
     assert_eq!(
         interval(),
         Some(Duration::from_secs(2)),
         "fast while active"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    check(600.0).await;
     assert_eq!(
         interval(),
         Some(Duration::from_secs(2)),
-        "stays fast while the link is keyed"
+        "stays fast while the link is keyed, however long"
     );
 
-    rig.publish(link_event(ChangeKind::LinkUnkeyed, "2000"))
+    rig.publish(at(link_event(ChangeKind::LinkUnkeyed, "2000")))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    check(119.0).await;
     assert_eq!(
         interval(),
         Some(Duration::from_secs(2)),
         "cooldown not over yet"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while interval() != Some(Duration::from_secs(30)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never slowed down: {:?}",
-            interval()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    check(120.0).await;
+    assert_eq!(
+        interval(),
+        Some(Duration::from_secs(30)),
+        "slow once nothing happened for the cooldown"
+    );
 
-    rig.publish(event(ChangeKind::TxKeyed)).await;
+    rig.publish(at(event(ChangeKind::TxKeyed))).await;
     assert_eq!(
         interval(),
         Some(Duration::from_secs(2)),
@@ -214,7 +224,8 @@ async fn voter_reports_a_silent_receiver_and_a_vanished_one() {
         dir.path(),
         "plugins:\n  voter:\n    interval_seconds: 60\n    silent_seconds: 60\n",
         &[],
-    );
+    )
+    .await;
     let src = std::fs::read_to_string(dir.path().join("voter.lua")).expect("plugin");
     rig.loaded("voter.lua", &src).await;
     let rx = |name: &str, rssi: u32| json!({"name": name, "rssi": rssi, "voted": rssi > 0, "ip": "192.0.2.1", "flags": []});
@@ -301,7 +312,7 @@ async fn voter_polls_nodes_and_tolerates_nodes_without_a_voter() {
     dir.copy_plugin("voter.lua");
     let cfg =
         "plugins:\n  voter:\n    interval_seconds: 0.05\n    give_up_polls: 2\n    nodes: [1999]\n";
-    let rig = Rig::start(dir.path(), cfg, &["1999"]);
+    let rig = Rig::start(dir.path(), cfg, &["1999"]).await;
     let src = std::fs::read_to_string(dir.path().join("voter.lua")).expect("plugin");
     rig.loaded("voter.lua", &src).await;
     // No Asterisk behind node 1999: every VoterStatus fails, the plugin backs off quietly.

@@ -18,7 +18,7 @@ const FAILS_AT_RUN: &str = "function version() return 4 end\nerror('refusing to 
 async fn save_by_rename_reloads_and_broken_versions_keep_the_old_one() {
     let dir = TempDir::new("reload");
     dir.save("x.lua", V1);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("x.lua", V1).await;
     assert_eq!(rig.call("x.lua", "version", vec![]).await, json!(1));
 
@@ -95,7 +95,7 @@ async fn deleting_a_script_unloads_it() {
     let dir = TempDir::new("delete");
     dir.save("gone.lua", V1);
     dir.save("stays.lua", V2);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("gone.lua", V1).await;
     rig.loaded("stays.lua", V2).await;
     assert!(rig.app.metrics.render().contains("nexus_scripts_loaded 2"));
@@ -117,7 +117,7 @@ async fn deleting_a_script_unloads_it() {
 async fn editor_files_are_ignored_and_unchanged_content_is_not_reloaded() {
     let dir = TempDir::new("ignore");
     dir.save("x.lua", V1);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("x.lua", V1).await;
     let loaded_at = rig.app.scripts.get("x.lua").and_then(|s| s.loaded_at_ms);
 
@@ -144,7 +144,7 @@ async fn reload_all_reloads_unchanged_scripts_and_keeps_their_store() {
     let dir = TempDir::new("sighup");
     let src = "nexus.store.loads = (nexus.store.loads or 0) + 1\nfunction loads() return nexus.store.loads end\n";
     dir.save("count.lua", src);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("count.lua", src).await;
     for expected in 2..=3 {
         rig.host.reload_all();
@@ -164,7 +164,7 @@ async fn scripts_cannot_see_each_others_globals() {
     let b = "function peek() return tostring(shared) .. ' ' .. tostring(string.secret) .. ' ' .. tostring(rawget(_G, 'peek') ~= nil) end\n";
     dir.save("a.lua", a);
     dir.save("b.lua", b);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("a.lua", a).await;
     rig.loaded("b.lua", b).await;
     assert_eq!(rig.call("a.lua", "peek", vec![]).await, json!("from a"));
@@ -179,7 +179,7 @@ async fn reading_the_scripts_does_not_trigger_rescans() {
     let dir = TempDir::new("idle");
     dir.save("a.lua", V1);
     dir.save("b.lua", V2);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("a.lua", V1).await;
     rig.loaded("b.lua", V2).await;
     // A save: exactly one rescan follows it (which reads every script again).

@@ -53,7 +53,7 @@ async fn every_escape_is_denied() {
         "uses_io.lua",
         "local x = 1\nlocal f = io.open('/etc/passwd')\n",
     );
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("probe.lua", ESCAPES).await;
     assert_eq!(
         rig.call("probe.lua", "probe", vec![]).await,
@@ -78,7 +78,7 @@ async fn runaway_is_aborted(tag: &str, body: &str) {
     let runaway = format!("nexus.on('tx_keyed', function()\n{body}\nend)\n");
     dir.save("runaway.lua", &runaway);
     dir.save("counter.lua", COUNTER);
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     rig.loaded("runaway.lua", &runaway).await;
     rig.loaded("counter.lua", COUNTER).await;
 
@@ -166,7 +166,7 @@ async fn memory_bomb_stops_at_the_limit() {
         "nexus.on('tx_keyed', function()\n  local s = 'x'\n  while true do s = s .. s end\nend)\n";
     dir.save("bomb.lua", bomb);
     dir.save("counter.lua", COUNTER);
-    let rig = Rig::start(dir.path(), "lua:\n  memory_limit_mb: 8\n", &[]);
+    let rig = Rig::start(dir.path(), "lua:\n  memory_limit_mb: 8\n", &[]).await;
     rig.loaded("bomb.lua", bomb).await;
     rig.loaded("counter.lua", COUNTER).await;
     rig.publish(event(ChangeKind::TxKeyed)).await;
@@ -188,7 +188,7 @@ async fn a_script_failing_again_and_again_is_disabled_with_an_alert() {
     let dir = TempDir::new("disable");
     let bad = "nexus.on('tx_keyed', function(e) error('no luck with ' .. e.node) end)\n";
     dir.save("bad.lua", bad);
-    let rig = Rig::start(dir.path(), "lua:\n  max_consecutive_errors: 3\n", &[]);
+    let rig = Rig::start(dir.path(), "lua:\n  max_consecutive_errors: 3\n", &[]).await;
     rig.loaded("bad.lua", bad).await;
     for _ in 0..3 {
         rig.publish(event(ChangeKind::TxKeyed)).await;
@@ -224,7 +224,7 @@ async fn a_script_failing_again_and_again_is_disabled_with_an_alert() {
 async fn unknown_change_kind_fails_the_load_naming_the_valid_ones() {
     let dir = TempDir::new("kinds");
     dir.save("typo.lua", "nexus.on('tx_key', function() end)\n");
-    let rig = Rig::start(dir.path(), "", &[]);
+    let rig = Rig::start(dir.path(), "", &[]).await;
     let shown = rig
         .host
         .wait_until(Duration::from_secs(5), |_| {
@@ -288,7 +288,8 @@ async fn a_long_c_call_counts_as_a_timeout_and_disables_the_script_when_it_repea
         dir.path(),
         "lua:\n  callback_budget: 20ms\n  max_consecutive_errors: 50\n",
         &[],
-    );
+    )
+    .await;
     rig.loaded("slow.lua", &src).await;
     for i in 1..=3u64 {
         rig.publish(event(ChangeKind::TxKeyed)).await;
@@ -331,10 +332,10 @@ async fn the_watchdog_reports_a_stuck_thread_and_disables_the_script() {
     let src = slow_find(25_000);
     dir.save("stuck.lua", &src);
     dir.save("counter.lua", COUNTER);
-    let rig = Rig::start(dir.path(), "lua:\n  callback_budget: 20ms\n", &[]);
+    let rig = Rig::start(dir.path(), "lua:\n  callback_budget: 20ms\n", &[]).await;
     rig.loaded("stuck.lua", &src).await;
     rig.loaded("counter.lua", COUNTER).await;
-    let p = rig.app.state.publish_external(event(ChangeKind::TxKeyed));
+    let p = rig.inject(event(ChangeKind::TxKeyed)).await;
 
     // While the Lua thread is stuck: health has a problem, the script shows disabled.
     let deadline = Instant::now() + Duration::from_secs(30);

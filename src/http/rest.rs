@@ -378,11 +378,21 @@ fn poll(ctx: &Ctx, id: &str, headers: &HeaderMap, ip: IpAddr) -> Response {
         Err(e @ ControlError::NoPoller(_)) => {
             error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
-        Err(e @ ControlError::RateLimited { .. }) => {
-            error_reply(StatusCode::TOO_MANY_REQUESTS, &e.to_string())
+        Err(e @ ControlError::RateLimited { retry_after, .. }) => {
+            let mut res = error_reply(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+            let secs = retry_after_secs(retry_after);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            res
         }
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// `Retry-After` seconds for a wait: rounded up, at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.max(1)
 }
 
 /// 403 for a browser request from another site (see `origin`).

@@ -53,6 +53,13 @@ pub enum EngineInput {
     },
     /// A new node database (astdb.txt was read).
     Names(Arc<AstDb>),
+    /// A change made outside the model (tests, tools, benchmarks inject changes this way):
+    /// numbered, kept for replay, counted and broadcast like the engine's own; the node
+    /// model itself is not modified. `done` gets the published change.
+    Publish {
+        event: ChangeEvent,
+        done: Option<oneshot::Sender<Arc<Published>>>,
+    },
 }
 
 /// Depth of the command queue ([`EngineInput`]s other than AMI events and polls).
@@ -100,6 +107,21 @@ impl EngineSender {
             .await
             .map_err(|_| EngineSendError::Stopped)?;
         applied.await.map_err(|_| EngineSendError::Stopped)
+    }
+
+    /// Publishes a change made outside the model ([`EngineInput::Publish`]) and returns it
+    /// as published (with its `seq`), once the engine has broadcast it.
+    pub async fn publish(&self, event: ChangeEvent) -> Result<Arc<Published>, EngineSendError> {
+        let (done, published) = oneshot::channel();
+        let input = EngineInput::Publish {
+            event,
+            done: Some(done),
+        };
+        self.tx
+            .send(input)
+            .await
+            .map_err(|_| EngineSendError::Stopped)?;
+        published.await.map_err(|_| EngineSendError::Stopped)
     }
 }
 
@@ -197,6 +219,15 @@ impl Engine {
                 }
             }
             EngineInput::Names(db) => self.store.update(|m, _| m.astdb = db),
+            EngineInput::Publish { event, done } => {
+                let metrics = self.metrics.clone();
+                let p = self
+                    .store
+                    .update(|m, tx| publish_one(m, tx, &metrics, event));
+                if let Some(done) = done {
+                    let _ = done.send(p);
+                }
+            }
         }
     }
 
@@ -489,12 +520,24 @@ fn publish_all(
     changes: Vec<ChangeEvent>,
 ) {
     for ev in changes {
-        record_metrics(metrics, &ev);
-        let p = m.publish(tx, ev);
-        ChangePublished { event: &p.event }.emit(metrics);
+        publish_one(m, tx, metrics, ev);
     }
 }
 
+/// Publishes one change and updates the metrics it implies.
+fn publish_one(
+    m: &mut Model,
+    tx: &broadcast::Sender<Arc<Published>>,
+    metrics: &Metrics,
+    ev: ChangeEvent,
+) -> Arc<Published> {
+    record_metrics(metrics, &ev);
+    let p = m.publish(tx, ev);
+    ChangePublished { event: &p.event }.emit(metrics);
+    p
+}
+
+/// The metrics a change implies: the node's keying series, then the link's.
 fn record_metrics(metrics: &Metrics, ev: &ChangeEvent) {
     let Some(node) = ev.node.as_deref() else {
         return;
@@ -519,42 +562,36 @@ fn record_metrics(metrics: &Metrics, ev: &ChangeEvent) {
         ChangeKind::RxUnkeyed => metrics.node_rx_keyed.with_label_values(&[node]).set(0),
         ChangeKind::LinkKeyed => {
             metrics.node_link_keyups.with_label_values(&[node]).inc();
-            if let (true, Some(l)) = (metrics.per_link, &ev.link) {
-                metrics
-                    .link_keyed
-                    .with_label_values(&[node, &l.node])
-                    .set(1);
-                metrics
-                    .link_keyups
-                    .with_label_values(&[node, &l.node])
-                    .inc();
-            }
-        }
-        ChangeKind::LinkUnkeyed => {
-            if let (true, Some(l)) = (metrics.per_link, &ev.link) {
-                metrics
-                    .link_keyed
-                    .with_label_values(&[node, &l.node])
-                    .set(0);
-                metrics
-                    .link_keyed_seconds
-                    .with_label_values(&[node, &l.node])
-                    .inc_by(secs);
-            }
-        }
-        ChangeKind::LinkConnected => {
-            if let (true, Some(l)) = (metrics.per_link, &ev.link) {
-                metrics
-                    .link_keyed
-                    .with_label_values(&[node, &l.node])
-                    .set(0);
-            }
+            record_link_metrics(metrics, node, ev, secs);
         }
         ChangeKind::LinkDisconnected => {
             if let Some(l) = &ev.link {
                 metrics.remove_link(node, &l.node);
             }
         }
+        _ => record_link_metrics(metrics, node, ev, secs),
+    }
+}
+
+/// The per-link series (`metrics.per_link`) a link change implies.
+fn record_link_metrics(metrics: &Metrics, node: &str, ev: &ChangeEvent, secs: f64) {
+    let (true, Some(l)) = (metrics.per_link, &ev.link) else {
+        return;
+    };
+    let labels = [node, l.node.as_str()];
+    match ev.kind {
+        ChangeKind::LinkKeyed => {
+            metrics.link_keyed.with_label_values(&labels).set(1);
+            metrics.link_keyups.with_label_values(&labels).inc();
+        }
+        ChangeKind::LinkUnkeyed => {
+            metrics.link_keyed.with_label_values(&labels).set(0);
+            metrics
+                .link_keyed_seconds
+                .with_label_values(&labels)
+                .inc_by(secs);
+        }
+        ChangeKind::LinkConnected => metrics.link_keyed.with_label_values(&labels).set(0),
         _ => {}
     }
 }

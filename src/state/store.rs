@@ -114,7 +114,7 @@ impl StateStore {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Model> {
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Model> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -231,16 +231,9 @@ impl Model {
 }
 
 impl StateStore {
-    /// Publishes a change produced outside the engine: tests and tools. The change is
-    /// numbered, kept in the replay buffer and broadcast like any other; the node model
-    /// itself is not modified.
-    pub fn publish_external(&self, event: ChangeEvent) -> Arc<Published> {
-        self.update(|m, tx| m.publish(tx, event))
-    }
-
     /// Applies `f` to the model under the write lock; `f` publishes through the given
-    /// sender. Only the state engine calls this.
-    pub(crate) fn update<R>(
+    /// sender. Only the state engine calls this (it is private to `state`).
+    pub(super) fn update<R>(
         &self,
         f: impl FnOnce(&mut Model, &broadcast::Sender<Arc<Published>>) -> R,
     ) -> R {

@@ -1,22 +1,18 @@
-//! Shared by the `lua_*` tests: a daemon context without AMI, temporary script
-//! directories, and change events to feed the scripts.
+//! Shared by the `lua_*` tests: the whole daemon (`daemon::start`) over a temporary
+//! script directory, without a reachable Asterisk, and change events to feed the scripts
+//! through the state engine.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use allstar_nexus::alerts::{Alert, AlertHub};
-use allstar_nexus::ami::connection::{ConnectFuture, Connector, SupervisorParts};
+use allstar_nexus::alerts::Alert;
 use allstar_nexus::app::App;
-use allstar_nexus::config::{AmiSettings, Config, NodeConfig, ServerConfig};
-use allstar_nexus::control::Control;
-use allstar_nexus::metrics::Metrics;
-use allstar_nexus::poller::{self, PollerParts};
-use allstar_nexus::script::{self, ScriptHost};
-use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
+use allstar_nexus::config::Config;
+use allstar_nexus::script::ScriptHost;
+use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView, Published};
 use tokio_util::sync::CancellationToken;
 
 /// A directory removed when dropped.
@@ -58,104 +54,88 @@ impl Drop for TempDir {
     }
 }
 
-/// A configuration without AMI, reading scripts from `dir`; `extra` is appended YAML.
-pub fn config(dir: &Path, extra: &str) -> Config {
-    let yaml = format!(
-        "ami_enabled: false\nscript_dirs: [{:?}]\n{extra}",
-        dir.display().to_string()
+/// A configuration reading scripts from `dir`, HTTP on port 0, no astdb, no history
+/// (unless `extra` has a `history:` section), state in `state`; `extra` is appended YAML.
+/// With `poll_nodes`, those nodes belong to an AMI server at a closed port (so they have
+/// pollers whose intervals can be set, and nothing ever connects); without, AMI is off.
+pub fn config(
+    dir: &Path,
+    state: &Path,
+    extra: &str,
+    ami_port: Option<u16>,
+    poll_nodes: &[&str],
+) -> Config {
+    let mut yaml = format!(
+        "listen: 127.0.0.1:0\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: [{:?}]\nstate_dir: {:?}\n",
+        dir.display().to_string(),
+        state.display().to_string()
     );
+    match ami_port {
+        Some(port) if !poll_nodes.is_empty() => {
+            yaml.push_str(&format!(
+                "ami_host: 127.0.0.1\nami_port: {port}\nami_username: admin\nami_password: unused\n\
+                 ami_retry_interval: 60s\nami_retry_max: 60s\nnodes:\n"
+            ));
+            for n in poll_nodes {
+                yaml.push_str(&format!("  - node_id: {n}\n"));
+            }
+        }
+        _ => yaml.push_str("ami_enabled: false\n"),
+    }
+    if !extra.contains("history:") {
+        yaml.push_str("history:\n  enabled: false\n");
+    }
+    yaml.push_str(extra);
     Config::parse(&yaml, "test.yaml", None).expect("test config")
 }
 
-/// A connector that never connects (the node has a poller, but no Asterisk).
-struct Never;
-
-impl Connector for Never {
-    fn connect(&self) -> ConnectFuture {
-        Box::pin(std::future::pending())
-    }
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
 }
 
-/// The daemon's shared parts; `poll_nodes` get a real poller (with no Asterisk behind it)
-/// so polling intervals can be changed and read.
-pub fn app(config: Config, poll_nodes: &[&str], shutdown: &CancellationToken) -> App {
-    let metrics = Metrics::new(false);
-    let state = StateStore::new(1024, 4096);
-    let alerts = AlertHub::new(
-        &config.alerts,
-        config.alert_webhooks.clone(),
-        metrics.clone(),
-    );
-    let mut pollers = BTreeMap::new();
-    let mut servers = BTreeMap::new();
-    let mut node_server = BTreeMap::new();
-    if !poll_nodes.is_empty() {
-        let server = ServerConfig {
-            name: "default".into(),
-            host: "127.0.0.1".into(),
-            port: 5038,
-            username: "admin".into(),
-            password: "unused".into(),
-            nodes: poll_nodes
-                .iter()
-                .map(|n| NodeConfig {
-                    node_id: n.to_string(),
-                    poll_interval: Duration::from_secs(60),
-                })
-                .collect(),
-        };
-        let (events, _rx) = tokio::sync::mpsc::channel(16);
-        let ami = allstar_nexus::ami::connection::spawn(SupervisorParts {
-            server,
-            settings: AmiSettings::default(),
-            connector: Box::new(Never),
-            events,
-            metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
-        });
-        let (results, _) = tokio::sync::mpsc::channel(16);
-        for n in poll_nodes {
-            let h = poller::spawn(PollerParts {
-                node: n.to_string(),
-                interval: Duration::from_secs(60),
-                ami: ami.clone(),
-                results: results.clone(),
-                metrics: metrics.clone(),
-                automatic: true,
-                shutdown: shutdown.clone(),
-            });
-            pollers.insert(n.to_string(), h);
-            node_server.insert(n.to_string(), "default".to_string());
-        }
-        servers.insert("default".to_string(), ami);
-    }
-    let control = Control::new(
-        pollers,
-        servers,
-        node_server,
-        state.clone(),
-        metrics.clone(),
-    );
-    App::assemble(Arc::new(config), state, control, alerts, metrics, None)
-}
-
-/// A running script host over `dir`.
+/// The whole daemon (`daemon::start`, the composition root) over a script directory.
 pub struct Rig {
     pub app: App,
     pub host: ScriptHost,
+    /// Inputs to the state engine: changes are injected there.
+    pub engine: EngineSender,
     pub shutdown: CancellationToken,
+    _state: TempDir,
 }
 
 impl Rig {
-    pub fn start(dir: &Path, extra: &str, poll_nodes: &[&str]) -> Rig {
+    /// Starts the daemon with scripts from `dir`; `poll_nodes` get a poller (with no
+    /// Asterisk behind it) so polling intervals can be changed and read. Returns once the
+    /// AMI server's first (failed) status is in the model, so that news is not mixed into
+    /// what a test publishes.
+    pub async fn start(dir: &Path, extra: &str, poll_nodes: &[&str]) -> Rig {
+        let state = TempDir::new("state");
+        let port = (!poll_nodes.is_empty()).then(closed_port);
+        let config = config(dir, state.path(), extra, port, poll_nodes);
         let shutdown = CancellationToken::new();
-        let app = app(config(dir, extra), poll_nodes, &shutdown);
-        let host = script::spawn(app.script_env(), shutdown.clone()).expect("script host");
-        Rig {
-            app,
-            host,
+        let running = allstar_nexus::daemon::start(config, shutdown.clone())
+            .await
+            .expect("daemon starts");
+        let rig = Rig {
+            app: running.app,
+            host: running.scripts,
+            engine: running.engine,
             shutdown,
+            _state: state,
+        };
+        if !poll_nodes.is_empty() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while rig.app.state.servers().is_empty() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the AMI server's status never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
+        rig
     }
 
     /// Waits until `name` runs this exact content.
@@ -169,10 +149,10 @@ impl Rig {
         );
     }
 
-    /// Publishes a change through the state store (the real path) and waits until the
+    /// Publishes a change through the state engine (the real path) and waits until the
     /// scripts have handled it.
     pub async fn publish(&self, event: ChangeEvent) -> Arc<Published> {
-        let p = self.app.state.publish_external(event);
+        let p = self.inject(event).await;
         let seq = p.event.seq;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.host.delivered_seq() < seq {
@@ -183,6 +163,14 @@ impl Rig {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         p
+    }
+
+    /// Publishes a change through the state engine without waiting for the scripts.
+    pub async fn inject(&self, event: ChangeEvent) -> Arc<Published> {
+        self.engine
+            .publish(event)
+            .await
+            .expect("the engine publishes")
     }
 
     /// Calls a script's global function.
