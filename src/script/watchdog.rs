@@ -66,9 +66,12 @@ impl Watch {
         });
     }
 
-    /// The callback returned; `true` when the watchdog condemned it meanwhile.
+    /// The callback returned; `true` when the watchdog condemned it meanwhile. The
+    /// problem is cleared under the same lock [`Watch::check`] sets it under, so a check
+    /// that condemns a call just as it returns cannot leave the problem behind.
     pub fn end(&self) -> bool {
-        let condemned = self.lock().take().is_some_and(|b| b.condemned);
+        let mut busy = self.lock();
+        let condemned = busy.take().is_some_and(|b| b.condemned);
         if condemned {
             self.registry.set_problem(None);
         }
@@ -95,7 +98,14 @@ impl Watch {
         }
         b.condemned = true;
         let (key, name, limit) = (b.key.clone(), b.name.clone(), b.limit);
-        drop(busy);
+        // All of it while still holding `busy`: `end` (which clears the problem, and
+        // after which the host disables or reloads the script) waits for this, so a call
+        // returning just as it is condemned cannot be overwritten by a stale verdict.
+        self.registry.set_problem(Some(format!(
+            "the Lua thread is stuck in {name} (over {} ms, budget {} ms)",
+            ran.as_millis(),
+            limit.as_millis()
+        )));
         let reason = format!(
             "disabled by the watchdog: one callback ran over {} ms (budget {} ms, lua.callback_budget); the Lua thread was stuck in it",
             ran.as_millis(),
@@ -108,15 +118,11 @@ impl Watch {
             s.last_error = Some(reason.clone());
             s.last_error_at_ms = Some(now_ms());
         });
-        self.registry.set_problem(Some(format!(
-            "the Lua thread is stuck in {name} (over {} ms, budget {} ms)",
-            ran.as_millis(),
-            limit.as_millis()
-        )));
         self.metrics
             .script_disabled
             .with_label_values(&[&*name])
             .set(1);
+        drop(busy);
         Some(name.to_string())
     }
 }
