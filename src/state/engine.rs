@@ -691,6 +691,34 @@ mod tests {
     }
 
     #[test]
+    fn an_injected_change_is_numbered_broadcast_and_counted_by_the_engine() {
+        let (mut e, store, metrics) = engine();
+        let mut rx = store.subscribe();
+        let before = store.seq();
+        let (done, published) = oneshot::channel();
+        e.handle(EngineInput::Publish {
+            event: ChangeEvent::new(ChangeKind::TxKeyed, "default", Some("1999")),
+            done: Some(done),
+        });
+        let p = published
+            .blocking_recv()
+            .expect("the caller gets the change");
+        assert_eq!(p.event.seq, before + 1);
+        assert_eq!(store.seq(), before + 1);
+        assert_eq!(rx.try_recv().map(|q| q.event.seq).ok(), Some(before + 1));
+        assert_eq!(
+            metrics.node_tx_keyups.with_label_values(&["1999"]).get(),
+            1,
+            "counted like the engine's own changes"
+        );
+        assert_eq!(
+            store.node("1999").map(|n| n.tx_keyed),
+            Some(false),
+            "the model itself is not changed"
+        );
+    }
+
+    #[test]
     fn commands_change_the_model_only_through_the_engine() {
         let (mut e, store, metrics) = engine();
         e.handle(EngineInput::SetInterval {
