@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, FleetMember};
 use super::codec::{Action, AmiCodec, CodecError, Frame, Incoming};
 use super::events::{
     ActionResult, AmiActionDone, AmiConnected, AmiDisconnected, AmiLoginFailed, AmiProtocolError,
@@ -484,8 +484,12 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         .set(0);
     // Dropped when the task ends, however it ends (even by a panic): `stopped()` returns.
     let done = shared.stopped.clone().drop_guard();
+    // Counted before the task runs, so the whole fleet is known when its first connect
+    // is spread (backoff.rs).
+    let member = FleetMember::join();
     tokio::spawn(async move {
         let _done = done;
+        let _member = member;
         Supervisor::new(parts, shared, rx).run().await;
     });
     handle
@@ -531,6 +535,11 @@ impl Supervisor {
         let mut backoff = Backoff::new(s.retry_interval, s.retry_max, s.retry_jitter);
         let addr = self.parts.server.address();
         let mut attempt: u64 = 0;
+        // A fleet does not connect every server in the same instant.
+        let first = backoff.spread_delay();
+        if !first.is_zero() && !self.wait(first, false, &backoff).await {
+            return self.stop();
+        }
         loop {
             attempt += 1;
             if attempt == 1 {
@@ -577,21 +586,22 @@ impl Supervisor {
                 };
                 tracing::info!(server = %self.name, "[AMI] retrying connection in {}{how}...", humantime::format_duration(round_secs(wait)));
             }
-            if !self.wait(wait, probe).await {
+            if !self.wait(wait, probe, &backoff).await {
                 return self.stop();
             }
         }
     }
 
     /// Waits out a backoff delay, failing any action that arrives meanwhile. With `probe`,
-    /// the port is probed every [`PROBE_EVERY`] and the wait ends as soon as it answers.
-    /// False on shutdown.
-    async fn wait(&mut self, wait: Duration, probe: bool) -> bool {
-        let deadline = Instant::now() + wait;
+    /// the port is probed every [`PROBE_EVERY`] and the wait ends soon after it answers
+    /// (within the fleet's spread window, so a fleet's logins after a mass restart do not all
+    /// land in the same second). False on shutdown.
+    async fn wait(&mut self, wait: Duration, probe: bool, backoff: &Backoff) -> bool {
+        let mut deadline = Instant::now() + wait;
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         let connector = &self.parts.connector;
-        let probing = probe && connector.probe().is_some();
+        let mut probing = probe && connector.probe().is_some();
         let mut next_probe = Instant::now() + PROBE_EVERY;
         loop {
             let probe_now = probing && next_probe < deadline;
@@ -610,8 +620,15 @@ impl Supervisor {
                 }
                 answered = probe_fut, if probe_now => {
                     if answered {
-                        tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in now");
-                        return true;
+                        let spread = backoff.spread_delay();
+                        tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in {}", if spread.is_zero() { "now".to_owned() } else { format!("in {} ms", spread.as_millis()) });
+                        if spread.is_zero() {
+                            return true;
+                        }
+                        probing = false;
+                        deadline = deadline.min(Instant::now() + spread);
+                        sleep.as_mut().reset(deadline);
+                        continue;
                     }
                     next_probe = Instant::now() + PROBE_EVERY;
                 }
