@@ -42,6 +42,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the `simulate` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon with a configuration file.
