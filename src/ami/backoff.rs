@@ -6,7 +6,7 @@
 //!
 //! A daemon watching a fleet must not open every session in the same instant (at start, or
 //! when every Asterisk restarts at once): the attempts that are "at once" — the first
-//! connect, the immediate retry, the login after a probe answers — wait a random part of a
+//! connect, the immediate retry, the next port probe — wait a random part of a
 //! window that grows with the number of supervisors in the process ([`FleetMember`]):
 //! [`SPREAD_PER_SERVER`] per server beyond the first, at most `ami_retry_interval`. A single
 //! server still connects at once; 1,000 spread over 4 s. Each server draws its own offset, so

@@ -604,16 +604,19 @@ impl Supervisor {
     }
 
     /// Waits out a backoff delay, failing any action that arrives meanwhile. With `probe`,
-    /// the port is probed every [`PROBE_EVERY`] and the wait ends soon after it answers
-    /// (within the fleet's spread window, so a fleet's logins after a mass restart do not all
-    /// land in the same second). False on shutdown.
+    /// the port is probed every [`PROBE_EVERY`] (plus a random part of the fleet's spread
+    /// window, so a fleet's probes and logins after a mass restart do not all land in the
+    /// same second) and the wait ends as soon as it answers. False on shutdown.
     async fn wait(&mut self, wait: Duration, probe: bool, backoff: &Backoff) -> bool {
-        let mut deadline = Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         let connector = &self.parts.connector;
-        let mut probing = probe && connector.probe().is_some();
-        let mut next_probe = Instant::now() + PROBE_EVERY;
+        let probing = probe && connector.probe().is_some();
+        // Each server of a fleet probes at its own pace (one alone: every second), so
+        // the ports reopening after a mass restart are not all probed in the same second.
+        let probe_gap = || PROBE_EVERY + backoff.spread_delay();
+        let mut next_probe = Instant::now() + probe_gap();
         loop {
             let probe_now = probing && next_probe < deadline;
             let probe_fut = async {
@@ -631,17 +634,10 @@ impl Supervisor {
                 }
                 answered = probe_fut, if probe_now => {
                     if answered {
-                        let spread = backoff.spread_delay();
-                        tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in {}", if spread.is_zero() { "now".to_owned() } else { format!("in {} ms", spread.as_millis()) });
-                        if spread.is_zero() {
-                            return true;
-                        }
-                        probing = false;
-                        deadline = deadline.min(Instant::now() + spread);
-                        sleep.as_mut().reset(deadline);
-                        continue;
+                        tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in now");
+                        return true;
                     }
-                    next_probe = Instant::now() + PROBE_EVERY;
+                    next_probe = Instant::now() + probe_gap();
                 }
             }
         }
