@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use allstar_nexus::config::Config;
 use allstar_nexus::daemon;
 use allstar_nexus::logging::{self, LogFormat};
+use allstar_nexus::sim::fleet::{DaemonConfigOptions, FleetActivity, FleetConfig};
 use allstar_nexus::sim::{self, Era, SimConfig};
 
 // mimalloc: the parsers and the change fan-out allocate many small strings; glibc's
@@ -41,6 +42,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the `simulate` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon with a configuration file.
@@ -79,6 +82,8 @@ enum Command {
         activity: Option<u64>,
         #[command(flatten)]
         faults: sim::SimFaults,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Check a configuration file and exit (non-zero with the problem when invalid).
     CheckConfig { path: PathBuf },
@@ -86,6 +91,42 @@ enum Command {
     Status(allstar_nexus::status::StatusArgs),
     /// Read a password (no echo) and print its Argon2id hash for `users[].password_hash`.
     HashPassword,
+}
+
+/// `simulate --servers N`: many simulated Asterisk servers in one process.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Serve this many AMI servers, each on its own port: consecutive ports from
+    /// `--listen`'s, or ephemeral ones when its port is 0 (`--nodes` is ignored).
+    #[arg(long, value_name = "N")]
+    servers: Option<usize>,
+    /// Nodes hosted by each fleet server.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    nodes_per_server: usize,
+    /// Node number of the first fleet node (the rest follow in order).
+    #[arg(long, value_name = "NODE", default_value_t = 10_000)]
+    first_node: u64,
+    /// Established links each fleet node starts with.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    links_per_node: usize,
+    /// Write a daemon configuration watching the whole fleet (the chosen ports) here.
+    #[arg(long, value_name = "PATH")]
+    write_config: Option<PathBuf>,
+    /// `listen` of the written configuration.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    config_listen: SocketAddr,
+    /// `polling_interval_seconds` of the written configuration.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    config_poll_seconds: u32,
+    /// The written configuration runs the bundled Lua plugins (`plugins_builtin: true`).
+    #[arg(long)]
+    config_plugins: bool,
+    /// Fleet activity (with `--activity SEED`): keyups per node per minute.
+    #[arg(long, value_name = "RATE", default_value_t = 1.0)]
+    keyups_per_minute: f64,
+    /// Fleet activity (with `--activity SEED`): link changes per node per hour.
+    #[arg(long, value_name = "RATE", default_value_t = 6.0)]
+    link_changes_per_hour: f64,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +155,7 @@ fn main() -> ExitCode {
                 demo_network,
                 activity,
                 faults,
+                fleet,
             } => {
                 let era = if legacy { Era::Legacy } else { Era::Modern };
                 let config = SimConfig {
@@ -129,7 +171,12 @@ fn main() -> ExitCode {
                     daemon::shutdown_signal().await;
                     stop.cancel();
                 });
-                sim::run_standalone(listen, config, demo_network, activity, shutdown).await
+                match fleet.servers {
+                    Some(_) => run_fleet(listen, config, fleet, activity, shutdown).await,
+                    None => {
+                        sim::run_standalone(listen, config, demo_network, activity, shutdown).await
+                    }
+                }
             }
             Command::CheckConfig { path } => check_config(path),
             Command::Status(args) => allstar_nexus::status::run(args).await,
@@ -164,6 +211,50 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         stop.cancel();
     });
     daemon.run(listener, shutdown).await
+}
+
+/// `simulate --servers N …`.
+async fn run_fleet(
+    listen: SocketAddr,
+    template: SimConfig,
+    args: FleetArgs,
+    activity: Option<u64>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for (name, rate) in [
+        ("--keyups-per-minute", args.keyups_per_minute),
+        ("--link-changes-per-hour", args.link_changes_per_hour),
+    ] {
+        if !(0.0..=600.0).contains(&rate) {
+            anyhow::bail!("{name} must be between 0 and 600, got {rate}");
+        }
+    }
+    let config = FleetConfig {
+        servers: args.servers.unwrap_or(1),
+        nodes_per_server: args.nodes_per_server,
+        first_node: args.first_node,
+        links_per_node: args.links_per_node,
+        listen,
+        template,
+    };
+    let daemon = DaemonConfigOptions {
+        listen: args.config_listen,
+        poll_seconds: args.config_poll_seconds,
+        plugins: args.config_plugins,
+    };
+    let activity = activity.map(|seed| FleetActivity {
+        keyups_per_minute: args.keyups_per_minute,
+        link_changes_per_hour: args.link_changes_per_hour,
+        seed,
+    });
+    sim::fleet::run_fleet(
+        config,
+        args.write_config.as_deref(),
+        daemon,
+        activity,
+        shutdown,
+    )
+    .await
 }
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, FleetMember};
 use super::codec::{Action, AmiCodec, CodecError, Frame, Incoming};
 use super::events::{
     ActionResult, AmiActionDone, AmiConnected, AmiDisconnected, AmiLoginFailed, AmiProtocolError,
@@ -45,6 +45,15 @@ pub const MAX_PEER_TEXT: usize = 200;
 
 /// While waiting to reconnect to a port that stopped answering, probe it this often.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Initial size of a session's read buffer (it grows to the largest frame seen).
+pub const READ_BUFFER: usize = 2048;
+
+/// Initial size of a session's write buffer (actions are a few hundred bytes).
+pub const WRITE_BUFFER: usize = 512;
+
+/// Status changes kept for `subscribe_status` receivers that fall behind.
+const STATUS_RING: usize = 8;
 
 /// On shutdown, how long to wait for Asterisk's `Response: Goodbye` to our `Logoff`.
 pub const LOGOFF_WAIT: Duration = Duration::from_secs(1);
@@ -461,7 +470,9 @@ pub fn spawn_tcp(
 /// Starts the supervisor task with any connector.
 pub fn spawn(parts: SupervisorParts) -> AmiHandle {
     let (status, _) = watch::channel(ConnectionStatus::never_connected(&parts.server));
-    let (changes, _) = broadcast::channel(64);
+    // Status changes are rare (connect, disconnect): a short ring is plenty, and it is
+    // allocated up front for every server of a fleet (64 slots cost 12 KiB each).
+    let (changes, _) = broadcast::channel(STATUS_RING);
     let shared = Arc::new(Shared {
         server: parts.server.name.clone(),
         connected: AtomicBool::new(false),
@@ -484,8 +495,12 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
         .set(0);
     // Dropped when the task ends, however it ends (even by a panic): `stopped()` returns.
     let done = shared.stopped.clone().drop_guard();
+    // Counted before the task runs, so the whole fleet is known when its first connect
+    // is spread (backoff.rs).
+    let member = FleetMember::join();
     tokio::spawn(async move {
         let _done = done;
+        let _member = member;
         Supervisor::new(parts, shared, rx).run().await;
     });
     handle
@@ -531,6 +546,11 @@ impl Supervisor {
         let mut backoff = Backoff::new(s.retry_interval, s.retry_max, s.retry_jitter);
         let addr = self.parts.server.address();
         let mut attempt: u64 = 0;
+        // A fleet does not connect every server in the same instant.
+        let first = backoff.spread_delay();
+        if !first.is_zero() && !self.wait(first, false, &backoff).await {
+            return self.stop();
+        }
         loop {
             attempt += 1;
             if attempt == 1 {
@@ -577,22 +597,26 @@ impl Supervisor {
                 };
                 tracing::info!(server = %self.name, "[AMI] retrying connection in {}{how}...", humantime::format_duration(round_secs(wait)));
             }
-            if !self.wait(wait, probe).await {
+            if !self.wait(wait, probe, &backoff).await {
                 return self.stop();
             }
         }
     }
 
     /// Waits out a backoff delay, failing any action that arrives meanwhile. With `probe`,
-    /// the port is probed every [`PROBE_EVERY`] and the wait ends as soon as it answers.
-    /// False on shutdown.
-    async fn wait(&mut self, wait: Duration, probe: bool) -> bool {
+    /// the port is probed every [`PROBE_EVERY`] (plus a random part of the fleet's spread
+    /// window, so a fleet's probes and logins after a mass restart do not all land in the
+    /// same second) and the wait ends as soon as it answers. False on shutdown.
+    async fn wait(&mut self, wait: Duration, probe: bool, backoff: &Backoff) -> bool {
         let deadline = Instant::now() + wait;
         let sleep = tokio::time::sleep_until(deadline);
         tokio::pin!(sleep);
         let connector = &self.parts.connector;
         let probing = probe && connector.probe().is_some();
-        let mut next_probe = Instant::now() + PROBE_EVERY;
+        // Each server of a fleet probes at its own pace (one alone: every second), so
+        // the ports reopening after a mass restart are not all probed in the same second.
+        let probe_gap = || PROBE_EVERY + backoff.spread_delay();
+        let mut next_probe = Instant::now() + probe_gap();
         loop {
             let probe_now = probing && next_probe < deadline;
             let probe_fut = async {
@@ -613,7 +637,7 @@ impl Supervisor {
                         tracing::info!(server = %self.name, "[AMI] the manager port answers again: logging in now");
                         return true;
                     }
-                    next_probe = Instant::now() + PROBE_EVERY;
+                    next_probe = Instant::now() + probe_gap();
                 }
             }
         }
@@ -629,8 +653,10 @@ impl Supervisor {
         let stream = self.parts.connector.connect().await?;
         let (r, w) = tokio::io::split(stream);
         let max = self.parts.settings.max_frame_bytes;
-        let mut reader = FramedRead::new(r, AmiCodec::client(max));
-        let mut writer = FramedWrite::new(w, AmiCodec::client(max));
+        // Small buffers that grow with the frames (tokio-util starts both at 8 KiB; a
+        // fleet of 1,000 idle sessions held 16 MiB in them).
+        let mut reader = FramedRead::with_capacity(r, AmiCodec::client(max), READ_BUFFER);
+        let mut writer = FramedWrite::with_capacity(w, AmiCodec::client(max), WRITE_BUFFER);
         let timeout = self.parts.settings.connect_timeout;
         let deadline = Instant::now() + timeout;
         let addr = self.parts.server.address();

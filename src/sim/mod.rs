@@ -13,7 +13,8 @@
 //! - `session` / `actions` / `command`: one AMI session — banner, login, actions, CLI,
 //!   event delivery between replies, faults;
 //! - `shared`: the lock-protected truth + session registry with bounded per-session queues;
-//! - [`activity`]: the demo network and its seeded activity generator.
+//! - [`activity`]: the demo network and its seeded activity generator;
+//! - [`fleet`]: many servers in one process, each on its own port (`simulate --servers`).
 //!
 //! Two eras are modelled ([`Era`]): current ASL3 (Asterisk 22, app_rpt ≥ 3.5) and legacy
 //! (Asterisk 1.4 / app_rpt < 3.0.5: ActionID before Response, ctime values ending in `\n`,
@@ -23,6 +24,7 @@ mod actions;
 pub mod activity;
 mod command;
 pub mod faults;
+pub mod fleet;
 mod format;
 mod mask;
 mod rng;
@@ -187,6 +189,7 @@ async fn accept_loop(handle: SimHandle, listener: TcpListener, stop: Cancellatio
         };
         match accepted {
             Ok((sock, peer)) => {
+                handle.shared.accepted.fetch_add(1, Ordering::Relaxed);
                 if shared::Faults::on(&handle.shared.faults.refuse) {
                     drop(sock);
                     continue;
@@ -450,6 +453,12 @@ impl SimHandle {
     pub async fn wait_for_recorded(&self, n: usize) {
         let mut rx = self.shared.recorded_count.subscribe();
         let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
+    /// Connections accepted so far (refused ones included): connection attempts that
+    /// reached this server.
+    pub fn accepted_connections(&self) -> u64 {
+        self.shared.accepted.load(Ordering::Relaxed)
     }
 
     /// Logged-in sessions now.

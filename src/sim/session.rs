@@ -126,7 +126,8 @@ pub(crate) async fn run<S>(
     let (rd, wr) = tokio::io::split(stream);
     let mut conn = Conn {
         session: Session::new(shared.clone(), id, local, peer),
-        reader: FramedRead::new(rd, AmiCodec::server(MAX_REQUEST_BYTES)),
+        // Requests are small: a fleet of 1,000 servers should not hold 8 KiB per session.
+        reader: FramedRead::with_capacity(rd, AmiCodec::server(MAX_REQUEST_BYTES), 1024),
         out: Output {
             w: wr,
             shared: shared.clone(),

@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     /// Cancelled by `shutdown`: the accept loop and every session end.
     pub(crate) shutdown: CancellationToken,
     next_session: AtomicU64,
+    /// Connections accepted by the listener (refused ones included).
+    pub(crate) accepted: AtomicU64,
     /// Number of logged-in sessions, for `wait_for_session_count`.
     pub(crate) logged_in: watch::Sender<usize>,
     /// Number of recorded actions, for `wait_for_recorded`.
@@ -158,6 +160,7 @@ impl Shared {
             stall: watch::Sender::new(false),
             shutdown: CancellationToken::new(),
             next_session: AtomicU64::new(1),
+            accepted: AtomicU64::new(0),
             logged_in: watch::Sender::new(0),
             recorded_count: watch::Sender::new(0),
             addr: Mutex::new(None),

@@ -1141,3 +1141,164 @@ async fn echolink_dbget_nodename_like_chan_echolink() {
     assert_eq!(f.response(), Some("Error"));
     assert_eq!(f.get("Output"), Some("Error: Entry for 555 not found!"));
 }
+
+// --- the fleet (`simulate --servers N`) -------------------------------------------------
+
+fn small_fleet(servers: usize) -> fleet::FleetConfig {
+    fleet::FleetConfig {
+        servers,
+        nodes_per_server: 2,
+        first_node: 50_000,
+        links_per_node: 1,
+        ..fleet::FleetConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn fleet_serves_each_server_on_its_own_ephemeral_port() {
+    let f = fleet::Fleet::start(small_fleet(3)).await.expect("fleet");
+    let ports: std::collections::BTreeSet<u16> =
+        f.servers().iter().map(|s| s.addr().port()).collect();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert!(!ports.contains(&0));
+    // The second server hosts nodes 50002 and 50003, each with one established link.
+    let mut c = Client::tcp(&f.servers()[1]).await;
+    c.login("off").await;
+    let x = c.xstat("50003").await;
+    assert_eq!(x.response(), Some("Success"), "{x:?}");
+    assert_eq!(
+        x.headers().filter(|(k, _)| *k == "Conn").count(),
+        1,
+        "{x:?}"
+    );
+    let other = c.xstat("50000").await;
+    assert_ne!(other.response(), Some("Success"), "{other:?}");
+    f.servers()[1].wait_for_session_count(1).await;
+    assert_eq!(f.session_count(), 1);
+    assert_eq!(f.accepted_connections(), 1);
+    f.shutdown();
+}
+
+#[tokio::test]
+async fn fleet_writes_a_daemon_config_that_loads_with_the_chosen_ports() {
+    let f = fleet::Fleet::start(small_fleet(4)).await.expect("fleet");
+    let dir = std::env::temp_dir().join(format!("nexus-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("fleet.yaml");
+    let opts = fleet::DaemonConfigOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        poll_seconds: 30,
+        plugins: true,
+    };
+    f.write_daemon_config(&path, &opts).expect("write");
+    let config = crate::config::Config::load(&path).expect("the written config is valid");
+    assert_eq!(config.servers.len(), 4);
+    for (server, sim) in config.servers.iter().zip(f.servers()) {
+        assert_eq!(server.port, sim.addr().port());
+        assert_eq!(server.host, "127.0.0.1");
+        assert_eq!(server.username, "admin");
+        assert_eq!(server.password, "nexus-sim");
+        let nodes: Vec<&str> = server.nodes.iter().map(|n| n.node_id.as_str()).collect();
+        let hosted = sim.truth();
+        let hosted: Vec<&str> = hosted.nodes.keys().map(String::as_str).collect();
+        assert_eq!(nodes, hosted);
+        assert!(
+            server
+                .nodes
+                .iter()
+                .all(|n| n.poll_interval == Duration::from_secs(30))
+        );
+    }
+    assert!(config.plugins_builtin);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the secret is not readable by others");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    f.shutdown();
+}
+
+#[tokio::test]
+async fn fleet_options_out_of_range_are_refused_with_the_option_named() {
+    for (cfg, word) in [
+        (small_fleet(0), "--servers"),
+        (small_fleet(fleet::MAX_SERVERS + 1), "--servers"),
+        (
+            fleet::FleetConfig {
+                nodes_per_server: 0,
+                ..small_fleet(1)
+            },
+            "--nodes-per-server",
+        ),
+        (
+            fleet::FleetConfig {
+                listen: "127.0.0.1:65000".parse().expect("addr"),
+                ..small_fleet(1000)
+            },
+            "65535",
+        ),
+    ] {
+        let err = fleet::Fleet::start(cfg).await.expect_err("refused");
+        assert!(err.to_string().contains(word), "{err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fleet_activity_keys_nodes_and_changes_links_at_the_asked_rates() {
+    let f = fleet::Fleet::start(small_fleet(5)).await.expect("fleet");
+    let mut c = Client::tcp(&f.servers()[0]).await;
+    c.login("on").await;
+    let activity = fleet::FleetActivity {
+        // 10 nodes × 60 a minute: ten keyups a second, fleet-wide.
+        keyups_per_minute: 60.0,
+        link_changes_per_hour: 3600.0,
+        seed: 7,
+    };
+    let stop = CancellationToken::new();
+    let task = fleet::spawn_fleet_activity(f.clone(), activity, stop.clone());
+    let mut keyups = 0;
+    let mut link_events = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let Ok(Some(Incoming::Frame(ev))) = timeout(Duration::from_secs(1), c.next()).await else {
+            continue;
+        };
+        match ev.event() {
+            Some("RPT_RXKEYED" | "RPT_LINKKEYED") if ev.get("EventValue") == Some("1") => {
+                keyups += 1
+            }
+            Some("RPT_NUMLINKS") => link_events += 1,
+            _ => {}
+        }
+    }
+    stop.cancel();
+    let _ = task.await;
+    // Server 1 of 5 holds a fifth of the nodes: about 60 keyups and 6 link changes in 30 s.
+    assert!((20..=120).contains(&keyups), "keyups {keyups}");
+    assert!(link_events >= 1, "link events {link_events}");
+    f.shutdown();
+}
+
+#[tokio::test]
+async fn fleet_restart_closes_every_port_then_listens_again() {
+    let f = fleet::Fleet::start(small_fleet(2)).await.expect("fleet");
+    let addr = f.servers()[1].addr();
+    let mut c = Client::tcp(&f.servers()[1]).await;
+    c.login("off").await;
+    f.servers()[1].wait_for_session_count(1).await;
+    let restart = {
+        let f = f.clone();
+        tokio::spawn(async move { f.restart(Duration::from_millis(300)).await })
+    };
+    assert!(c.is_closed().await, "the session dropped");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port is closed while down"
+    );
+    restart.await.expect("join").expect("listening again");
+    let mut again = Client::tcp(&f.servers()[1]).await;
+    again.login("off").await;
+    f.shutdown();
+}

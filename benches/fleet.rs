@@ -1,0 +1,325 @@
+//! The fleet: one daemon (a real process) watching 1,000 simulated Asterisk servers × 5
+//! nodes, each on its own loopback port, served by the multi-port simulator in this process
+//! (`allstar_nexus::sim::fleet`). Polls every 30 s.
+//!
+//! Prints: time until every session is logged in; the daemon's RSS; its CPU idle and with
+//! every node active (one keyup a minute per node, links coming and going); `/api/nodes`
+//! and `/metrics` latency; and a "restart all Asterisk" scenario (every port closes for a
+//! few seconds, every session drops): time to recover and the most connection attempts in
+//! one second.
+//!
+//! `cargo bench --bench fleet`. Knobs (environment): `FLEET_SERVERS` (1000),
+//! `FLEET_NODES` (5 per server), `FLEET_PLUGINS=1` (run the bundled Lua plugins),
+//! `FLEET_IDLE_SECS` (30), `FLEET_ACTIVE_SECS` (60), `FLEET_DOWN_SECS` (5).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use allstar_nexus::sim::fleet::{DaemonConfigOptions, Fleet, FleetActivity, FleetConfig};
+use tokio_util::sync::CancellationToken;
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Raises the open-file limit to the hard limit (the daemon inherits it).
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    lim.rlim_cur
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// VmRSS and VmHWM in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// Starts the daemon and returns it with its HTTP address (read from its log).
+fn start_daemon(config: &PathBuf) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_allstar-nexus"))
+        .args(["--log-format", "text", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the daemon");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("AllStar Nexus listening on http://") {
+                let addr = line[at + "AllStar Nexus listening on http://".len()..]
+                    .trim()
+                    .to_owned();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+            if line.contains("ERROR") || line.contains("panicked") {
+                eprintln!("daemon: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon logs its address");
+    (child, addr)
+}
+
+/// Latencies of `n` GETs of `url`, sorted (ms), and the body size.
+async fn latency(http: &reqwest::Client, url: &str, n: usize) -> (Vec<f64>, usize) {
+    let mut times = Vec::with_capacity(n);
+    let mut size = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let body = http
+            .get(url)
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body");
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        size = body.len();
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    (times, size)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// Sum of a counter family in a Prometheus text page.
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU share of one core used by the daemon over `secs`.
+async fn cpu_over(pid: u32, secs: u64) -> f64 {
+    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64() * 100.0
+}
+
+async fn report_http(http: &reqwest::Client, base: &str, label: &str) {
+    let (nodes, size) = latency(http, &format!("{base}/api/nodes"), 20).await;
+    println!(
+        "  /api/nodes ({label}): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {} KiB",
+        pct(&nodes, 0.5),
+        pct(&nodes, 0.95),
+        pct(&nodes, 1.0),
+        size / 1024
+    );
+    let (metrics, size) = latency(http, &format!("{base}/metrics"), 10).await;
+    println!(
+        "  /metrics ({label}): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {} KiB",
+        pct(&metrics, 0.5),
+        pct(&metrics, 0.95),
+        pct(&metrics, 1.0),
+        size / 1024
+    );
+}
+
+/// Every server logged in again: seconds it took and the most attempts in one second
+/// (simulator accepts, daemon-counted reconnect attempts).
+async fn restart(fleet: &Fleet, http: &reqwest::Client, base: &str, down: u64) {
+    let servers = fleet.config().servers;
+    let attempts_url = format!("{base}/metrics");
+    let daemon_attempts = |page: String| metric_sum(&page, "nexus_ami_reconnect_attempts_total");
+    let page = http.get(&attempts_url).send().await.expect("metrics");
+    let mut last_daemon = daemon_attempts(page.text().await.unwrap_or_default());
+    let mut last_accepts = fleet.accepted_connections();
+    let t0 = Instant::now();
+    let restarting = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move { fleet.restart(Duration::from_secs(down)).await })
+    };
+    let mut per_sec = Vec::new();
+    let mut recovered = None;
+    let mut resumed = None;
+    while t0.elapsed() < Duration::from_secs(down + 90) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if resumed.is_none() && restarting.is_finished() {
+            resumed = Some(t0.elapsed());
+        }
+        let accepts = fleet.accepted_connections();
+        let page = match http.get(&attempts_url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let daemon = daemon_attempts(page);
+        per_sec.push((accepts - last_accepts, daemon - last_daemon));
+        last_accepts = accepts;
+        last_daemon = daemon;
+        if resumed.is_some() && fleet.session_count() == servers {
+            recovered = Some(t0.elapsed());
+            break;
+        }
+    }
+    let _ = restarting.await;
+    let down_for = resumed.map_or(0.0, |d| d.as_secs_f64());
+    match recovered {
+        Some(t) => println!(
+            "  restart all {servers}: ports closed {down} s; every session back {:.1} s after the drop ({:.1} s after the ports opened)",
+            t.as_secs_f64(),
+            t.as_secs_f64() - down_for
+        ),
+        None => println!(
+            "  restart all {servers}: NOT recovered within 90 s ({} logged in)",
+            fleet.session_count()
+        ),
+    }
+    let max_acc = per_sec.iter().map(|p| p.0).max().unwrap_or(0);
+    let max_att = per_sec.iter().map(|p| p.1 as u64).max().unwrap_or(0);
+    println!(
+        "  connection attempts per second: at most {max_att} (daemon's reconnect attempts), at most {max_acc} accepted by the servers"
+    );
+    let shape: Vec<String> = per_sec.iter().map(|(a, d)| format!("{d:.0}/{a}")).collect();
+    println!("  per second (attempts/accepted): {}", shape.join(" "));
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument that is not ours means skip.
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && a != "fleet")
+    {
+        return;
+    }
+    let servers: usize = env_num("FLEET_SERVERS", 1000);
+    let nodes: usize = env_num("FLEET_NODES", 5);
+    let plugins = env_num("FLEET_PLUGINS", 0) == 1;
+    let idle_secs: u64 = env_num("FLEET_IDLE_SECS", 30);
+    let active_secs: u64 = env_num("FLEET_ACTIVE_SECS", 60);
+    let down: u64 = env_num("FLEET_DOWN_SECS", 5);
+    let nofile = raise_nofile();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        println!(
+            "fleet: {servers} servers × {nodes} nodes, polls every 30 s, plugins {}, open files ≤ {nofile}",
+            if plugins { "on" } else { "off" }
+        );
+        let fleet = Fleet::start(FleetConfig {
+            servers,
+            nodes_per_server: nodes,
+            links_per_node: 2,
+            ..FleetConfig::default()
+        })
+        .await
+        .expect("the fleet starts (ulimit -n?)");
+        let dir = std::env::temp_dir().join(format!("nexus-fleet-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("fleet.yaml");
+        fleet
+            .write_daemon_config(
+                &path,
+                &DaemonConfigOptions {
+                    listen: "127.0.0.1:0".parse().expect("addr"),
+                    poll_seconds: 30,
+                    plugins,
+                },
+            )
+            .expect("config");
+        let t0 = Instant::now();
+        let (mut daemon, addr) = start_daemon(&path);
+        let pid = daemon.id();
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        while fleet.session_count() < servers && t0.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "  all connected: {}/{servers} sessions {:.2} s after the daemon started",
+            fleet.session_count(),
+            t0.elapsed().as_secs_f64()
+        );
+        // Let the first polls (every node, right after its connect) and plugins settle.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (rss, hwm) = rss_mib(pid);
+        println!("  RSS after connect: {rss:.1} MiB (peak {hwm:.1} MiB)");
+        let idle = cpu_over(pid, idle_secs).await;
+        let (rss, hwm) = rss_mib(pid);
+        println!("  idle: {idle:.2} % of a core over {idle_secs} s; RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
+        report_http(&http, &base, "idle").await;
+        let stop = CancellationToken::new();
+        let activity = allstar_nexus::sim::fleet::spawn_fleet_activity(
+            fleet.clone(),
+            FleetActivity {
+                keyups_per_minute: 1.0,
+                link_changes_per_hour: 6.0,
+                seed: 1999,
+            },
+            stop.clone(),
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let active = cpu_over(pid, active_secs).await;
+        let (rss, hwm) = rss_mib(pid);
+        println!(
+            "  active (1 keyup/min/node, 6 link changes/h/node): {active:.2} % of a core over {active_secs} s; RSS {rss:.1} MiB (peak {hwm:.1} MiB)"
+        );
+        report_http(&http, &base, "active").await;
+        stop.cancel();
+        let _ = activity.await;
+        restart(&fleet, &http, &base, down).await;
+        let (rss, hwm) = rss_mib(pid);
+        println!("  RSS after the restart: {rss:.1} MiB (peak {hwm:.1} MiB)");
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let _ = daemon.wait();
+        fleet.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
