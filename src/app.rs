@@ -44,6 +44,7 @@ impl App {
             state.clone(),
             control.clone(),
             metrics.clone(),
+            history.clone(),
         );
         App {
             config,

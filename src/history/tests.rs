@@ -247,3 +247,86 @@ fn parameters_are_checked_and_named() {
         assert!(e.contains(&format!("`{k}`")), "{k}={v}: {e}");
     }
 }
+
+fn rx_unkey(node: &str, at: u64, secs: f64) -> Arc<Published> {
+    let mut ev = ChangeEvent::new(ChangeKind::RxUnkeyed, "s", Some(node));
+    ev.time_ms = at;
+    ev.duration_seconds = Some(secs);
+    Published::new(ev)
+}
+
+#[test]
+fn the_local_receiver_is_counted_beside_the_talkers_not_among_them() {
+    let path = temp_db("local-rx");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let base = 1_000 * 3_600_000u64;
+    // Receiver: 10:30 (partial first hour), 11:10 (whole hour); a link at 11:20; the
+    // transmitter (counted nowhere) at 11:30; another node's receiver.
+    h.record(rx_unkey("1999", base + 1_800_000, 1.5));
+    h.record(rx_unkey("1999", base + 4_200_000, 2.0));
+    h.record(unkey("1999", "2000", base + 4_800_000, 4.0));
+    let mut tx = ChangeEvent::new(ChangeKind::TxUnkeyed, "s", Some("1999"));
+    tx.time_ms = base + 5_400_000;
+    tx.duration_seconds = Some(9.0);
+    h.record(Published::new(tx));
+    h.record(rx_unkey("2001", base + 4_200_000, 7.0));
+    wait_rows(&h, "SELECT COUNT(*) FROM keyups", 5);
+    let q = RangeQuery {
+        node: Some("1999".into()),
+        since_ms: Some(base + 1_000_000),
+        until_ms: Some(base + 9_000_000),
+        limit: 10,
+        ..RangeQuery::default()
+    };
+    let (talkers, local) = h.read(|c| {
+        (
+            query::talkers(c, &q).expect("talkers"),
+            query::local_rx(c, &q).expect("local"),
+        )
+    });
+    assert_eq!(
+        talkers
+            .iter()
+            .map(|t| (t.link.as_str(), t.keyups))
+            .collect::<Vec<_>>(),
+        [("2000", 1)]
+    );
+    assert_eq!((local.keyups, local.talk_seconds), (2, 3.5));
+    shutdown.cancel();
+}
+
+#[test]
+fn audit_rows_of_a_version_2_file_read_back_after_migration() {
+    let path = temp_db("audit-v2");
+    {
+        let mut c = Connection::open(&path).expect("open");
+        schema::migrate_to(&mut c, 2).expect("v2");
+        c.execute_batch(
+            "INSERT INTO audit (time_ms, actor, action, node, target, result, detail)
+             VALUES (5000, 'root', 'connect', '1999', '2003', 'verified', 'old row');",
+        )
+        .expect("old row");
+    }
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let page = h
+        .audit_blocking(&crate::audit::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("audit");
+    assert_eq!(page.entries.len(), 1);
+    let e = &page.entries[0];
+    assert_eq!(
+        (
+            e.identity.as_str(),
+            e.via.as_str(),
+            e.status,
+            e.detail.as_str()
+        ),
+        ("root", "", 0, "old row")
+    );
+    assert_eq!(e.source, None);
+    shutdown.cancel();
+}
