@@ -520,26 +520,31 @@ pub struct Talker {
 
 /// Whose keyups a statistic counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keyers {
-    /// Links (every talker list and chart, as always).
+enum Keyers {
+    /// Links only (activity, today's totals).
     Links,
-    /// The node's local receiver (`source = rx`: someone keying up on the repeater itself).
-    LocalRx,
+    /// Links per link, and the node's local receiver (`source = rx`, someone keying up on
+    /// the repeater itself) as one more key, [`LOCAL_RX`]: top talkers, in one pass.
+    LinksAndLocalRx,
 }
+
+/// The key of the local receiver in per-link totals (never a link name: `(` is not
+/// allowed in one).
+const LOCAL_RX: &str = "(rx)";
 
 impl Keyers {
     /// The condition on raw `keyups` rows.
     fn raw(self) -> &'static str {
         match self {
             Keyers::Links => "source = 'link'",
-            Keyers::LocalRx => "source = 'rx'",
+            Keyers::LinksAndLocalRx => "source IN ('link', 'rx')",
         }
     }
     /// The condition on `keyup_hours` rows.
     fn hours(self) -> &'static str {
         match self {
             Keyers::Links => "link NOT IN ('(rx)', '(tx)')",
-            Keyers::LocalRx => "link = '(rx)'",
+            Keyers::LinksAndLocalRx => "link <> '(tx)'",
         }
     }
 }
@@ -623,18 +628,15 @@ fn hour_totals(
     add_rows(conn, &sql, &f, out)
 }
 
-/// Totals over `[since, until]` per link (`Links`) or as one `(rx)` row (`LocalRx`): whole
-/// hours from the per-hour table, the partial hours at either end from the keyups themselves.
+/// Totals over `[since, until]` per link, and of the local receiver under [`LOCAL_RX`]:
+/// whole hours from the per-hour table, the partial hours at either end from the keyups.
 fn totals(
     conn: &Connection,
     node: &Option<String>,
-    who: Keyers,
     (since, until): (u64, u64),
 ) -> Result<BTreeMap<String, (u64, f64)>, QueryError> {
-    let (raw_group, hour_group) = match who {
-        Keyers::Links => ("link", "link"),
-        Keyers::LocalRx => ("'(rx)'", "'(rx)'"),
-    };
+    let who = Keyers::LinksAndLocalRx;
+    let raw_group = "CASE WHEN source = 'rx' THEN '(rx)' ELSE link END";
     let end = until.saturating_add(1);
     let first_full = since.div_ceil(HOUR_MS) * HOUR_MS;
     let last_full = end / HOUR_MS * HOUR_MS;
@@ -642,7 +644,7 @@ fn totals(
     let sel = (node, who);
     if first_full < last_full {
         raw_totals(conn, sel, since, first_full, raw_group, &mut out)?;
-        hour_totals(conn, sel, first_full, last_full, hour_group, &mut out)?;
+        hour_totals(conn, sel, first_full, last_full, "link", &mut out)?;
         raw_totals(conn, sel, last_full, end, raw_group, &mut out)?;
     } else {
         raw_totals(conn, sel, since, end, raw_group, &mut out)?;
@@ -650,36 +652,41 @@ fn totals(
     Ok(out)
 }
 
-/// Keyups and talk time of the local receiver over the range (default: the last 24 h):
-/// people keying up on the node's own radio, who are not a link and so not in
-/// [`talkers`].
+/// Keyups and talk time of the local receiver: people keying up on the node's own radio,
+/// who are not a link and so not among the [`talkers`].
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct LocalTotals {
     pub keyups: u64,
     pub talk_seconds: f64,
 }
 
-/// The local receiver's totals over the range of `q` (see [`LocalTotals`]).
-pub fn local_rx(conn: &Connection, q: &RangeQuery) -> Result<LocalTotals, QueryError> {
-    let (keyups, s) = totals(conn, &q.node, Keyers::LocalRx, q.stats_range())?
-        .into_values()
-        .fold((0, 0.0), |(n, t), (k, s)| (n + k, t + s));
-    Ok(LocalTotals {
-        keyups,
-        talk_seconds: (s * 1000.0).round() / 1000.0,
-    })
+/// Top talkers: keyups and talk seconds per link over the range (default: the last 24 h),
+/// most talk time first. Counts closed keyups from links; see [`talkers_and_local_rx`].
+pub fn talkers(conn: &Connection, q: &RangeQuery) -> Result<Vec<Talker>, QueryError> {
+    Ok(talkers_and_local_rx(conn, q)?.0)
 }
 
-/// Top talkers: keyups and talk seconds per link over the range (default: the last 24 h),
-/// most talk time first. Counts closed keyups from links; the local receiver is reported
-/// apart ([`local_rx`]) so every entry here stays a link.
-pub fn talkers(conn: &Connection, q: &RangeQuery) -> Result<Vec<Talker>, QueryError> {
-    let mut v: Vec<Talker> = totals(conn, &q.node, Keyers::Links, q.stats_range())?
+/// [`talkers`], and the local receiver's totals over the same range, from one pass over
+/// the rows (the receiver is reported apart so every talker stays a link).
+pub fn talkers_and_local_rx(
+    conn: &Connection,
+    q: &RangeQuery,
+) -> Result<(Vec<Talker>, LocalTotals), QueryError> {
+    let round = |s: f64| (s * 1000.0).round() / 1000.0;
+    let mut by_link = totals(conn, &q.node, q.stats_range())?;
+    let local = by_link
+        .remove(LOCAL_RX)
+        .map(|(keyups, s)| LocalTotals {
+            keyups,
+            talk_seconds: round(s),
+        })
+        .unwrap_or_default();
+    let mut v: Vec<Talker> = by_link
         .into_iter()
         .map(|(link, (keyups, s))| Talker {
             link,
             keyups,
-            talk_seconds: (s * 1000.0).round() / 1000.0,
+            talk_seconds: round(s),
         })
         .collect();
     v.sort_by(|a, b| {
@@ -689,7 +696,7 @@ pub fn talkers(conn: &Connection, q: &RangeQuery) -> Result<Vec<Talker>, QueryEr
             .then(a.link.cmp(&b.link))
     });
     v.truncate(q.limit);
-    Ok(v)
+    Ok((v, local))
 }
 
 /// One bucket of the activity chart.

@@ -279,12 +279,9 @@ fn the_local_receiver_is_counted_beside_the_talkers_not_among_them() {
         limit: 10,
         ..RangeQuery::default()
     };
-    let (talkers, local) = h.read(|c| {
-        (
-            query::talkers(c, &q).expect("talkers"),
-            query::local_rx(c, &q).expect("local"),
-        )
-    });
+    let (talkers, local) = h
+        .read(|c| query::talkers_and_local_rx(c, &q))
+        .expect("talkers");
     assert_eq!(
         talkers
             .iter()
