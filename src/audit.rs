@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{AuditPage, History};
+use futures_util::future::BoxFuture;
 
 /// The file name under `state_dir`.
 pub const FILE_NAME: &str = "audit.jsonl";
@@ -91,11 +91,33 @@ impl AuditQuery {
     }
 }
 
+/// One page of entries: oldest first (as `GET /api/audit` has always answered), the newest
+/// `limit` matches below the cursor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the page of older entries; `null` when there are none.
+    pub next_cursor: Option<String>,
+}
+
+/// A durable store for the entries: the history database implements it
+/// (`crate::history::History`), so this module does not depend on it.
+pub trait AuditStore: Send + Sync {
+    /// Writes one entry; `Ok` once it is committed and synced to disk.
+    fn write(&self, entry: AuditEntry) -> BoxFuture<'static, Result<(), String>>;
+    /// Entries matching `q` (blocking).
+    fn read(&self, q: &AuditQuery) -> Result<AuditPage, String>;
+    /// Imports a JSON Lines audit file once and moves it aside; returns the rows added.
+    fn import_file(&self, file: &Path) -> Result<usize, String>;
+    /// The file that holds the entries.
+    fn location(&self) -> &Path;
+}
+
 /// Where entries go.
 #[derive(Clone)]
 enum Backend {
     File(FileLog),
-    History(History),
+    History(Arc<dyn AuditStore>),
 }
 
 /// The audit log. Cheap to clone; clones share the file or the store.
@@ -123,12 +145,12 @@ impl AuditLog {
     /// The log in the history store, when there is one, after importing (once) the JSON
     /// Lines file an earlier run left in `state_dir`. A failed import is logged and the
     /// file left in place for the next start; the store is used all the same.
-    pub fn open(state_dir: &Path, history: Option<History>) -> AuditLog {
+    pub fn open(state_dir: &Path, history: Option<Arc<dyn AuditStore>>) -> AuditLog {
         let Some(history) = history else {
             return AuditLog::new(state_dir);
         };
         let file = state_dir.join(FILE_NAME);
-        match history.import_audit_file(&file) {
+        match history.import_file(&file) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 "[CONTROL] imported {n} audit entries from {} into the history database",
@@ -148,7 +170,7 @@ impl AuditLog {
     pub fn path(&self) -> &Path {
         match &self.backend {
             Backend::File(f) => &f.path,
-            Backend::History(h) => h.path(),
+            Backend::History(h) => h.location(),
         }
     }
 
@@ -167,7 +189,7 @@ impl AuditLog {
                     .await
                     .map_err(|e| std::io::Error::other(format!("audit writer stopped: {e}")))?
             }
-            Backend::History(h) => h.write_audit(entry).await.map_err(std::io::Error::other),
+            Backend::History(h) => h.write(entry).await.map_err(std::io::Error::other),
         }
     }
 
@@ -180,9 +202,7 @@ impl AuditLog {
                 entries,
                 next_cursor: None,
             }),
-            Backend::History(h) => h
-                .audit_blocking(&q)
-                .map_err(|e| std::io::Error::other(e.to_string())),
+            Backend::History(h) => h.read(&q).map_err(std::io::Error::other),
         })
         .await
         .map_err(|e| std::io::Error::other(format!("audit reader stopped: {e}")))?
@@ -321,171 +341,5 @@ mod tests {
             .expect("read");
         assert_eq!(newest.iter().map(|e| e.time_ms).collect::<Vec<_>>(), [4, 9]);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn history(path: &Path, shutdown: &tokio_util::sync::CancellationToken) -> History {
-        let cfg = crate::config::HistoryConfig {
-            retention_days: 0,
-            ..crate::config::HistoryConfig::default()
-        };
-        History::open(
-            path,
-            &cfg,
-            crate::state::StateStore::new(16, 16),
-            crate::metrics::Metrics::default(),
-            shutdown.clone(),
-        )
-        .expect("open history")
-    }
-
-    fn all(limit: usize) -> AuditQuery {
-        AuditQuery {
-            limit,
-            ..AuditQuery::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn history_backed_entries_are_committed_before_append_returns_and_survive_a_restart() {
-        let dir = std::env::temp_dir().join(format!(
-            "nexus-audit-history-{}-{}",
-            std::process::id(),
-            crate::observe::now_ms()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let db = dir.join("history.db");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let h = history(&db, &stop);
-        let log = AuditLog::open(&dir, Some(h.clone()));
-        assert!(log.in_history());
-        for i in 0..5u64 {
-            let mut e = entry(
-                1000 + i,
-                if i % 2 == 0 { "alice" } else { "bob" },
-                "verified",
-            );
-            e.via = "token".into();
-            e.source = Some("192.0.2.9".into());
-            e.mode = Some("transceive".into());
-            e.permanent = Some(i == 4);
-            e.status = 200;
-            e.detail = format!("try {i}");
-            log.append(e).await.expect("append");
-            // Committed, not merely queued: a fresh connection sees it at once.
-            let rows: i64 = crate::history::connect(&db, true)
-                .expect("reader")
-                .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
-                .expect("count");
-            assert_eq!(rows, i as i64 + 1);
-        }
-        assert!(
-            !dir.join(FILE_NAME).exists(),
-            "no JSON Lines file with history"
-        );
-        stop.cancel();
-        h.closed().await;
-
-        let stop = tokio_util::sync::CancellationToken::new();
-        let log = AuditLog::open(&dir, Some(history(&db, &stop)));
-        let page = log.query(all(100)).await.expect("query");
-        let times: Vec<u64> = page.entries.iter().map(|e| e.time_ms).collect();
-        assert_eq!(times, [1000, 1001, 1002, 1003, 1004], "oldest first");
-        let last = &page.entries[4];
-        assert_eq!(
-            (
-                last.identity.as_str(),
-                last.via.as_str(),
-                last.status,
-                last.permanent
-            ),
-            ("alice", "token", 200, Some(true))
-        );
-        assert_eq!(last.source.as_deref(), Some("192.0.2.9"));
-        assert_eq!(last.detail, "try 4");
-        assert!(
-            last.time.starts_with("1970-01-01T00:00:01"),
-            "{}",
-            last.time
-        );
-        assert_eq!(page.next_cursor, None);
-
-        // Filters as the file had them; pages of 2 walk back with no gap or repeat.
-        let bob = log
-            .query(AuditQuery {
-                identity: Some("bob".into()),
-                ..all(100)
-            })
-            .await
-            .expect("query");
-        assert_eq!(
-            bob.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
-            [1001, 1003]
-        );
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let p = log
-                .query(AuditQuery { cursor, ..all(2) })
-                .await
-                .expect("page");
-            let mut t: Vec<u64> = p.entries.iter().map(|e| e.time_ms).collect();
-            t.extend(seen);
-            seen = t;
-            match p.next_cursor {
-                Some(c) => cursor = Some(c.parse().expect("cursor")),
-                None => break,
-            }
-        }
-        assert_eq!(seen, [1000, 1001, 1002, 1003, 1004]);
-        stop.cancel();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test]
-    async fn an_old_jsonl_file_is_imported_once_and_kept_as_an_archive() {
-        let dir = std::env::temp_dir().join(format!(
-            "nexus-audit-import-{}-{}",
-            std::process::id(),
-            crate::observe::now_ms()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        // An older run, without history, wrote three entries (and one torn line).
-        let file = FileLog::new(&dir);
-        for i in 0..3 {
-            file.append_blocking(&entry(i, "alice", "verified"))
-                .expect("append");
-        }
-        let text = std::fs::read_to_string(dir.join(FILE_NAME)).expect("read");
-        std::fs::write(dir.join(FILE_NAME), format!("{text}{{\"torn")).expect("write");
-
-        let db = dir.join("history.db");
-        let stop = tokio_util::sync::CancellationToken::new();
-        let log = AuditLog::open(&dir, Some(history(&db, &stop)));
-        assert!(!dir.join(FILE_NAME).exists(), "the file is moved aside");
-        assert!(dir.join("audit.jsonl.imported").exists(), "and kept");
-        log.append(entry(10, "bob", "refused"))
-            .await
-            .expect("append");
-        let got = log.query(all(100)).await.expect("query");
-        assert_eq!(
-            got.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
-            [0, 1, 2, 10]
-        );
-
-        // The same file showing up again (a restored backup) adds nothing twice, and its
-        // archive does not overwrite the first one.
-        std::fs::copy(dir.join("audit.jsonl.imported"), dir.join(FILE_NAME)).expect("copy");
-        let log = AuditLog::open(&dir, Some(log_history(&log)));
-        assert!(dir.join("audit.jsonl.imported.1").exists());
-        assert_eq!(log.query(all(100)).await.expect("query").entries.len(), 4);
-        stop.cancel();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn log_history(log: &AuditLog) -> History {
-        match &log.backend {
-            Backend::History(h) => h.clone(),
-            Backend::File(_) => panic!("expected the history backend"),
-        }
     }
 }

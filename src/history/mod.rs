@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::observe::{LogDecision, LogLimiter};
 use crate::state::{Published, StateStore};
 
-pub use query::{AuditPage, Page, QueryError, RangeQuery};
+pub use query::{Page, QueryError, RangeQuery};
 
 /// Longest time an accepted item waits before its transaction commits.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -265,7 +265,7 @@ impl History {
     pub fn audit_blocking(
         &self,
         q: &crate::audit::AuditQuery,
-    ) -> Result<query::AuditPage, QueryError> {
+    ) -> Result<crate::audit::AuditPage, QueryError> {
         self.read(|conn| query::audit(conn, q))
     }
 
@@ -359,6 +359,29 @@ impl History {
                 }
             }
         });
+    }
+}
+
+/// The audit log's durable store (see [`crate::audit`]).
+impl crate::audit::AuditStore for History {
+    fn write(
+        &self,
+        entry: AuditEntry,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let h = self.clone();
+        Box::pin(async move { h.write_audit(entry).await })
+    }
+
+    fn read(&self, q: &crate::audit::AuditQuery) -> Result<crate::audit::AuditPage, String> {
+        self.audit_blocking(q).map_err(|e| e.to_string())
+    }
+
+    fn import_file(&self, file: &Path) -> Result<usize, String> {
+        self.import_audit_file(file)
+    }
+
+    fn location(&self) -> &Path {
+        self.path()
     }
 }
 

@@ -751,17 +751,11 @@ pub fn activity(conn: &Connection, q: &RangeQuery) -> Result<Vec<Bucket>, QueryE
     Ok(buckets)
 }
 
-/// One page of audit entries: oldest first (as `GET /api/audit` has always answered), the
-/// newest `limit` matches below the cursor.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AuditPage {
-    pub entries: Vec<crate::audit::AuditEntry>,
-    /// Pass as `cursor` for the page of older entries; `null` when there are none.
-    pub next_cursor: Option<String>,
-}
-
 /// Audit entries matching `q`, the newest `q.limit` (below `q.cursor`), oldest first.
-pub fn audit(conn: &Connection, q: &crate::audit::AuditQuery) -> Result<AuditPage, QueryError> {
+pub fn audit(
+    conn: &Connection,
+    q: &crate::audit::AuditQuery,
+) -> Result<crate::audit::AuditPage, QueryError> {
     let mut f = Filter::default();
     f.opt_str("actor = ?", &q.identity);
     f.opt_str("node = ?", &q.node);
@@ -808,7 +802,7 @@ pub fn audit(conn: &Connection, q: &crate::audit::AuditQuery) -> Result<AuditPag
         |e| e.id.unwrap_or(0),
     )?;
     p.items.reverse();
-    Ok(AuditPage {
+    Ok(crate::audit::AuditPage {
         entries: p.items,
         next_cursor: p.next_cursor,
     })

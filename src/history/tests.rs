@@ -327,3 +327,157 @@ fn audit_rows_of_a_version_2_file_read_back_after_migration() {
     assert_eq!(e.source, None);
     shutdown.cancel();
 }
+
+mod audit_store {
+    use super::*;
+    use crate::audit::{AuditEntry, AuditLog, AuditQuery, AuditStore, FILE_NAME};
+
+    fn entry(n: u64, who: &str, result: &str) -> AuditEntry {
+        AuditEntry {
+            time_ms: n,
+            identity: who.into(),
+            action: "connect".into(),
+            node: Some("1999".into()),
+            result: result.into(),
+            ..AuditEntry::default()
+        }
+    }
+
+    fn all(limit: usize) -> AuditQuery {
+        AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        }
+    }
+
+    fn store(h: &History) -> Option<Arc<dyn AuditStore>> {
+        Some(Arc::new(h.clone()))
+    }
+
+    #[tokio::test]
+    async fn entries_are_committed_before_append_returns_and_survive_a_restart() {
+        let db = temp_db("audit-restart");
+        let dir = db.parent().expect("dir").to_owned();
+        let stop = CancellationToken::new();
+        let h = open(&db, &stop);
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(log.in_history());
+        for i in 0..5u64 {
+            let mut e = entry(
+                1000 + i,
+                if i % 2 == 0 { "alice" } else { "bob" },
+                "verified",
+            );
+            e.via = "token".into();
+            e.source = Some("192.0.2.9".into());
+            e.mode = Some("transceive".into());
+            e.permanent = Some(i == 4);
+            e.status = 200;
+            e.detail = format!("try {i}");
+            log.append(e).await.expect("append");
+            // Committed, not merely queued: a fresh connection sees it at once.
+            let rows: i64 = connect(&db, true)
+                .expect("reader")
+                .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+                .expect("count");
+            assert_eq!(rows, i as i64 + 1);
+        }
+        assert!(
+            !dir.join(FILE_NAME).exists(),
+            "no JSON Lines file with history"
+        );
+        stop.cancel();
+        h.closed().await;
+
+        let stop = CancellationToken::new();
+        let log = AuditLog::open(&dir, store(&open(&db, &stop)));
+        let page = log.query(all(100)).await.expect("query");
+        let times: Vec<u64> = page.entries.iter().map(|e| e.time_ms).collect();
+        assert_eq!(times, [1000, 1001, 1002, 1003, 1004], "oldest first");
+        let last = &page.entries[4];
+        assert_eq!(
+            (
+                last.identity.as_str(),
+                last.via.as_str(),
+                last.status,
+                last.permanent
+            ),
+            ("alice", "token", 200, Some(true))
+        );
+        assert_eq!(last.source.as_deref(), Some("192.0.2.9"));
+        assert_eq!(last.detail, "try 4");
+        assert!(
+            last.time.starts_with("1970-01-01T00:00:01"),
+            "{}",
+            last.time
+        );
+        assert_eq!(page.next_cursor, None);
+
+        // Filters as the file had them; pages of 2 walk back with no gap or repeat.
+        let bob = log
+            .query(AuditQuery {
+                identity: Some("bob".into()),
+                ..all(100)
+            })
+            .await
+            .expect("query");
+        assert_eq!(
+            bob.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [1001, 1003]
+        );
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let p = log
+                .query(AuditQuery { cursor, ..all(2) })
+                .await
+                .expect("page");
+            let mut t: Vec<u64> = p.entries.iter().map(|e| e.time_ms).collect();
+            t.extend(seen);
+            seen = t;
+            match p.next_cursor {
+                Some(c) => cursor = Some(c.parse().expect("cursor")),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [1000, 1001, 1002, 1003, 1004]);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_old_jsonl_file_is_imported_once_and_kept_as_an_archive() {
+        let db = temp_db("audit-import");
+        let dir = db.parent().expect("dir").to_owned();
+        // An older run, without history, wrote three entries (and one torn line).
+        let file = AuditLog::new(&dir);
+        for i in 0..3 {
+            file.append(entry(i, "alice", "verified"))
+                .await
+                .expect("append");
+        }
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).expect("read");
+        std::fs::write(dir.join(FILE_NAME), format!("{text}{{\"torn")).expect("write");
+
+        let stop = CancellationToken::new();
+        let h = open(&db, &stop);
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(!dir.join(FILE_NAME).exists(), "the file is moved aside");
+        assert!(dir.join("audit.jsonl.imported").exists(), "and kept");
+        log.append(entry(10, "bob", "refused"))
+            .await
+            .expect("append");
+        let got = log.query(all(100)).await.expect("query");
+        assert_eq!(
+            got.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [0, 1, 2, 10]
+        );
+
+        // The same file showing up again (a restored backup) adds nothing twice, and its
+        // archive does not overwrite the first one.
+        std::fs::copy(dir.join("audit.jsonl.imported"), dir.join(FILE_NAME)).expect("copy");
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(dir.join("audit.jsonl.imported.1").exists());
+        assert_eq!(log.query(all(100)).await.expect("query").entries.len(), 4);
+        stop.cancel();
+    }
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ami::{Action, ActionError};
-use crate::audit::{AuditEntry, AuditLog};
+use crate::audit::{AuditEntry, AuditLog, AuditStore};
 use crate::auth::{Auth, Identity, Role};
 use crate::config::Config;
 use crate::control::Control;
@@ -142,14 +142,14 @@ const CONTROL_BACKLOG: usize = 64;
 
 impl LinkControl {
     /// Link control over the daemon's model and AMI sessions: one per daemon, shared by
-    /// the REST API and Lua (one rate limiter, one audit writer). The audit goes to the
-    /// history store when there is one (see [`crate::audit`]).
+    /// the REST API and Lua (one rate limiter, one audit writer). The audit goes to
+    /// `audit_store` (the history database) when there is one (see [`crate::audit`]).
     pub fn new(
         config: Arc<Config>,
         state: StateStore,
         control: Control,
         metrics: Metrics,
-        history: Option<crate::history::History>,
+        audit_store: Option<Arc<dyn AuditStore>>,
     ) -> LinkControl {
         let app = Parts {
             config,
@@ -161,7 +161,7 @@ impl LinkControl {
         LinkControl {
             inner: Arc::new(Inner {
                 auth: Auth::new(c),
-                audit: AuditLog::open(&c.state_dir, history),
+                audit: AuditLog::open(&c.state_dir, audit_store),
                 limiter: RateLimiter::new(c.control.rate_limit_per_minute),
                 controls: tokio::sync::broadcast::channel(CONTROL_BACKLOG).0,
                 verify_timeout: c.control.verify_timeout.0,
