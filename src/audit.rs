@@ -101,7 +101,7 @@ pub struct AuditPage {
 }
 
 /// A durable store for the entries: the history database implements it
-/// (`crate::history::History`), so this module does not depend on it.
+/// (the `History` store of the history module), so this module does not depend on it.
 pub trait AuditStore: Send + Sync {
     /// Writes one entry; `Ok` once it is committed and synced to disk.
     fn write(&self, entry: AuditEntry) -> BoxFuture<'static, Result<(), String>>;
@@ -180,7 +180,7 @@ impl AuditLog {
     }
 
     /// Writes one entry; it is on disk when this returns Ok (history: committed and synced
-    /// by the writer within [`crate::history::AUDIT_TIMEOUT`]).
+    /// by the history writer within its audit timeout, 5 s).
     pub async fn append(&self, entry: AuditEntry) -> std::io::Result<()> {
         match &self.backend {
             Backend::File(f) => {
