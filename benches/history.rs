@@ -2,7 +2,8 @@
 //! 1. 2,000 recorded changes per second for 10 s: the writer thread's CPU time;
 //! 2. top talkers over one day holding 1,000,000 keyups (whole day, and a range whose
 //!    ends fall inside hours);
-//! 3. bytes on disk per keyup; 4. process RSS with that database open and queried.
+//! 3. bytes on disk per keyup; 4. process RSS with that database open and queried;
+//! 5. an audit entry written durably (committed and synced before the call returns).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ fn fill(path: &Path, n: u64, day: u64) {
         let mut ins = tx
             .prepare(
                 "INSERT INTO keyups (server, node, link, source, start_ms, end_ms, duration_s, end_reason)
-                 VALUES ('bench', ?1, ?2, 'link', ?3, ?4, ?5, 'unkeyed')",
+                 VALUES ('bench', ?1, ?2, ?6, ?3, ?4, ?5, 'unkeyed')",
             )
             .expect("prepare");
         let mut hour = tx
@@ -154,18 +155,21 @@ fn fill(path: &Path, n: u64, day: u64) {
             let start = day + i * 86_400_000 / n;
             let secs = 0.5 + (x >> 40) as f64 % 30.0;
             let node = "1999";
+            // One keyup in ten is the local receiver (no link; `(rx)` in the hourly totals).
+            let local = i % 10 == 9;
             let l = format!("{}", 2000 + (x >> 33) % 500);
             ins.execute(rusqlite::params![
                 node,
-                l,
+                (!local).then_some(&l),
                 start as i64,
                 (start + (secs * 1000.0) as u64) as i64,
-                secs
+                secs,
+                if local { "rx" } else { "link" }
             ])
             .expect("insert");
             hour.execute(rusqlite::params![
                 node,
-                l,
+                if local { "(rx)" } else { l.as_str() },
                 (start / 3_600_000 * 3_600_000) as i64,
                 secs
             ])
@@ -239,14 +243,17 @@ fn million() {
         limit: 100,
         ..RangeQuery::default()
     };
-    let ((ms, cpu), top) = timed(21, || {
-        h.read(|c| query::talkers(c, &whole)).expect("talkers")
+    // What `GET /api/stats/talkers` runs: the talkers and the local receiver, one pass.
+    let ((ms, cpu), (top, local)) = timed(21, || {
+        h.read(|c| query::talkers_and_local_rx(c, &whole))
+            .expect("talkers")
     });
     println!(
-        "top talkers, whole day of {n} keyups: median {ms:.2} ms wall, {cpu:.2} ms CPU ({} talkers, top {} with {} keyups)",
+        "top talkers, whole day of {n} keyups: median {ms:.2} ms wall, {cpu:.2} ms CPU ({} talkers, top {} with {} keyups; local rx {} keyups)",
         top.len(),
         top[0].link,
-        top[0].keyups
+        top[0].keyups,
+        local.keyups
     );
     let ragged = RangeQuery {
         since_ms: Some(day + 1_800_000),
@@ -254,7 +261,8 @@ fn million() {
         ..whole.clone()
     };
     let ((ms, cpu), _) = timed(21, || {
-        h.read(|c| query::talkers(c, &ragged)).expect("talkers")
+        h.read(|c| query::talkers_and_local_rx(c, &ragged))
+            .expect("talkers")
     });
     println!(
         "top talkers, day minus half an hour at each end: median {ms:.2} ms wall, {cpu:.2} ms CPU"
@@ -283,10 +291,55 @@ fn million() {
     shutdown.cancel();
 }
 
+/// Durable audit writes (`History::write_audit`, what every control answer and login
+/// waits for): latency of one entry at a time, committed with `synchronous = FULL`.
+fn audit_writes(n: usize) {
+    let path = temp("audit");
+    let shutdown = CancellationToken::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let h = History::open(
+        &path,
+        &HistoryConfig::default(),
+        StateStore::new(16, 16),
+        Metrics::default(),
+        shutdown.clone(),
+    )
+    .expect("open");
+    let mut times: Vec<f64> = rt.block_on(async {
+        let mut t = Vec::with_capacity(n);
+        for i in 0..n {
+            let e = allstar_nexus::audit::AuditEntry {
+                time_ms: i as u64,
+                identity: "bench".into(),
+                action: "connect".into(),
+                result: "verified".into(),
+                status: 200,
+                ..Default::default()
+            };
+            let s = Instant::now();
+            h.write_audit(e).await.expect("audit written");
+            t.push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+        t
+    });
+    times.sort_by(f64::total_cmp);
+    println!(
+        "audit: {n} durable writes one at a time: median {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+        times[n / 2],
+        times[n * 95 / 100],
+        times[n - 1]
+    );
+    shutdown.cancel();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     sustained(10, 2000);
     million();
+    audit_writes(200);
 }

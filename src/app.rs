@@ -44,6 +44,9 @@ impl App {
             state.clone(),
             control.clone(),
             metrics.clone(),
+            history
+                .clone()
+                .map(|h| Arc::new(h) as Arc<dyn crate::audit::AuditStore>),
         );
         App {
             config,

@@ -342,12 +342,23 @@ async fn injections_in_every_field_are_400_and_reach_nothing() {
     );
     let audit = t.audit("?result=refused&limit=1000").await;
     assert!(audit.len() >= 20, "{}", audit.len());
-    let raw = std::fs::read_to_string(t.dir.join("audit.jsonl")).expect("audit file");
-    assert!(
-        raw.lines()
-            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
-        "one JSON object per line"
+    // History is on: the entries are rows of its database (injected text kept as data).
+    assert!(!t.dir.join("audit.jsonl").exists());
+    let rows = audit_rows(
+        &t.dir,
+        "SELECT COUNT(*) FROM audit WHERE result = 'refused'",
     );
+    assert_eq!(rows, audit.len() as i64);
+}
+
+/// One number from the history database in `dir` (read-only, beside the running daemon).
+fn audit_rows(dir: &std::path::Path, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("history.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("history database");
+    db.query_row(sql, [], |r| r.get(0)).expect("query")
 }
 
 #[tokio::test]
@@ -864,4 +875,282 @@ async fn lua_control_is_audited_under_the_script_name() {
     results.sort_unstable();
     assert_eq!(results, ["refused", "verified"]);
     assert!(audit.iter().all(|e| e["via"] == "script"));
+}
+
+#[tokio::test]
+async fn refusals_and_logins_are_in_the_history_store_before_the_answer() {
+    let dir = temp_dir("store");
+    let yaml = auth_yaml(&dir, "control:\n  rate_limit_per_minute: 1\n");
+    let t = setup_with(dir, &yaml).await;
+    let rows = || audit_rows(&t.dir, "SELECT COUNT(*) FROM audit");
+    let body = json!({"target": "2003"});
+    let steps: [(Option<&str>, Value, StatusCode); 5] = [
+        (None, body.clone(), StatusCode::UNAUTHORIZED),
+        (Some(READ), body.clone(), StatusCode::FORBIDDEN),
+        (
+            Some(CONTROL),
+            json!({"target": "20;03"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (Some(CONTROL), body.clone(), StatusCode::OK),
+        (
+            Some(CONTROL),
+            json!({"target": "2004"}),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ];
+    for (i, (token, body, want)) in steps.into_iter().enumerate() {
+        let (s, v) = t.connect("1999", token, body).await;
+        assert_eq!(s, want, "{v}");
+        // Committed when the answer arrives (read from another connection, at once).
+        assert_eq!(rows(), i as i64 + 1, "step {i}");
+    }
+    let logins = [
+        (
+            json!({"name": "alice", "password": "wrong"}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            json!({"name": "alice", "password": ALICE_PW}),
+            StatusCode::OK,
+        ),
+        (json!({"name": "alice"}), StatusCode::BAD_REQUEST),
+    ];
+    for (i, (body, want)) in logins.into_iter().enumerate() {
+        let res = t
+            .http
+            .post(t.url("/api/login"))
+            .json(&body)
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(res.status(), want);
+        assert_eq!(rows(), i as i64 + 6, "login {i}");
+    }
+    assert!(
+        !t.dir.join("audit.jsonl").exists(),
+        "no file beside the store"
+    );
+    let all = t.audit("").await;
+    let statuses: Vec<u64> = all.iter().filter_map(|e| e["status"].as_u64()).collect();
+    assert_eq!(statuses, [401, 403, 400, 200, 429, 401, 200, 400]);
+    let actions: Vec<&str> = all.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(actions[..5], ["connect"; 5]);
+    assert_eq!(actions[5..], ["login"; 3]);
+    // The fields the JSON Lines file had, plus `id`.
+    let ok = &all[3];
+    for field in [
+        "time_ms",
+        "time",
+        "identity",
+        "via",
+        "source",
+        "action",
+        "node",
+        "target",
+        "mode",
+        "permanent",
+        "result",
+        "status",
+        "detail",
+        "id",
+    ] {
+        assert!(!ok[field].is_null(), "{field} missing in {ok}");
+    }
+    assert_eq!(
+        (ok["identity"].as_str(), ok["result"].as_str()),
+        (Some("op"), Some("verified"))
+    );
+    // Pages of three, walking back: every entry once.
+    let mut ids = Vec::new();
+    let mut query = "?limit=3".to_owned();
+    loop {
+        let (s, v, _) = t
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/audit{query}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let mut page: Vec<i64> = v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["id"].as_i64())
+            .collect();
+        page.extend(ids);
+        ids = page;
+        match v["next_cursor"].as_str() {
+            Some(c) => query = format!("?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    let want: Vec<i64> = all.iter().filter_map(|e| e["id"].as_i64()).collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test]
+async fn an_audit_file_from_a_run_without_history_is_imported_at_the_next_start() {
+    let dir = temp_dir("upgrade");
+    {
+        let yaml = auth_yaml(&dir, "history:\n  enabled: false\n");
+        let t = setup_with(dir.clone(), &yaml).await;
+        let (s, _) = t.connect("1999", None, json!({"target": "2003"})).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, v) = t
+            .connect("1999", Some(CONTROL), json!({"target": "2003"}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v, _) = t
+            .send(
+                reqwest::Method::GET,
+                "/api/audit?cursor=5",
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "paging needs the store: {v}");
+        assert!(dir.join("audit.jsonl").exists());
+        assert!(!dir.join("history.db").exists());
+    }
+    let t = setup_with(dir.clone(), &auth_yaml(&dir, "")).await;
+    assert!(!dir.join("audit.jsonl").exists(), "moved aside");
+    assert!(
+        dir.join("audit.jsonl.imported").exists(),
+        "kept as an archive"
+    );
+    let (s, _, _) = t
+        .send(
+            reqwest::Method::DELETE,
+            "/api/nodes/1999/links/2003",
+            Some(CONTROL),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let entries = t.audit("").await;
+    let got: Vec<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| Some((e["identity"].as_str()?, e["action"].as_str()?)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("anonymous", "connect"),
+            ("op", "connect"),
+            ("op", "disconnect")
+        ]
+    );
+    assert_eq!(audit_rows(&dir, "SELECT COUNT(*) FROM audit"), 3);
+}
+
+/// The next text frame of a WebSocket, as JSON.
+async fn next_json<S>(ws: &mut S) -> Value
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame ok");
+        if let Ok(text) = m.into_text() {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn admins_get_a_control_message_on_the_websocket_and_others_do_not() {
+    use futures_util::SinkExt;
+    let t = setup("ws", "").await;
+    let open = |token: &str| {
+        let url = format!("ws://{}/ws?token={token}", t.d.http_addr);
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("ws handshake");
+            assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+            ws
+        }
+    };
+    let mut admin = open(ADMIN).await;
+    let mut op = open(CONTROL).await;
+    let (s, v) = t
+        .connect(
+            "1999",
+            Some(CONTROL),
+            json!({"target": "2003", "mode": "monitor"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = t
+        .connect("1999", Some(READ), json!({"target": "2003"}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let mut controls = Vec::new();
+    while controls.len() < 2 {
+        let v = next_json(&mut admin).await;
+        if v["type"] == "control" {
+            controls.push(v);
+        }
+    }
+    let c = &controls[0];
+    assert_eq!(
+        (
+            c["identity"].as_str(),
+            c["action"].as_str(),
+            c["node"].as_str(),
+            c["target"].as_str(),
+            c["mode"].as_str(),
+            c["result"].as_str(),
+            c["status"].as_u64()
+        ),
+        (
+            Some("op"),
+            Some("connect"),
+            Some("1999"),
+            Some("2003"),
+            Some("monitor"),
+            Some("verified"),
+            Some(200)
+        ),
+        "{c}"
+    );
+    assert!(
+        c["seq"].is_u64() && c["epoch"].is_string() && c["time"].is_string(),
+        "{c}"
+    );
+    assert_eq!(
+        (
+            controls[1]["identity"].as_str(),
+            controls[1]["result"].as_str(),
+            controls[1]["status"].as_u64()
+        ),
+        (Some("viewer"), Some("refused"), Some(403))
+    );
+    // The control-role client gets everything else, but no control message.
+    op.send(tokio_tungstenite::tungstenite::Message::text(
+        r#"{"type":"ping"}"#,
+    ))
+    .await
+    .expect("ping");
+    loop {
+        let v = next_json(&mut op).await;
+        assert_ne!(v["type"], "control", "a non-admin got {v}");
+        if v["type"] == "pong" {
+            break;
+        }
+    }
 }

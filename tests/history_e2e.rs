@@ -145,6 +145,11 @@ async fn keyups_and_sessions_match_the_simulators_durations() {
     assert_eq!(t["node"], "1999");
     assert_eq!(t["talkers"][0]["link"], "2000");
     assert_eq!(t["talkers"][0]["keyups"], 1);
+    // The local receiver's keyup is beside the list, never in it.
+    assert_eq!(t["talkers"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!(t["local_rx"]["keyups"], 1, "{t}");
+    let local = t["local_rx"]["talk_seconds"].as_f64().expect("seconds");
+    assert!((local - rx_truth).abs() <= 0.5, "{local} vs {rx_truth}");
     let (status, a) = get(&d, "/api/stats/activity?node=1999&bucket=1h").await;
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["bucket_seconds"], 3600);

@@ -23,6 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alert, AlertHub};
+use crate::audit::AuditEntry;
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::observe::{LogDecision, LogLimiter};
@@ -33,27 +34,18 @@ pub use query::{Page, QueryError, RangeQuery};
 /// Longest time an accepted item waits before its transaction commits.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// A control action or login, for the audit table (`History::record_audit`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditRecord {
-    pub time_ms: u64,
-    /// Who: user name, `lua:<script>`, or `anonymous`.
-    pub actor: String,
-    /// What: `login`, `connect`, `disconnect`, …
-    pub action: String,
-    pub node: Option<String>,
-    pub target: Option<String>,
-    /// `ok`, `denied`, `verified`, … in the caller's words.
-    pub result: String,
-    /// Anything else, as JSON text (never secrets).
-    pub detail: Option<String>,
-}
+/// The longest a control answer or login waits for its audit entry to be committed.
+pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Told by the writer once an audit entry is committed (or why it could not be).
+pub(crate) type AuditAck = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// One item for the writer thread.
 pub(crate) enum Op {
     Change(Arc<Published>),
     Alert(Arc<Alert>),
-    Audit(AuditRecord),
+    /// An audit entry; with an ack, its batch commits at once and is synced to disk.
+    Audit(Box<AuditEntry>, Option<AuditAck>),
     /// `nexus.store` write: value as JSON text, `None` deletes.
     Store {
         script: String,
@@ -223,9 +215,93 @@ impl History {
         self.send(Op::Alert(alert))
     }
 
-    /// Records a control action or login in the `audit` table. Never waits.
-    pub fn record_audit(&self, record: AuditRecord) -> bool {
-        self.send(Op::Audit(record))
+    /// Records a control action or login in the `audit` table. Never waits (and so may
+    /// drop it when the queue is full): for entries that must be on disk before an answer,
+    /// use [`History::write_audit`].
+    pub fn record_audit(&self, entry: AuditEntry) -> bool {
+        self.send(Op::Audit(Box::new(entry), None))
+    }
+
+    /// Writes an audit entry and waits until the writer has committed it (synced to disk),
+    /// at most [`AUDIT_TIMEOUT`]. A full queue is retried within that time rather than
+    /// dropped; the state engine is never held up (its items are only ever `try_send`).
+    pub async fn write_audit(&self, entry: AuditEntry) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + AUDIT_TIMEOUT;
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let mut op = Op::Audit(Box::new(entry), Some(ack));
+        loop {
+            match self.inner.tx.try_send(op) {
+                Ok(()) => {
+                    let d = self.inner.depth.fetch_add(1, Ordering::Relaxed) + 1;
+                    self.inner.metrics.history_queue_depth.set(d.max(0));
+                    break;
+                }
+                Err(TrySendError::Full(back)) if tokio::time::Instant::now() < deadline => {
+                    op = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(TrySendError::Full(_)) => {
+                    return Err(format!(
+                        "the history writer's queue stayed full for {} s",
+                        AUDIT_TIMEOUT.as_secs()
+                    ));
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err("the history writer has stopped".into());
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the history writer stopped before committing".into()),
+            Err(_) => Err(format!(
+                "not committed within {} s (is the disk stalled?)",
+                AUDIT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Audit entries matching `q` (see [`query::audit`]), blocking.
+    pub fn audit_blocking(
+        &self,
+        q: &crate::audit::AuditQuery,
+    ) -> Result<crate::audit::AuditPage, QueryError> {
+        self.read(|conn| query::audit(conn, q))
+    }
+
+    /// Imports a JSON Lines audit file left by a daemon that ran without history (or an
+    /// older version): every readable line becomes a row (lines already imported are
+    /// skipped, so a repeated import adds nothing), in one transaction; then the file is
+    /// renamed `<name>.imported` (or `<name>.imported.N`) and kept as an archive. Returns
+    /// how many rows were added. A missing file is nothing to do.
+    pub fn import_audit_file(&self, file: &Path) -> Result<usize, String> {
+        if !file.exists() {
+            return Ok(0);
+        }
+        let entries = crate::audit::read_file(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut conn = connect(self.path(), false)
+            .map_err(|e| format!("cannot open {}: {e}", self.path().display()))?;
+        let added = writer::import_audit(&mut conn, &entries)
+            .map_err(|e| format!("cannot import into {}: {e}", self.path().display()))?;
+        let mut to = file.as_os_str().to_owned();
+        to.push(".imported");
+        let mut to = PathBuf::from(to);
+        let mut n = 1;
+        while to.exists() {
+            let mut t = file.as_os_str().to_owned();
+            t.push(format!(".imported.{n}"));
+            to = PathBuf::from(t);
+            n += 1;
+        }
+        std::fs::rename(file, &to).map_err(|e| {
+            format!(
+                "imported {added} entries but cannot rename {} to {}: {e} (a later import skips them)",
+                file.display(),
+                to.display()
+            )
+        })?;
+        Ok(added)
     }
 
     /// Persists one `nexus.store` key of `script` (`None` deletes). Never waits.
@@ -283,6 +359,29 @@ impl History {
                 }
             }
         });
+    }
+}
+
+/// The audit log's durable store (see [`crate::audit`]).
+impl crate::audit::AuditStore for History {
+    fn write(
+        &self,
+        entry: AuditEntry,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let h = self.clone();
+        Box::pin(async move { h.write_audit(entry).await })
+    }
+
+    fn read(&self, q: &crate::audit::AuditQuery) -> Result<crate::audit::AuditPage, String> {
+        self.audit_blocking(q).map_err(|e| e.to_string())
+    }
+
+    fn import_file(&self, file: &Path) -> Result<usize, String> {
+        self.import_audit_file(file)
+    }
+
+    fn location(&self) -> &Path {
+        self.path()
     }
 }
 

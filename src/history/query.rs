@@ -518,10 +518,41 @@ pub struct Talker {
     pub talk_seconds: f64,
 }
 
-/// Adds closed link keyups starting in `[from, to)` from the raw table, per `key(row)`.
+/// Whose keyups a statistic counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keyers {
+    /// Links only (activity, today's totals).
+    Links,
+    /// Links per link, and the node's local receiver (`source = rx`, someone keying up on
+    /// the repeater itself) as one more key, [`LOCAL_RX`]: top talkers, in one pass.
+    LinksAndLocalRx,
+}
+
+/// The key of the local receiver in per-link totals (never a link name: `(` is not
+/// allowed in one).
+const LOCAL_RX: &str = "(rx)";
+
+impl Keyers {
+    /// The condition on raw `keyups` rows.
+    fn raw(self) -> &'static str {
+        match self {
+            Keyers::Links => "source = 'link'",
+            Keyers::LinksAndLocalRx => "source IN ('link', 'rx')",
+        }
+    }
+    /// The condition on `keyup_hours` rows.
+    fn hours(self) -> &'static str {
+        match self {
+            Keyers::Links => "link NOT IN ('(rx)', '(tx)')",
+            Keyers::LinksAndLocalRx => "link <> '(tx)'",
+        }
+    }
+}
+
+/// Adds closed keyups of `who` starting in `[from, to)` from the raw table, per `group`.
 fn raw_totals(
     conn: &Connection,
-    node: &Option<String>,
+    (node, who): (&Option<String>, Keyers),
     from: u64,
     to: u64,
     group: &str,
@@ -536,8 +567,9 @@ fn raw_totals(
     f.add("start_ms < ?", ms(to));
     let sql = format!(
         "SELECT {group}, COUNT(*), TOTAL(duration_s) FROM keyups
-         WHERE {} AND source = 'link' AND end_ms IS NOT NULL GROUP BY 1",
-        f.sql()
+         WHERE {} AND {} AND end_ms IS NOT NULL GROUP BY 1",
+        f.sql(),
+        who.raw()
     );
     add_rows(conn, &sql, &f, out)
 }
@@ -574,7 +606,7 @@ fn add_rows(
 /// Adds whole hours `[from, to)` (both on hour boundaries) from the per-hour totals.
 fn hour_totals(
     conn: &Connection,
-    node: &Option<String>,
+    (node, who): (&Option<String>, Keyers),
     from: u64,
     to: u64,
     group: &str,
@@ -589,44 +621,72 @@ fn hour_totals(
     f.add("hour_ms < ?", ms(to));
     let sql = format!(
         "SELECT {group}, SUM(keyups), TOTAL(talk_seconds) FROM keyup_hours
-         WHERE {} AND link NOT IN ('(rx)', '(tx)') GROUP BY 1",
-        f.sql()
+         WHERE {} AND {} GROUP BY 1",
+        f.sql(),
+        who.hours()
     );
     add_rows(conn, &sql, &f, out)
 }
 
-/// Totals per link over `[since, until]`: whole hours from the per-hour table, the partial
-/// hours at either end from the keyups themselves.
-fn totals_by_link(
+/// Totals over `[since, until]` per link, and of the local receiver under [`LOCAL_RX`]:
+/// whole hours from the per-hour table, the partial hours at either end from the keyups.
+fn totals(
     conn: &Connection,
     node: &Option<String>,
-    since: u64,
-    until: u64,
+    (since, until): (u64, u64),
 ) -> Result<BTreeMap<String, (u64, f64)>, QueryError> {
+    let who = Keyers::LinksAndLocalRx;
+    let raw_group = "CASE WHEN source = 'rx' THEN '(rx)' ELSE link END";
     let end = until.saturating_add(1);
     let first_full = since.div_ceil(HOUR_MS) * HOUR_MS;
     let last_full = end / HOUR_MS * HOUR_MS;
     let mut out = BTreeMap::new();
+    let sel = (node, who);
     if first_full < last_full {
-        raw_totals(conn, node, since, first_full, "link", &mut out)?;
-        hour_totals(conn, node, first_full, last_full, "link", &mut out)?;
-        raw_totals(conn, node, last_full, end, "link", &mut out)?;
+        raw_totals(conn, sel, since, first_full, raw_group, &mut out)?;
+        hour_totals(conn, sel, first_full, last_full, "link", &mut out)?;
+        raw_totals(conn, sel, last_full, end, raw_group, &mut out)?;
     } else {
-        raw_totals(conn, node, since, end, "link", &mut out)?;
+        raw_totals(conn, sel, since, end, raw_group, &mut out)?;
     }
     Ok(out)
 }
 
+/// Keyups and talk time of the local receiver: people keying up on the node's own radio,
+/// who are not a link and so not among the [`talkers`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LocalTotals {
+    pub keyups: u64,
+    pub talk_seconds: f64,
+}
+
 /// Top talkers: keyups and talk seconds per link over the range (default: the last 24 h),
-/// most talk time first. Counts closed keyups from links (not the local receiver).
+/// most talk time first. Counts closed keyups from links; see [`talkers_and_local_rx`].
 pub fn talkers(conn: &Connection, q: &RangeQuery) -> Result<Vec<Talker>, QueryError> {
-    let (since, until) = q.stats_range();
-    let mut v: Vec<Talker> = totals_by_link(conn, &q.node, since, until)?
+    Ok(talkers_and_local_rx(conn, q)?.0)
+}
+
+/// [`talkers`], and the local receiver's totals over the same range, from one pass over
+/// the rows (the receiver is reported apart so every talker stays a link).
+pub fn talkers_and_local_rx(
+    conn: &Connection,
+    q: &RangeQuery,
+) -> Result<(Vec<Talker>, LocalTotals), QueryError> {
+    let round = |s: f64| (s * 1000.0).round() / 1000.0;
+    let mut by_link = totals(conn, &q.node, q.stats_range())?;
+    let local = by_link
+        .remove(LOCAL_RX)
+        .map(|(keyups, s)| LocalTotals {
+            keyups,
+            talk_seconds: round(s),
+        })
+        .unwrap_or_default();
+    let mut v: Vec<Talker> = by_link
         .into_iter()
         .map(|(link, (keyups, s))| Talker {
             link,
             keyups,
-            talk_seconds: (s * 1000.0).round() / 1000.0,
+            talk_seconds: round(s),
         })
         .collect();
     v.sort_by(|a, b| {
@@ -636,7 +696,7 @@ pub fn talkers(conn: &Connection, q: &RangeQuery) -> Result<Vec<Talker>, QueryEr
             .then(a.link.cmp(&b.link))
     });
     v.truncate(q.limit);
-    Ok(v)
+    Ok((v, local))
 }
 
 /// One bucket of the activity chart.
@@ -666,9 +726,16 @@ pub fn activity(conn: &Connection, q: &RangeQuery) -> Result<Vec<Bucket>, QueryE
     let group = format!("(start_ms / {b}) * {b}");
     if b % HOUR_MS == 0 {
         let hgroup = format!("(hour_ms / {b}) * {b}");
-        hour_totals(conn, &q.node, first, end, &hgroup, &mut out)?;
+        hour_totals(
+            conn,
+            (&q.node, Keyers::Links),
+            first,
+            end,
+            &hgroup,
+            &mut out,
+        )?;
     } else {
-        raw_totals(conn, &q.node, first, end, &group, &mut out)?;
+        raw_totals(conn, (&q.node, Keyers::Links), first, end, &group, &mut out)?;
     }
     let mut buckets = Vec::with_capacity(((end - first) / b) as usize);
     let mut t = first;
@@ -682,4 +749,61 @@ pub fn activity(conn: &Connection, q: &RangeQuery) -> Result<Vec<Bucket>, QueryE
         t += b;
     }
     Ok(buckets)
+}
+
+/// Audit entries matching `q`, the newest `q.limit` (below `q.cursor`), oldest first.
+pub fn audit(
+    conn: &Connection,
+    q: &crate::audit::AuditQuery,
+) -> Result<crate::audit::AuditPage, QueryError> {
+    let mut f = Filter::default();
+    f.opt_str("actor = ?", &q.identity);
+    f.opt_str("node = ?", &q.node);
+    f.opt_str("action = ?", &q.action);
+    f.opt_str("result = ?", &q.result);
+    if let Some(s) = q.since_ms {
+        f.add("time_ms >= ?", ms(s));
+    }
+    if let Some(u) = q.until_ms {
+        f.add("time_ms < ?", ms(u));
+    }
+    let limit = q.limit.max(1);
+    let rq = RangeQuery {
+        limit,
+        cursor: q.cursor,
+        ..RangeQuery::default()
+    };
+    let mut p = page(
+        conn,
+        "SELECT id, time_ms, actor, via, source, forwarded_for, action, node, target, mode,
+                permanent, result, status, detail FROM audit",
+        f,
+        &rq,
+        |r| {
+            let t = r.get::<_, i64>(1)?.max(0) as u64;
+            Ok(crate::audit::AuditEntry {
+                id: Some(r.get(0)?),
+                time_ms: t,
+                time: rfc3339(t),
+                identity: r.get(2)?,
+                via: r.get(3)?,
+                source: r.get(4)?,
+                forwarded_for: r.get(5)?,
+                action: r.get(6)?,
+                node: r.get(7)?,
+                target: r.get(8)?,
+                mode: r.get(9)?,
+                permanent: r.get(10)?,
+                result: r.get(11)?,
+                status: r.get::<_, Option<u16>>(12)?.unwrap_or(0),
+                detail: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+            })
+        },
+        |e| e.id.unwrap_or(0),
+    )?;
+    p.items.reverse();
+    Ok(crate::audit::AuditPage {
+        entries: p.items,
+        next_cursor: p.next_cursor,
+    })
 }

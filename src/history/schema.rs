@@ -115,8 +115,20 @@ CREATE TABLE script_store (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: the audit table holds every field of an audit entry (`crate::audit::AuditEntry`:
+/// `actor` is its `identity`, `detail` its plain-words detail), so `GET /api/audit` answers
+/// from the store with the same fields as the JSON Lines file it replaces.
+const V3: &str = "
+ALTER TABLE audit ADD COLUMN via TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN source TEXT;
+ALTER TABLE audit ADD COLUMN forwarded_for TEXT;
+ALTER TABLE audit ADD COLUMN mode TEXT;
+ALTER TABLE audit ADD COLUMN permanent INTEGER;
+ALTER TABLE audit ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Every migration, in order: `MIGRATIONS[i]` takes a file from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The version this build writes.
 pub const CURRENT: u32 = MIGRATIONS.len() as u32;

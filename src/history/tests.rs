@@ -247,3 +247,237 @@ fn parameters_are_checked_and_named() {
         assert!(e.contains(&format!("`{k}`")), "{k}={v}: {e}");
     }
 }
+
+fn rx_unkey(node: &str, at: u64, secs: f64) -> Arc<Published> {
+    let mut ev = ChangeEvent::new(ChangeKind::RxUnkeyed, "s", Some(node));
+    ev.time_ms = at;
+    ev.duration_seconds = Some(secs);
+    Published::new(ev)
+}
+
+#[test]
+fn the_local_receiver_is_counted_beside_the_talkers_not_among_them() {
+    let path = temp_db("local-rx");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let base = 1_000 * 3_600_000u64;
+    // Receiver: 10:30 (partial first hour), 11:10 (whole hour); a link at 11:20; the
+    // transmitter (counted nowhere) at 11:30; another node's receiver.
+    h.record(rx_unkey("1999", base + 1_800_000, 1.5));
+    h.record(rx_unkey("1999", base + 4_200_000, 2.0));
+    h.record(unkey("1999", "2000", base + 4_800_000, 4.0));
+    let mut tx = ChangeEvent::new(ChangeKind::TxUnkeyed, "s", Some("1999"));
+    tx.time_ms = base + 5_400_000;
+    tx.duration_seconds = Some(9.0);
+    h.record(Published::new(tx));
+    h.record(rx_unkey("2001", base + 4_200_000, 7.0));
+    wait_rows(&h, "SELECT COUNT(*) FROM keyups", 5);
+    let q = RangeQuery {
+        node: Some("1999".into()),
+        since_ms: Some(base + 1_000_000),
+        until_ms: Some(base + 9_000_000),
+        limit: 10,
+        ..RangeQuery::default()
+    };
+    let (talkers, local) = h
+        .read(|c| query::talkers_and_local_rx(c, &q))
+        .expect("talkers");
+    assert_eq!(
+        talkers
+            .iter()
+            .map(|t| (t.link.as_str(), t.keyups))
+            .collect::<Vec<_>>(),
+        [("2000", 1)]
+    );
+    assert_eq!((local.keyups, local.talk_seconds), (2, 3.5));
+    shutdown.cancel();
+}
+
+#[test]
+fn audit_rows_of_a_version_2_file_read_back_after_migration() {
+    let path = temp_db("audit-v2");
+    {
+        let mut c = Connection::open(&path).expect("open");
+        schema::migrate_to(&mut c, 2).expect("v2");
+        c.execute_batch(
+            "INSERT INTO audit (time_ms, actor, action, node, target, result, detail)
+             VALUES (5000, 'root', 'connect', '1999', '2003', 'verified', 'old row');",
+        )
+        .expect("old row");
+    }
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let page = h
+        .audit_blocking(&crate::audit::AuditQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("audit");
+    assert_eq!(page.entries.len(), 1);
+    let e = &page.entries[0];
+    assert_eq!(
+        (
+            e.identity.as_str(),
+            e.via.as_str(),
+            e.status,
+            e.detail.as_str()
+        ),
+        ("root", "", 0, "old row")
+    );
+    assert_eq!(e.source, None);
+    shutdown.cancel();
+}
+
+mod audit_store {
+    use super::*;
+    use crate::audit::{AuditEntry, AuditLog, AuditQuery, AuditStore, FILE_NAME};
+
+    fn entry(n: u64, who: &str, result: &str) -> AuditEntry {
+        AuditEntry {
+            time_ms: n,
+            identity: who.into(),
+            action: "connect".into(),
+            node: Some("1999".into()),
+            result: result.into(),
+            ..AuditEntry::default()
+        }
+    }
+
+    fn all(limit: usize) -> AuditQuery {
+        AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        }
+    }
+
+    fn store(h: &History) -> Option<Arc<dyn AuditStore>> {
+        Some(Arc::new(h.clone()))
+    }
+
+    #[tokio::test]
+    async fn entries_are_committed_before_append_returns_and_survive_a_restart() {
+        let db = temp_db("audit-restart");
+        let dir = db.parent().expect("dir").to_owned();
+        let stop = CancellationToken::new();
+        let h = open(&db, &stop);
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(log.in_history());
+        for i in 0..5u64 {
+            let mut e = entry(
+                1000 + i,
+                if i % 2 == 0 { "alice" } else { "bob" },
+                "verified",
+            );
+            e.via = "token".into();
+            e.source = Some("192.0.2.9".into());
+            e.mode = Some("transceive".into());
+            e.permanent = Some(i == 4);
+            e.status = 200;
+            e.detail = format!("try {i}");
+            log.append(e).await.expect("append");
+            // Committed, not merely queued: a fresh connection sees it at once.
+            let rows: i64 = connect(&db, true)
+                .expect("reader")
+                .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+                .expect("count");
+            assert_eq!(rows, i as i64 + 1);
+        }
+        assert!(
+            !dir.join(FILE_NAME).exists(),
+            "no JSON Lines file with history"
+        );
+        stop.cancel();
+        h.closed().await;
+
+        let stop = CancellationToken::new();
+        let log = AuditLog::open(&dir, store(&open(&db, &stop)));
+        let page = log.query(all(100)).await.expect("query");
+        let times: Vec<u64> = page.entries.iter().map(|e| e.time_ms).collect();
+        assert_eq!(times, [1000, 1001, 1002, 1003, 1004], "oldest first");
+        let last = &page.entries[4];
+        assert_eq!(
+            (
+                last.identity.as_str(),
+                last.via.as_str(),
+                last.status,
+                last.permanent
+            ),
+            ("alice", "token", 200, Some(true))
+        );
+        assert_eq!(last.source.as_deref(), Some("192.0.2.9"));
+        assert_eq!(last.detail, "try 4");
+        assert!(
+            last.time.starts_with("1970-01-01T00:00:01"),
+            "{}",
+            last.time
+        );
+        assert_eq!(page.next_cursor, None);
+
+        // Filters as the file had them; pages of 2 walk back with no gap or repeat.
+        let bob = log
+            .query(AuditQuery {
+                identity: Some("bob".into()),
+                ..all(100)
+            })
+            .await
+            .expect("query");
+        assert_eq!(
+            bob.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [1001, 1003]
+        );
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let p = log
+                .query(AuditQuery { cursor, ..all(2) })
+                .await
+                .expect("page");
+            let mut t: Vec<u64> = p.entries.iter().map(|e| e.time_ms).collect();
+            t.extend(seen);
+            seen = t;
+            match p.next_cursor {
+                Some(c) => cursor = Some(c.parse().expect("cursor")),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [1000, 1001, 1002, 1003, 1004]);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_old_jsonl_file_is_imported_once_and_kept_as_an_archive() {
+        let db = temp_db("audit-import");
+        let dir = db.parent().expect("dir").to_owned();
+        // An older run, without history, wrote three entries (and one torn line).
+        let file = AuditLog::new(&dir);
+        for i in 0..3 {
+            file.append(entry(i, "alice", "verified"))
+                .await
+                .expect("append");
+        }
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).expect("read");
+        std::fs::write(dir.join(FILE_NAME), format!("{text}{{\"torn")).expect("write");
+
+        let stop = CancellationToken::new();
+        let h = open(&db, &stop);
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(!dir.join(FILE_NAME).exists(), "the file is moved aside");
+        assert!(dir.join("audit.jsonl.imported").exists(), "and kept");
+        log.append(entry(10, "bob", "refused"))
+            .await
+            .expect("append");
+        let got = log.query(all(100)).await.expect("query");
+        assert_eq!(
+            got.entries.iter().map(|e| e.time_ms).collect::<Vec<_>>(),
+            [0, 1, 2, 10]
+        );
+
+        // The same file showing up again (a restored backup) adds nothing twice, and its
+        // archive does not overwrite the first one.
+        std::fs::copy(dir.join("audit.jsonl.imported"), dir.join(FILE_NAME)).expect("copy");
+        let log = AuditLog::open(&dir, store(&h));
+        assert!(dir.join("audit.jsonl.imported.1").exists());
+        assert_eq!(log.query(all(100)).await.expect("query").entries.len(), 4);
+        stop.cancel();
+    }
+}

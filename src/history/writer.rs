@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio_util::sync::CancellationToken;
 
 use super::{FLUSH_EVERY, Op};
+use crate::audit::AuditEntry;
 use crate::metrics::Metrics;
 use crate::observe::now_ms;
 use crate::state::{ChangeEvent, ChangeKind, StateStore, TodayCounts};
@@ -118,7 +119,14 @@ fn collect(p: &Parts, batch: &mut Vec<Op>, stopping: bool) -> bool {
             p.rx.recv_timeout(wait)
         };
         match got {
-            Ok(op) => batch.push(op),
+            Ok(op) => {
+                // Someone waits for this audit entry: commit now, not at the interval's end.
+                let urgent = matches!(op, Op::Audit(_, Some(_)));
+                batch.push(op);
+                if urgent {
+                    break;
+                }
+            }
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 open = false;
@@ -134,15 +142,26 @@ fn collect(p: &Parts, batch: &mut Vec<Op>, stopping: bool) -> bool {
     open
 }
 
-/// Applies a batch in one transaction (and the heartbeat).
+/// Applies a batch in one transaction (and the heartbeat). A batch holding an audit entry
+/// someone waits for is committed with `synchronous = FULL` (the WAL synced to disk, as
+/// the JSON Lines audit file was), and each waiter is told the outcome after the commit.
 fn flush(p: &mut Parts, batch: &mut Vec<Op>, memo: &mut Memo, now: u64) {
     let n = batch.len() as u64;
+    let durable = batch.iter().any(|op| matches!(op, Op::Audit(_, Some(_))));
+    if durable {
+        let _ = p.conn.pragma_update(None, "synchronous", "FULL");
+    }
+    let mut acks: Vec<(super::AuditAck, Result<(), String>)> = Vec::new();
     let result = (|| -> rusqlite::Result<()> {
         let tx = p.conn.transaction()?;
         for op in batch.drain(..) {
-            if let Err(e) = apply(&tx, &op, memo) {
+            let applied = apply(&tx, &op, memo);
+            if let Err(e) = &applied {
                 p.metrics.history_write_errors.inc();
                 tracing::debug!("[HISTORY] one item not recorded: {e}");
+            }
+            if let Op::Audit(_, Some(ack)) = op {
+                acks.push((ack, applied.map_err(|e| e.to_string())));
             }
         }
         tx.execute(
@@ -153,6 +172,13 @@ fn flush(p: &mut Parts, batch: &mut Vec<Op>, memo: &mut Memo, now: u64) {
         tx.commit()
     })();
     batch.clear();
+    if durable {
+        let _ = p.conn.pragma_update(None, "synchronous", "NORMAL");
+    }
+    let committed = result.as_ref().map_err(|e| e.to_string()).cloned();
+    for (ack, applied) in acks {
+        let _ = ack.send(committed.clone().and(applied));
+    }
     match result {
         Ok(()) => p.metrics.history_writes.inc_by(n),
         Err(e) => {
@@ -160,6 +186,65 @@ fn flush(p: &mut Parts, batch: &mut Vec<Op>, memo: &mut Memo, now: u64) {
             tracing::error!("[HISTORY] a batch of {n} item(s) could not be written: {e}");
         }
     }
+}
+
+/// One audit row (`crate::audit::AuditEntry`; `time` is derived from `time_ms` on reading).
+fn insert_audit(tx: &Transaction<'_>, e: &AuditEntry) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit (time_ms, actor, via, source, forwarded_for, action, node, target,
+                            mode, permanent, result, status, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        e.time_ms.min(i64::MAX as u64) as i64,
+        e.identity,
+        e.via,
+        e.source,
+        e.forwarded_for,
+        e.action,
+        e.node,
+        e.target,
+        e.mode,
+        e.permanent,
+        e.result,
+        e.status,
+        e.detail
+    ])
+    .map(drop)
+}
+
+/// Adds `entries` (from an old JSON Lines audit file) in one transaction, skipping any
+/// already present (same time, identity, action, result and detail). Returns how many
+/// were added.
+pub(crate) fn import_audit(
+    conn: &mut Connection,
+    entries: &[AuditEntry],
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut added = 0;
+    for e in entries {
+        let seen: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM audit WHERE time_ms = ?1 AND actor = ?2
+                     AND action = ?3 AND result = ?4 AND detail IS ?5)",
+            )?
+            .query_row(
+                params![
+                    e.time_ms.min(i64::MAX as u64) as i64,
+                    e.identity,
+                    e.action,
+                    e.result,
+                    e.detail
+                ],
+                |r| r.get(0),
+            )?;
+        if !seen {
+            insert_audit(&tx, e)?;
+            added += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(added)
 }
 
 fn apply(tx: &Transaction<'_>, op: &Op, memo: &mut Memo) -> rusqlite::Result<()> {
@@ -181,21 +266,7 @@ fn apply(tx: &Transaction<'_>, op: &Op, memo: &mut Memo) -> rusqlite::Result<()>
                 a.source
             ])
             .map(drop),
-        Op::Audit(r) => tx
-            .prepare_cached(
-                "INSERT INTO audit (time_ms, actor, action, node, target, result, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                r.time_ms as i64,
-                r.actor,
-                r.action,
-                r.node,
-                r.target,
-                r.result,
-                r.detail
-            ])
-            .map(drop),
+        Op::Audit(e, _) => insert_audit(tx, e),
         Op::Store {
             script,
             key,

@@ -217,7 +217,9 @@ struct LoginReply<'a> {
     csrf_token: &'a str,
 }
 
-/// `POST /api/login`: checks the password, sets the session cookie; audited.
+/// `POST /api/login`: checks the password, sets the session cookie. Every attempt is
+/// audited before the answer, refused ones (wrong Origin, unreadable body, wrong password,
+/// lockout) included; with no users configured it is a plain 403.
 async fn login(
     ctx: Arc<Ctx>,
     body: &[u8],
@@ -225,48 +227,45 @@ async fn login(
     headers: &HeaderMap,
 ) -> Response {
     let lc = ctx.app.linkctl.clone();
-    if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        if !origin::allowed(
-            o,
-            h("host"),
-            h("x-forwarded-host"),
-            &ctx.app.config.websocket.allowed_origins,
-        ) {
-            return error_reply(
-                StatusCode::FORBIDDEN,
-                "logins must come from this site (Origin does not match)",
-            );
-        }
-    }
     if !lc.auth().login_available() {
+        // Nobody can log in, so there is nothing to audit (and no flood to store).
         return error_reply(
             StatusCode::FORBIDDEN,
             "no users are configured: add users with password_hash (see docs/security.md)",
         );
     }
-    let Ok(b) = serde_json::from_slice::<LoginBody>(body) else {
-        return error_reply(
-            StatusCode::BAD_REQUEST,
-            "the body must be JSON {\"name\":\"...\",\"password\":\"...\"}",
-        );
-    };
     let (source, forwarded_for) = auth::source(addr, headers);
-    let result = lc
-        .auth()
-        .login(&b.name, &b.password, addr.map(|a| a.ip()))
-        .await;
     let now = crate::observe::now_ms();
+    let parsed = serde_json::from_slice::<LoginBody>(body);
     let mut entry = AuditEntry {
         time_ms: now,
         time: rfc3339(now),
-        identity: AuditEntry::clip(&b.name),
+        identity: parsed
+            .as_ref()
+            .map_or_else(|_| "(unreadable)".into(), |b| AuditEntry::clip(&b.name)),
         via: "login".into(),
         source,
         forwarded_for,
         action: "login".into(),
+        result: "refused".into(),
         ..AuditEntry::default()
     };
+    if let Some(why) = login_precheck(&ctx, headers) {
+        return refuse_login(&lc, entry, StatusCode::FORBIDDEN, why).await;
+    }
+    let Ok(b) = parsed else {
+        return refuse_login(
+            &lc,
+            entry,
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON {\"name\":\"...\",\"password\":\"...\"}",
+        )
+        .await;
+    };
+    let result = lc
+        .auth()
+        .login(&b.name, &b.password, addr.map(|a| a.ip()))
+        .await;
     let (status, result_word, detail) = match &result {
         Ok(_) => (200, "ok", "logged in".to_owned()),
         Err(LoginError::Bad) => (401, "refused", "wrong user name or password".to_owned()),
@@ -311,6 +310,37 @@ async fn login(
         }),
         Err(e @ LoginError::Bad) => error_reply(StatusCode::UNAUTHORIZED, &e.to_string()),
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Why a login is refused before the password is looked at (wrong Origin).
+fn login_precheck(ctx: &Ctx, headers: &HeaderMap) -> Option<&'static str> {
+    if let Some(o) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        if !origin::allowed(
+            o,
+            h("host"),
+            h("x-forwarded-host"),
+            &ctx.app.config.websocket.allowed_origins,
+        ) {
+            return Some("logins must come from this site (Origin does not match)");
+        }
+    }
+    None
+}
+
+/// Audits a refused login, then answers it (503 when the audit cannot be written).
+async fn refuse_login(
+    lc: &crate::linkctl::LinkControl,
+    mut entry: AuditEntry,
+    status: StatusCode,
+    why: &str,
+) -> Response {
+    entry.status = status.as_u16();
+    entry.detail = why.to_owned();
+    match lc.record(entry).await {
+        Ok(()) => error_reply(status, why),
+        Err(r) => refusal(r),
     }
 }
 
@@ -392,7 +422,8 @@ fn session(ctx: &Ctx, headers: &HeaderMap) -> Response {
     )
 }
 
-/// `GET /api/audit` (admin): filtered entries, oldest first.
+/// `GET /api/audit` (admin): filtered entries, oldest first, from the history store when
+/// enabled (with `next_cursor` for the older page), else from `audit.jsonl`.
 async fn audit(ctx: &Ctx, q: &HashMap<String, String>, headers: &HeaderMap) -> Response {
     let lc = ctx.app.linkctl.clone();
     if !lc.enabled() {
@@ -415,12 +446,15 @@ async fn audit(ctx: &Ctx, q: &HashMap<String, String>, headers: &HeaderMap) -> R
         Ok(query) => query,
         Err(why) => return error_reply(StatusCode::BAD_REQUEST, &why),
     };
-    #[derive(Serialize)]
-    struct Entries {
-        entries: Vec<AuditEntry>,
+    if query.cursor.is_some() && !lc.audit().in_history() {
+        return error_reply(
+            StatusCode::BAD_REQUEST,
+            "parameter `cursor`: paging needs the history store (history.enabled: true); \
+             without it, narrow the range with since/until",
+        );
     }
     match lc.audit().query(query).await {
-        Ok(entries) => json_reply(StatusCode::OK, &Entries { entries }),
+        Ok(page) => json_reply(StatusCode::OK, &page),
         Err(e) => error_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("the audit log cannot be read: {e}"),
@@ -428,7 +462,8 @@ async fn audit(ctx: &Ctx, q: &HashMap<String, String>, headers: &HeaderMap) -> R
     }
 }
 
-/// `identity`, `node`, `action`, `result`, `since`/`until` (ms or RFC 3339), `limit`.
+/// `identity`, `node`, `action`, `result`, `since`/`until` (ms or RFC 3339), `limit`,
+/// `cursor` (a previous answer's `next_cursor`).
 fn audit_query(q: &HashMap<String, String>) -> Result<AuditQuery, String> {
     let time = |key: &str| -> Result<Option<u64>, String> {
         let Some(v) = q.get(key) else { return Ok(None) };
@@ -448,7 +483,19 @@ fn audit_query(q: &HashMap<String, String>) -> Result<AuditQuery, String> {
             _ => return Err(format!("limit must be 1 to {MAX_AUDIT_LIMIT}")),
         },
     };
+    let cursor = match q.get("cursor") {
+        None => None,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(
+                    "parameter `cursor`: must be a `next_cursor` from a previous answer".into(),
+                );
+            }
+        },
+    };
     Ok(AuditQuery {
+        cursor,
         identity: q.get("identity").cloned(),
         node: q.get("node").cloned(),
         action: q.get("action").cloned(),

@@ -75,6 +75,9 @@ struct Talkers {
     since_ms: Option<u64>,
     until_ms: Option<u64>,
     talkers: Vec<query::Talker>,
+    /// The local receiver (people on the node's own radio), kept out of `talkers` so
+    /// every entry there is a link.
+    local_rx: query::LocalTotals,
 }
 
 #[derive(Serialize)]
@@ -108,12 +111,16 @@ async fn answer(ctx: Arc<Ctx>, what: What, q: HashMap<String, String>) -> Respon
                 What::Links => ok(&query::links(conn, &rq)?),
                 What::Ami => ok(&query::ami(conn, &rq)?),
                 What::Alerts => ok(&query::alerts(conn, &rq)?),
-                What::Talkers => ok(&Talkers {
-                    talkers: query::talkers(conn, &rq)?,
-                    node: rq.node.clone(),
-                    since_ms: rq.since_ms,
-                    until_ms: rq.until_ms,
-                }),
+                What::Talkers => {
+                    let (talkers, local_rx) = query::talkers_and_local_rx(conn, &rq)?;
+                    ok(&Talkers {
+                        talkers,
+                        local_rx,
+                        node: rq.node.clone(),
+                        since_ms: rq.since_ms,
+                        until_ms: rq.until_ms,
+                    })
+                }
                 What::Activity => ok(&Activity {
                     buckets: query::activity(conn, &rq)?,
                     node: rq.node.clone(),

@@ -5,7 +5,8 @@
 //!   per change, in order, whose `event` is the change's JSON made once by the state store
 //!   ([`Published::json`], embedded verbatim);
 //! - `heartbeat` every `websocket.heartbeat`, `alert` for each alert, `pong` for a
-//!   `{"type":"ping"}`; these carry the last `seq` sent to the client;
+//!   `{"type":"ping"}`, and — to admin clients only — `control` for each finished link
+//!   control attempt (its audit fields); these carry the last `seq` sent to the client;
 //! - with `?since=SEQ` the missed events are replayed instead of a snapshot, or a
 //!   snapshot (`reason: "replay_miss"`) is sent when they are no longer buffered.
 //!
@@ -42,6 +43,7 @@ use super::errors::{clip, error_reply};
 use super::server::ConnInfo;
 use super::{Ctx, origin};
 use crate::alerts::Alert;
+use crate::audit::AuditEntry;
 use crate::state::{NodeView, Published, Replay};
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -119,9 +121,11 @@ pub(super) fn route(
                 // Readers who may not see link IPs (anonymous or `read` while identities
                 // are configured) get every frame with IPs masked, as REST does.
                 let token = query.get("token").map(String::as_str);
-                let mask = super::auth::read_access(&ctx.app.linkctl, "/ws", &headers, token)
-                    .map_or(true, |a| a.mask);
-                let res = handshake(&ctx, ws, &headers, &query, mask);
+                let access = super::auth::read_access(&ctx.app.linkctl, "/ws", &headers, token);
+                let mask = access.as_ref().map_or(true, |a| a.mask);
+                // Admins also get the `control` messages.
+                let admin = access.is_ok_and(|a| a.identity.has(crate::auth::Role::Admin));
+                let res = handshake(&ctx, ws, &headers, &query, (mask, admin));
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(c) = conn {
                         c.mark_upgraded();
@@ -138,7 +142,7 @@ fn handshake(
     ws: Ws,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    mask: bool,
+    (mask, admin): (bool, bool),
 ) -> Response {
     let cfg = &ctx.app.config.websocket;
     if let Some(o) = headers.get(header::ORIGIN) {
@@ -191,7 +195,7 @@ fn handshake(
     let max = cfg.max_message_bytes.max(125);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| Client::run(ctx, socket, since, slot, mask))
+        .on_upgrade(move |socket| Client::run(ctx, socket, since, slot, (mask, admin)))
         .into_response()
 }
 
@@ -216,6 +220,17 @@ struct AlertMsg<'a> {
     seq: u64,
     epoch: &'a str,
     alert: &'a Alert,
+}
+
+/// `{"type":"control","seq":N,"epoch":..., <the audit entry's fields>}` (admins only).
+#[derive(Serialize)]
+struct ControlMsg<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    seq: u64,
+    epoch: &'a str,
+    #[serde(flatten)]
+    entry: &'a AuditEntry,
 }
 
 /// A message from the client; only `{"type":"ping"}` means something.
@@ -284,7 +299,13 @@ enum Push {
 }
 
 impl Client {
-    async fn run(ctx: Arc<Ctx>, socket: WebSocket, since: Option<Resume>, slot: Slot, mask: bool) {
+    async fn run(
+        ctx: Arc<Ctx>,
+        socket: WebSocket,
+        since: Option<Resume>,
+        slot: Slot,
+        (mask, admin): (bool, bool),
+    ) {
         let cfg = ctx.app.config.websocket.clone();
         let heartbeat = cfg.heartbeat.0.max(MIN_HEARTBEAT);
         let (sink, inbound) = socket.split();
@@ -300,6 +321,8 @@ impl Client {
         let mut silent_beats: u128 = 0;
         let alerts = alert_stream(ctx.app.alerts.subscribe());
         tokio::pin!(alerts);
+        let controls = control_stream(admin.then(|| ctx.app.linkctl.subscribe_controls()));
+        tokio::pin!(controls);
         let mut client = Client {
             ctx: ctx.clone(),
             queue: qtx,
@@ -365,6 +388,10 @@ impl Client {
                                 }
                             }
                         }
+                        Some(c) = controls.next() => match c {
+                            Ok(entry) if !resyncing => client.on_control(&entry),
+                            _ => Ok(()),
+                        },
                         _ = ticker.tick(), if !resyncing => {
                             silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
                             if silent_beats > silence_limit {
@@ -567,6 +594,20 @@ impl Client {
         self.push_or_resync(frame)
     }
 
+    fn on_control(&mut self, entry: &AuditEntry) -> Result<(), Exit> {
+        let frame = serde_json::to_string(&ControlMsg {
+            kind: "control",
+            seq: self.last_seq,
+            epoch: self.ctx.app.state.epoch(),
+            entry,
+        })
+        .unwrap_or_default();
+        if frame.is_empty() {
+            return Ok(());
+        }
+        self.push_or_resync(frame)
+    }
+
     fn on_client(&mut self, msg: Option<FromClient>, max: usize) -> Result<(), Exit> {
         match msg {
             Some(FromClient::Ping) if self.resync_by.is_none() => {
@@ -689,6 +730,22 @@ fn alert_stream(
     futures_util::stream::unfold(rx, |mut rx| async move {
         let r = rx.recv().await;
         Some((r, rx))
+    })
+}
+
+/// Finished control attempts for an admin client (`None`: never yields). A closed
+/// channel never yields either; a lagging client skips what it missed.
+fn control_stream(
+    rx: Option<broadcast::Receiver<Arc<AuditEntry>>>,
+) -> impl futures_util::Stream<Item = Result<Arc<AuditEntry>, RecvError>> {
+    futures_util::stream::unfold(rx, |rx| async move {
+        let Some(mut rx) = rx else {
+            return std::future::pending().await;
+        };
+        match rx.recv().await {
+            Err(RecvError::Closed) => std::future::pending().await,
+            r => Some((r, Some(rx))),
+        }
     })
 }
 

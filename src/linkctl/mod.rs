@@ -5,8 +5,9 @@
 //! the asked state sends nothing), one `Action: Command` on the node's AMI session, then
 //! verification against the engine's own view (polls are requested until the link shows
 //! in the asked mode, or is gone, within `control.verify_timeout`). Every attempt, refused
-//! or not, is written to the audit log before the answer is returned, and counted in
-//! `nexus_control_actions_total{action,result}`.
+//! or not, is written to the audit log before the answer is returned, counted in
+//! `nexus_control_actions_total{action,result}`, and announced to admin WebSocket clients
+//! ([`LinkControl::subscribe_controls`], the `control` message).
 
 pub mod command;
 pub mod ratelimit;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ami::{Action, ActionError};
-use crate::audit::{AuditEntry, AuditLog};
+use crate::audit::{AuditEntry, AuditLog, AuditStore};
 use crate::auth::{Auth, Identity, Role};
 use crate::config::Config;
 use crate::control::Control;
@@ -124,6 +125,8 @@ struct Inner {
     auth: Auth,
     audit: AuditLog,
     limiter: RateLimiter,
+    /// Each finished control attempt's audit entry, for admin WebSocket clients.
+    controls: tokio::sync::broadcast::Sender<Arc<AuditEntry>>,
     verify_timeout: Duration,
     /// Links this daemon made permanent (disconnected with ilink 11).
     permanent: Mutex<BTreeSet<(String, String)>>,
@@ -133,15 +136,20 @@ struct Inner {
 
 /// How long between polls while waiting for a result.
 const REPOLL: Duration = Duration::from_secs(1);
+/// Control announcements a slow admin WebSocket client may fall behind by (it misses the
+/// older ones; the audit log keeps them all).
+const CONTROL_BACKLOG: usize = 64;
 
 impl LinkControl {
     /// Link control over the daemon's model and AMI sessions: one per daemon, shared by
-    /// the REST API and Lua (one rate limiter, one audit writer).
+    /// the REST API and Lua (one rate limiter, one audit writer). The audit goes to
+    /// `audit_store` (the history database) when there is one (see [`crate::audit`]).
     pub fn new(
         config: Arc<Config>,
         state: StateStore,
         control: Control,
         metrics: Metrics,
+        audit_store: Option<Arc<dyn AuditStore>>,
     ) -> LinkControl {
         let app = Parts {
             config,
@@ -153,8 +161,9 @@ impl LinkControl {
         LinkControl {
             inner: Arc::new(Inner {
                 auth: Auth::new(c),
-                audit: AuditLog::new(&c.state_dir),
+                audit: AuditLog::open(&c.state_dir, audit_store),
                 limiter: RateLimiter::new(c.control.rate_limit_per_minute),
+                controls: tokio::sync::broadcast::channel(CONTROL_BACKLOG).0,
                 verify_timeout: c.control.verify_timeout.0,
                 permanent: Mutex::new(BTreeSet::new()),
                 node_locks: Mutex::new(HashMap::new()),
@@ -190,6 +199,25 @@ impl LinkControl {
         })
     }
 
+    /// Finished control attempts (any result), for the WebSocket `control` message.
+    pub fn subscribe_controls(&self) -> tokio::sync::broadcast::Receiver<Arc<AuditEntry>> {
+        self.inner.controls.subscribe()
+    }
+
+    /// Audits a finished control attempt, then announces it. When the audit cannot be
+    /// written the announcement says so (result `failed`, status 503), as the answer does.
+    async fn record_control(&self, mut entry: AuditEntry) -> Result<(), Refusal> {
+        let written = self.record(entry.clone()).await;
+        if let Err(r) = &written {
+            entry.result = r.result().to_owned();
+            entry.status = r.status;
+            entry.detail = format!("{} (was: {})", r.message, entry.detail);
+        }
+        // No admin listening is not an error.
+        let _ = self.inner.controls.send(Arc::new(entry));
+        written
+    }
+
     /// A fresh audit entry for `actor` about `req`.
     pub fn entry(actor: &Actor, req: &RawRequest) -> AuditEntry {
         let now = crate::observe::now_ms();
@@ -218,7 +246,7 @@ impl LinkControl {
         e.status = refusal.status;
         e.detail = refusal.message.clone();
         self.count(req.action, refusal.result());
-        match self.record(e).await {
+        match self.record_control(e).await {
             Ok(()) => refusal,
             Err(r) => r,
         }
@@ -264,7 +292,7 @@ impl LinkControl {
             Err(r) => r.result(),
         };
         self.count(req.action, label);
-        self.record(e).await?;
+        self.record_control(e).await?;
         if let Ok(o) = &result {
             tracing::info!(
                 "[CONTROL] {} {} node {} {}: {}",
