@@ -21,14 +21,21 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A daemon with nodes 2000 and 2001 on server `hub`, and 3000 on server `home`, neither
 /// reachable (nothing listens on port 9 of localhost in the test machine; they retry slowly).
 async fn daemon() -> Running {
+    daemon_with("  heartbeat: 60s\n").await
+}
+
+/// [`daemon`] with its own `websocket:` section (YAML, indented by 2).
+async fn daemon_with(websocket: &str) -> Running {
     let yaml = "listen: 127.0.0.1:0\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
         history:\n  enabled: false\n\
         ami_retry_interval: 60s\nami_retry_max: 60s\n\
         ami_servers:\n\
         \x20 - name: hub\n    host: 127.0.0.1\n    port: 9\n    username: admin\n    password: x\n    nodes: [{node_id: 2000}, {node_id: 2001}]\n\
         \x20 - name: home\n    host: 127.0.0.1\n    port: 9\n    username: admin\n    password: x\n    nodes: [{node_id: 3000}]\n\
-        websocket:\n  heartbeat: 60s\n";
-    let config = Config::parse(yaml, "test", None).expect("test config");
+        websocket:\n"
+        .to_owned()
+        + websocket;
+    let config = Config::parse(&yaml, "test", None).expect("test config");
     allstar_nexus::daemon::start(config, CancellationToken::new())
         .await
         .expect("daemon starts")
@@ -259,5 +266,35 @@ async fn fragmented_messages_sent_byte_by_byte_are_read() {
         assert!(n > 0, "closed instead of answering");
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    d.shutdown.cancel();
+}
+
+/// Frames go straight to the socket while it takes them, and through the writer's queue
+/// once it is full: a client that stops reading for a while and then reads again gets
+/// every event, in order, with no resync.
+#[tokio::test]
+async fn frames_stay_in_order_when_the_socket_fills_and_drains() {
+    let d = daemon_with("  heartbeat: 60s\n  client_queue: 4000\n").await;
+    let mut ws = connect(&d, "").await.expect("handshake");
+    next_json(&mut ws).await;
+    let mut first = None;
+    let mut last = 0;
+    // About 40 MB: more than loopback socket buffers hold (the client reads nothing
+    // meanwhile), so the queue is used.
+    for _ in 0..640 {
+        let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "hub", None);
+        ev.error = Some("x".repeat(64 * 1024));
+        last = d.app.state.publish_external(ev).event.seq;
+        first.get_or_insert(last);
+        tokio::task::yield_now().await;
+    }
+    let first = first.expect("published");
+    let got = tokio::time::timeout(Duration::from_secs(30), seqs(&mut ws, 640))
+        .await
+        .expect("everything arrives");
+    let want: Vec<u64> = (first..=last).collect();
+    assert_eq!(got, want);
+    let resyncs = d.app.metrics.ws_resyncs.with_label_values(&["slow"]).get();
+    assert_eq!(resyncs, 0, "no resync was needed");
     d.shutdown.cancel();
 }

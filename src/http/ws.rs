@@ -17,10 +17,13 @@
 //! the frame it is reading.
 //!
 //! Fan-out: each client has three tasks. Its *pump* reads the store's broadcast, alerts
-//! and the heartbeat timer, and moves frames into a bounded queue
-//! (`websocket.client_queue`) with `try_send`; its *writer* drains that queue into the
-//! socket; its *reader* reads what the client sends (pings, oversized messages, close). A
-//! socket that stops draining therefore only fills its own queue. When the
+//! and the heartbeat timer, and writes each frame straight to the socket (a non-blocking
+//! write) when nothing waits for the writer and the socket takes it whole; otherwise it
+//! moves the frame into a bounded queue (`websocket.client_queue`) with `try_send`, which
+//! its *writer* drains into the socket; its *reader* reads what the client sends (pings,
+//! oversized messages, close). Order is kept: nothing is written directly while anything
+//! handed to the writer is unwritten. A socket that stops draining therefore only fills
+//! its own queue. When the
 //! queue is full (or the broadcast reports the pump lagged) the client is resynced: the
 //! pump stops queuing, waits for the writer to empty the queue, then queues a fresh
 //! snapshot (`reason: "resync"`). If the queue does not drain within two heartbeat
@@ -36,7 +39,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::error::TrySendError;
@@ -554,7 +556,11 @@ enum Exit {
 struct Client {
     ctx: Arc<Ctx>,
     queue: mpsc::Sender<Out>,
-    /// Notified by the writer each time the queue runs empty.
+    /// The socket, written directly while nothing waits in the queue.
+    sock: Arc<OwnedWriteHalf>,
+    /// Frames handed to the writer and not yet written out (queued or being written).
+    pending: Arc<AtomicUsize>,
+    /// Notified by the writer each time it has written everything handed to it.
     drained: Arc<Notify>,
     /// Seq of the last change (or snapshot) the client is up to: sent, or left out by
     /// its selection.
@@ -587,7 +593,15 @@ impl Client {
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
         let stall = (heartbeat * 2).max(MIN_STALL);
-        let mut writer = tokio::spawn(write_loop(write_half, qrx, drained.clone(), stall));
+        let sock = Arc::new(write_half);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut writer = tokio::spawn(write_loop(
+            sock.clone(),
+            qrx,
+            pending.clone(),
+            drained.clone(),
+            stall,
+        ));
         let (from_tx, from_client) = mpsc::channel(4);
         let heard = Arc::new(AtomicBool::new(true));
         let max = cfg.max_message_bytes.max(125);
@@ -595,6 +609,8 @@ impl Client {
         let mut client = Client {
             ctx: ctx.clone(),
             queue: qtx,
+            sock,
+            pending,
             drained,
             last_seq: 0,
             resync_by: None,
@@ -628,12 +644,11 @@ impl Client {
                 writer.abort();
             }
             Exit::Close(code, reason) => {
-                let Client { queue, .. } = client;
-                if queue
-                    .try_send(Out::Close(wsframe::close(code, &reason)))
-                    .is_ok()
-                {
-                    drop(queue);
+                let close = Out::Close(wsframe::close(code, &reason));
+                if let Push::Queued = client.enqueue(close) {
+                    // The writer's is then the last handle of the socket: the write side
+                    // is shut when it is done.
+                    drop(client);
                     // The close frame out, then the client's own close (end of input).
                     let _ = tokio::time::timeout(CLOSE_WAIT, async {
                         let _ = (&mut writer).await;
@@ -782,10 +797,11 @@ impl Client {
         let send_all = async {
             for p in missed.iter().filter(|p| self.follows(&p.event)) {
                 let frame = self.ctx.hub.frames.frame(p, epoch, self.mask);
-                queue
-                    .send(Out::Frame(frame))
-                    .await
-                    .map_err(|_| Exit::Gone)?;
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                if queue.send(Out::Frame(frame)).await.is_err() {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Exit::Gone);
+                }
             }
             Ok(())
         };
@@ -837,12 +853,31 @@ impl Client {
         }
     }
 
+    /// Sends a frame: straight to the socket when nothing is waiting for the writer and
+    /// the socket takes it all (the usual case: no task hand-off), else through the queue.
     fn push(&self, frame: Bytes) -> Push {
-        match self.queue.try_send(Out::Frame(frame)) {
-            Ok(()) => Push::Queued,
+        if self.pending.load(Ordering::Acquire) == 0 {
+            match self.sock.try_write(&frame) {
+                Ok(n) if n == frame.len() => return Push::Queued,
+                // The rest goes first in the (empty) queue, so order is kept.
+                Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Push::Closed,
+            }
+        }
+        self.enqueue(Out::Frame(frame))
+    }
+
+    /// Hands a frame to the writer.
+    fn enqueue(&self, out: Out) -> Push {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let r = match self.queue.try_send(out) {
+            Ok(()) => return Push::Queued,
             Err(TrySendError::Full(_)) => Push::Full,
             Err(TrySendError::Closed(_)) => Push::Closed,
-        }
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        r
     }
 
     /// Queues a frame; a full queue starts a resync.
@@ -914,7 +949,7 @@ impl Client {
         let frame = simple_frame("heartbeat", self.last_seq, self.ctx.app.state.epoch());
         // A protocol ping too: every WebSocket stack answers it, so a client that stopped
         // reading falls silent.
-        let _ = self.queue.try_send(Out::Frame(wsframe::ping()));
+        let _ = self.push(wsframe::ping());
         self.push_or_resync(wsframe::text(&frame))
     }
 
@@ -928,7 +963,7 @@ impl Client {
             Some(FromClient::ProtocolPing(payload)) => {
                 // Answered like any WebSocket stack does; a client pinging faster than it
                 // reads loses pongs, nothing else.
-                let _ = self.queue.try_send(Out::Frame(wsframe::pong(&payload)));
+                let _ = self.push(wsframe::pong(&payload));
                 Ok(())
             }
             Some(FromClient::TooBig) => Err(Exit::Close(
@@ -955,8 +990,9 @@ impl Client {
         }
     }
 
+    /// Everything handed to the writer is written out.
     fn queue_empty(&self) -> bool {
-        self.queue.capacity() == self.queue.max_capacity()
+        self.pending.load(Ordering::Acquire) == 0
     }
 
     /// Once the queue is empty: a fresh snapshot and subscription.
@@ -1109,12 +1145,14 @@ fn alert_stream(
 }
 
 /// Drains the client's queue into its socket: the frames waiting are written together
-/// (one system call), and the pump is told whenever the queue runs empty. A write that
-/// cannot complete within `stall` (the client stopped reading and its socket is full)
-/// ends the connection.
+/// (one system call), and the pump is told whenever everything handed over is written. A
+/// write that cannot complete within `stall` (the client stopped reading and its socket is
+/// full) ends the connection. After a close frame it ends, dropping its handle of the
+/// socket (the last one by then), which shuts the write side.
 async fn write_loop(
-    mut sock: OwnedWriteHalf,
+    sock: Arc<OwnedWriteHalf>,
     mut queue: mpsc::Receiver<Out>,
+    pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     stall: Duration,
 ) {
@@ -1123,6 +1161,7 @@ async fn write_loop(
             Out::Frame(b) => (b, false),
             Out::Close(b) => (b, true),
         };
+        let mut items = 1;
         if !close && !queue.is_empty() {
             let mut joined = bytes::BytesMut::from(&bytes[..]);
             while joined.len() < WRITE_BATCH {
@@ -1131,28 +1170,43 @@ async fn write_loop(
                     Ok(Out::Close(b)) => {
                         joined.extend_from_slice(&b);
                         close = true;
-                        break;
                     }
                     Err(_) => break,
+                }
+                items += 1;
+                if close {
+                    break;
                 }
             }
             bytes = joined.freeze();
         }
         if !matches!(
-            tokio::time::timeout(stall, sock.write_all(&bytes)).await,
+            tokio::time::timeout(stall, write_all(&sock, &bytes)).await,
             Ok(Ok(()))
         ) {
             return;
         }
         if close {
-            let _ = tokio::time::timeout(stall, sock.shutdown()).await;
             return;
         }
-        if queue.is_empty() {
+        if pending.fetch_sub(items, Ordering::AcqRel) == items {
             drained.notify_one();
         }
     }
-    let _ = sock.shutdown().await;
+}
+
+/// Writes all of `buf`, waiting for the socket to take it.
+async fn write_all(sock: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
