@@ -43,6 +43,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -628,41 +629,50 @@ impl Client {
         let exit = client
             .pump(req.resume, heartbeat, silence_limit, from_client, &heard)
             .await;
-        match exit {
-            Exit::Gone => writer.abort(),
-            Exit::Drop => {
-                tracing::info!(
-                    "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
-                    client.stall,
-                    silence_limit
-                );
-                ctx.app
-                    .metrics
-                    .ws_resyncs
-                    .with_label_values(&["dropped"])
-                    .inc();
-                writer.abort();
-            }
-            Exit::Close(code, reason) => {
-                let close = Out::Close(wsframe::close(code, &reason));
-                if let Push::Queued = client.enqueue(close) {
-                    // The writer's is then the last handle of the socket: the write side
-                    // is shut when it is done.
-                    drop(client);
-                    // The close frame out, then the client's own close (end of input).
-                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        let _ = (&mut writer).await;
-                        let _ = (&mut reader).await;
-                    })
-                    .await;
-                }
-                writer.abort();
-            }
-        }
+        client
+            .end(exit, silence_limit, &mut writer, &mut reader)
+            .await;
         reader.abort();
         drop(lease);
         drop(slot);
         tracing::debug!("[WS] client gone; {} connected", ctx.hub.clients());
+    }
+
+    /// Ends the connection as `exit` says: a close frame (then the client's own close,
+    /// within [`CLOSE_WAIT`]), or at once.
+    async fn end(
+        self,
+        exit: Exit,
+        silence_limit: u128,
+        writer: &mut JoinHandle<()>,
+        reader: &mut JoinHandle<()>,
+    ) {
+        match exit {
+            Exit::Gone => {}
+            Exit::Drop => {
+                tracing::info!(
+                    "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
+                    self.stall,
+                    silence_limit
+                );
+                self.count_resync("dropped");
+            }
+            Exit::Close(code, reason) => {
+                let close = Out::Close(wsframe::close(code, &reason));
+                if let Push::Queued = self.enqueue(close) {
+                    // The writer's is then the last handle of the socket: the write side
+                    // is shut when it is done.
+                    drop(self);
+                    // The close frame out, then the client's own close (end of input).
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        let _ = (&mut *writer).await;
+                        let _ = (&mut *reader).await;
+                    })
+                    .await;
+                }
+            }
+        }
+        writer.abort();
     }
 
     /// Moves frames to the writer until the client goes or must go.
@@ -723,21 +733,10 @@ impl Client {
                     Some(r) => self.on_change(r),
                     None => Err(Exit::Gone),
                 },
-                a = alerts.next(), if alerts_open => match a {
-                    Some(Ok(alert)) if !resyncing => self.on_alert(&alert),
-                    Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => Ok(()),
-                    Some(Err(RecvError::Closed)) | None => {
-                        alerts_open = false;
-                        Ok(())
-                    }
-                },
+                a = alerts.next(), if alerts_open => self.on_alert_news(a, resyncing, &mut alerts_open),
                 _ = ticker.tick(), if !resyncing => {
                     silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
-                    if silent_beats > silence_limit {
-                        Err(Exit::Drop)
-                    } else {
-                        self.on_heartbeat()
-                    }
+                    if silent_beats > silence_limit { Err(Exit::Drop) } else { self.on_heartbeat() }
                 }
             };
             // A resync that can complete at once (queue already empty).
@@ -925,6 +924,24 @@ impl Client {
             }
             Err(RecvError::Closed) => {
                 Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into()))
+            }
+        }
+    }
+
+    /// What the alert subscription said: an alert (skipped while resyncing), a lag, or
+    /// the end (`open` turns false).
+    fn on_alert_news(
+        &mut self,
+        news: Option<Result<Arc<Alert>, RecvError>>,
+        resyncing: bool,
+        open: &mut bool,
+    ) -> Result<(), Exit> {
+        match news {
+            Some(Ok(alert)) if !resyncing => self.on_alert(&alert),
+            Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => Ok(()),
+            Some(Err(RecvError::Closed)) | None => {
+                *open = false;
+                Ok(())
             }
         }
     }
