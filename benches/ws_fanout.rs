@@ -1,11 +1,13 @@
 //! WebSocket fan-out benchmark: one change fanned out to 1,000 WebSocket clients on
 //! loopback.
 //!
-//! The server (`http::serve` with a real App) runs in this process; the clients run in a
-//! child process (this same binary, started with `ws-fanout-client`), so the figures for
-//! each side are separate: server CPU from `getrusage(RUSAGE_SELF)` of this process, server
-//! RSS from `/proc/self/status`, delivery latency measured at the clients against the
-//! publish time (both sides read `CLOCK_MONOTONIC`, which is shared by every process).
+//! The daemon runs in this process, built by the composition root (`daemon::start`, as
+//! `main.rs` does) from a configuration whose one AMI server is unreachable, so nothing but
+//! the published changes moves; the clients run in a child process (this same binary,
+//! started with `ws-fanout-client`), so the figures for each side are separate: server CPU
+//! (user and kernel) from `getrusage(RUSAGE_SELF)` of this process, server RSS from
+//! `/proc/self/status`, delivery latency measured at the clients against the publish time
+//! (both sides read `CLOCK_MONOTONIC`, which is shared by every process).
 //!
 //! Run: `cargo bench --bench ws_fanout` (options after `--`: `--clients N --events N
 //! --interval-ms N`). Mind the open-file limit (`ulimit -n`): every client needs one
@@ -14,16 +16,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allstar_nexus::alerts::AlertHub;
-use allstar_nexus::app::App;
 use allstar_nexus::config::Config;
-use allstar_nexus::control::Control;
-use allstar_nexus::metrics::Metrics;
 use allstar_nexus::state::{
-    ChangeEvent, ChangeKind, Direction, LinkKind, LinkState, LinkView, Mode, StateStore,
+    ChangeEvent, ChangeKind, Direction, LinkKind, LinkState, LinkView, Mode,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -126,23 +123,18 @@ fn main() {
 
 // --- server side (this process) ---------------------------------------------------------
 
-fn bench_app(clients: usize) -> App {
+/// The daemon's configuration: node 1999 on an AMI server nobody listens on (it retries
+/// in the background, once a minute), no scripts, no history file, room for every client.
+fn bench_config(clients: usize) -> Config {
     let yaml = format!(
-        "listen: 127.0.0.1:0\nami_enabled: false\nwebsocket:\n  max_clients: {}\n  client_queue: 512\n  heartbeat: 60s\n",
-        clients + 16
+        "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: 9\nami_username: admin\nami_password: bench\n\
+         ami_retry_interval: 60s\nami_retry_max: 60s\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
+         nodes:\n  - node_id: 1999\nhistory:\n  enabled: false\n\
+         http:\n  max_connections_per_ip: {conns}\n  max_connections: {conns}\n\
+         websocket:\n  max_clients: {conns}\n  client_queue: 512\n  heartbeat: 60s\n",
+        conns = clients + 16
     );
-    let config = Config::parse(&yaml, "bench", None).expect("bench config");
-    let metrics = Metrics::new(false);
-    let store = StateStore::new(4096, 65_536);
-    let control = Control::new(
-        BTreeMap::new(),
-        BTreeMap::new(),
-        BTreeMap::new(),
-        store.clone(),
-        metrics.clone(),
-    );
-    let alerts = AlertHub::new(&config.alerts, Vec::new(), metrics.clone());
-    App::assemble(Arc::new(config), store, control, alerts, metrics, None)
+    Config::parse(&yaml, "bench", None).expect("bench config")
 }
 
 /// A realistic change: a link keyed, with its full link view (about 400 bytes of JSON).
@@ -173,17 +165,13 @@ fn link_keyed() -> ChangeEvent {
 }
 
 async fn server_main(clients: usize, events: usize, interval: Duration) {
-    let app = bench_app(clients);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(allstar_nexus::http::serve(
-        app.clone(),
-        listener,
-        shutdown.clone(),
-    ));
+    let daemon = allstar_nexus::daemon::start(bench_config(clients), shutdown.clone())
+        .await
+        .expect("start the daemon");
+    let (app, addr) = (daemon.app.clone(), daemon.http_addr);
+    // Let the engine, the AMI supervisor's first attempt and the HTTP server settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = proc_status_kib("VmRSS:");
 
     let exe = std::env::current_exe().expect("own path");
@@ -266,7 +254,7 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
     let result = tokio::task::block_in_place(|| wait_line("RESULT", Duration::from_secs(60)));
     let _ = child.wait();
     shutdown.cancel();
-    let _ = server.await;
+    let _ = daemon.done.await;
 
     let field = |line: &str, key: &str| -> String {
         line.split_whitespace()
@@ -294,24 +282,25 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
         field(&result, "samples"),
         field(&result, "missing"),
     );
+    let per_delivery = |d: Duration| d.as_secs_f64() * 1e6 / n / clients as f64;
     println!(
-        "  server CPU per event:       {:.1} µs  ({:.2} µs per client delivery; {:.1} % of one core over {:.2} s)",
+        "  server CPU per event:       {:.1} µs  ({:.1} % of one core over {:.2} s)",
         cpu.as_secs_f64() * 1e6 / n,
-        cpu.as_secs_f64() * 1e6 / n / clients as f64,
         cpu.as_secs_f64() * 100.0 / wall.as_secs_f64(),
         wall.as_secs_f64()
     );
     println!(
-        "    user space {:.1} µs, kernel {:.1} µs (the kernel part is the TCP send, which on loopback includes delivery into the client's socket)",
-        user.as_secs_f64() * 1e6 / n,
-        sys.as_secs_f64() * 1e6 / n
+        "  per client per event:       user {:.2} µs, kernel {:.2} µs, total {:.2} µs  (the kernel part is the TCP send, which on loopback includes delivery into the client's socket)",
+        per_delivery(user),
+        per_delivery(sys),
+        per_delivery(cpu)
     );
     println!(
         "  client process CPU:         {}",
         received.trim_start_matches("RECEIVED").trim()
     );
     println!(
-        "  server RSS:                 {:.1} MiB idle → {:.1} MiB with {clients} clients ({:.1} KiB per client); peak {:.1} MiB",
+        "  server RSS:                 {:.1} MiB idle → {:.1} MiB with {clients} clients (RSS per client {:.1} KiB); peak {:.1} MiB",
         rss_idle as f64 / 1024.0,
         rss_clients as f64 / 1024.0,
         rss_clients.saturating_sub(rss_idle) as f64 / clients as f64,

@@ -20,6 +20,7 @@ mod origin;
 mod rest;
 mod server;
 mod ws;
+mod wsframe;
 
 use std::sync::Arc;
 use std::time::Duration;

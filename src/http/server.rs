@@ -250,6 +250,30 @@ impl ConnInfo {
     }
 }
 
+/// A WebSocket connection taken back from hyper after the upgrade (`/ws` writes its
+/// frames straight to the socket): the socket, what the client sent after its request,
+/// and the connection's registry place, which must live as long as the socket.
+pub(crate) struct UpgradedConn {
+    pub stream: TcpStream,
+    /// Bytes hyper read past the upgrade request (the client's first frames, if any).
+    pub read_buf: bytes::Bytes,
+    pub lease: Arc<Lease>,
+}
+
+/// The socket under an upgraded connection. Fails only if the connection was not one of
+/// this server's (hyper was handed some other IO type).
+pub(crate) fn take_upgraded(up: hyper::upgrade::Upgraded) -> Result<UpgradedConn, &'static str> {
+    let parts = up
+        .downcast::<TokioIo<Guarded>>()
+        .map_err(|_| "the upgraded connection is not a TCP socket of this server")?;
+    let guarded = parts.io.into_inner();
+    Ok(UpgradedConn {
+        stream: guarded.inner,
+        read_buf: parts.read_buf,
+        lease: guarded.lease,
+    })
+}
+
 /// Counts a request in flight while alive.
 struct Busy(Arc<ConnState>);
 
@@ -423,7 +447,7 @@ impl Server {
         });
         let io = TokioIo::new(Guarded {
             inner: stream,
-            _lease: lease,
+            lease,
             pending: None,
         });
         let conn = http1::Builder::new()
@@ -525,7 +549,7 @@ fn automatic_error(buf: &[u8]) -> Option<Vec<u8>> {
 /// error replies for JSON ones. Writes are not vectored, so a reply head arrives whole.
 struct Guarded {
     inner: TcpStream,
-    _lease: Arc<Lease>,
+    lease: Arc<Lease>,
     /// A replacement reply still being written, and how much of it is out.
     pending: Option<(Vec<u8>, usize)>,
 }

@@ -1,4 +1,5 @@
-//! `GET /ws`: the live change stream, resumable with `?since=SEQ`.
+//! `GET /ws`: the live change stream, resumable with `?since=SEQ`, optionally narrowed to
+//! some nodes or servers (`?nodes=2000,2001`, `?servers=hub,home`).
 //!
 //! Protocol (every message is a JSON text frame with `type` and `seq`; `docs/api.md`):
 //! - `snapshot` first (`seq` = the snapshot's point, `nodes`, `reason`), then one `event`
@@ -10,43 +11,59 @@
 //! - with `?since=SEQ` the missed events are replayed instead of a snapshot, or a
 //!   snapshot (`reason: "replay_miss"`) is sent when they are no longer buffered.
 //!
+//! Transport: the upgrade is taken here (hyper's `OnUpgrade`), and frames are written to
+//! the socket as bytes ([`wsframe`]). An event's frame is encoded once for every client
+//! ([`FrameCache`]: server frames are unmasked, so identical; readers whose link IPs are
+//! hidden share a second, masked variant), and a client's reader holds only the bytes of
+//! the frame it is reading.
+//!
 //! Fan-out: each client has three tasks. Its *pump* reads the store's broadcast, alerts
-//! and the heartbeat timer, and moves frames into a bounded queue
-//! (`websocket.client_queue`) with `try_send`; its *writer* drains that queue into the
-//! socket; its *reader* reads what the client sends (pings, oversized messages, close). A socket that stops draining therefore only fills its own queue. When the
+//! and the heartbeat timer, and writes each frame straight to the socket (a non-blocking
+//! write) when nothing waits for the writer and the socket takes it whole; otherwise it
+//! moves the frame into a bounded queue (`websocket.client_queue`) with `try_send`, which
+//! its *writer* drains into the socket; its *reader* reads what the client sends (pings,
+//! oversized messages, close). Order is kept: nothing is written directly while anything
+//! handed to the writer is unwritten. A socket that stops draining therefore only fills
+//! its own queue. When the
 //! queue is full (or the broadcast reports the pump lagged) the client is resynced: the
 //! pump stops queuing, waits for the writer to empty the queue, then queues a fresh
 //! snapshot (`reason: "resync"`). If the queue does not drain within two heartbeat
 //! intervals the client is dropped. Nothing here ever waits on another client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
-use warp::ws::{Message, WebSocket, Ws};
-use warp::{Filter, Rejection, Reply};
+use warp::ws::Ws;
+use warp::{Filter, Rejection};
 
 use super::errors::{clip, error_reply};
-use super::server::ConnInfo;
+use super::server::{self, ConnInfo, UpgradedConn};
+use super::wsframe::{self, DecodeError, Decoder, Inbound as Frame};
 use super::{Ctx, origin};
 use crate::alerts::Alert;
 use crate::audit::AuditEntry;
-use crate::state::{NodeView, Published, Replay};
+use crate::config::Config;
+use crate::state::{ChangeEvent, NodeView, Published, Replay};
 
 /// Close codes (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -59,12 +76,29 @@ const MIN_STALL: Duration = Duration::from_secs(1);
 /// our pings — for three heartbeats (and at least this long) is dropped.
 const MIN_SILENCE: Duration = Duration::from_secs(10);
 
-/// The WebSocket clients: a count for the cap and the gauge, and a tracker so shutdown
-/// can wait for their goodbyes.
+/// Bytes read from a client at a time; the reader's buffer is let go again once it has
+/// held more than [`READ_KEEP`] (a big message) and is empty.
+const READ_CHUNK: usize = 512;
+const READ_KEEP: usize = 4096;
+/// Frames already queued are written together, up to this many bytes per write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a goodbye waits for the close frame to go out and the client to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Most entries in `?nodes=` or `?servers=`, and most bytes in either value.
+const MAX_SELECTED: usize = 1024;
+const MAX_SELECTION_BYTES: usize = 16 * 1024;
+
+/// Event frames kept for reuse: the last this many changes (by `seq`).
+const CACHE_SLOTS: usize = 64;
+
+/// The WebSocket clients: a count for the cap and the gauge, a tracker so shutdown can
+/// wait for their goodbyes, and the frames every client shares.
 #[derive(Default)]
 pub(crate) struct Hub {
     clients: AtomicUsize,
     pub tracker: TaskTracker,
+    frames: FrameCache,
 }
 
 impl Hub {
@@ -104,17 +138,103 @@ impl Drop for Slot {
     }
 }
 
-/// The `/ws` route.
+// --- frames shared by every client -----------------------------------------------------
+
+/// One change's `event` frame, encoded once: plain, and (made by the first reader who
+/// needs it) with link IPs masked.
+struct EventFrames {
+    seq: u64,
+    plain: Bytes,
+    masked: OnceLock<Bytes>,
+}
+
+impl EventFrames {
+    fn new(p: &Published, epoch: &str) -> EventFrames {
+        EventFrames {
+            seq: p.event.seq,
+            plain: wsframe::text(&event_frame(p.event.seq, epoch, &p.json)),
+            masked: OnceLock::new(),
+        }
+    }
+
+    fn get(&self, p: &Published, epoch: &str, mask: bool) -> Bytes {
+        if !mask {
+            return self.plain.clone();
+        }
+        self.masked
+            .get_or_init(|| match masked_event_json(&p.event) {
+                Some(json) => wsframe::text(&event_frame(p.event.seq, epoch, &json)),
+                None => self.plain.clone(),
+            })
+            .clone()
+    }
+}
+
+/// The frames of the last [`CACHE_SLOTS`] changes, so the first client to need one
+/// encodes it and the others clone its bytes (a reference count).
+struct FrameCache {
+    slots: [Mutex<Option<Arc<EventFrames>>>; CACHE_SLOTS],
+}
+
+impl Default for FrameCache {
+    fn default() -> FrameCache {
+        FrameCache {
+            slots: std::array::from_fn(|_| Mutex::new(None)),
+        }
+    }
+}
+
+impl FrameCache {
+    /// The `event` frame of `p` for a plain or a masked reader.
+    fn frame(&self, p: &Published, epoch: &str, mask: bool) -> Bytes {
+        let seq = p.event.seq;
+        let frames = {
+            let mut slot = self.slots[(seq % CACHE_SLOTS as u64) as usize]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &*slot {
+                Some(f) if f.seq == seq => f.clone(),
+                // A client far behind (a replay): encode for it alone.
+                Some(f) if f.seq > seq => Arc::new(EventFrames::new(p, epoch)),
+                _ => {
+                    let f = Arc::new(EventFrames::new(p, epoch));
+                    *slot = Some(f.clone());
+                    f
+                }
+            }
+        };
+        frames.get(p, epoch, mask)
+    }
+}
+
+/// The change's JSON with its link IP masked (`crate::auth::mask_ip`), or `None` when it
+/// carries no IP. Same result as masking the JSON text, without reordering its fields.
+fn masked_event_json(ev: &ChangeEvent) -> Option<String> {
+    let ip = ev.link.as_ref()?.ip.as_ref()?;
+    let mut ev = ev.clone();
+    let masked = crate::auth::mask_ip(ip);
+    if let Some(l) = ev.link.as_mut() {
+        l.ip = Some(masked);
+    }
+    serde_json::to_string(&ev).ok()
+}
+
+// --- the handshake ---------------------------------------------------------------------
+
+/// The `/ws` route. warp's `ws()` filter checks the upgrade headers (its rejections name
+/// what is missing); the upgrade itself is ours.
 pub(super) fn route(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("ws")
+        .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ws())
         .and(warp::header::headers_cloned())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::ext::optional::<ConnInfo>())
         .map(
-            move |ws: Ws,
+            move |upgrade: Option<OnUpgrade>,
+                  _checked: Ws,
                   headers: HeaderMap,
                   query: HashMap<String, String>,
                   conn: Option<ConnInfo>| {
@@ -125,7 +245,7 @@ pub(super) fn route(
                 let mask = access.as_ref().map_or(true, |a| a.mask);
                 // Admins also get the `control` messages.
                 let admin = access.is_ok_and(|a| a.identity.has(crate::auth::Role::Admin));
-                let res = handshake(&ctx, ws, &headers, &query, (mask, admin));
+                let res = handshake(&ctx, upgrade, &headers, &query, (mask, admin));
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(c) = conn {
                         c.mark_upgraded();
@@ -136,30 +256,28 @@ pub(super) fn route(
         )
 }
 
-/// Checks the handshake (origin, `since`, client cap) and upgrades.
+/// What a client asked for in its query string.
+struct Request {
+    resume: Option<Resume>,
+    selection: Option<Arc<Selection>>,
+    mask: bool,
+    /// An admin reader: also gets the `control` messages.
+    admin: bool,
+}
+
+/// Checks the handshake (origin, `since`, filters, client cap) and upgrades.
 fn handshake(
     ctx: &Arc<Ctx>,
-    ws: Ws,
+    upgrade: Option<OnUpgrade>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     (mask, admin): (bool, bool),
 ) -> Response {
     let cfg = &ctx.app.config.websocket;
-    if let Some(o) = headers.get(header::ORIGIN) {
-        let text = o.to_str().unwrap_or("");
-        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        if !origin::allowed(text, h("host"), h("x-forwarded-host"), &cfg.allowed_origins) {
-            tracing::info!("[WS] refused a connection from origin {:?}", clip(text));
-            return error_reply(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "WebSocket connections from origin {:?} are not allowed: serve the page from this host or add the origin to websocket.allowed_origins",
-                    clip(text)
-                ),
-            );
-        }
+    if let Some(refused) = check_origin(headers, &cfg.allowed_origins) {
+        return refused;
     }
-    let since = match query.get("since").map(|v| v.trim().parse::<u64>()) {
+    let resume = match query.get("since").map(|v| v.trim().parse::<u64>()) {
         None => None,
         Some(Ok(s)) => Some(Resume {
             since: s,
@@ -171,6 +289,16 @@ fn handshake(
                 "invalid since: give the seq of the last message received (a whole number), or leave it out for a snapshot",
             );
         }
+    };
+    let selection = match Selection::from_query(query, &ctx.app.config) {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, &e),
+    };
+    let (Some(upgrade), Some(key)) = (upgrade, headers.get("sec-websocket-key")) else {
+        return error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this connection cannot be upgraded to WebSocket",
+        );
     };
     let Some(slot) = Slot::acquire(ctx) else {
         tracing::warn!(
@@ -188,16 +316,160 @@ fn handshake(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return res;
     };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let req = Request {
+        resume,
+        selection,
+        mask,
+        admin,
+    };
     let ctx = ctx.clone();
-    // Memory: tungstenite gives every connection a 128 KiB read buffer (touched on the first
-    // read, so resident: ~140 KiB per client in all). warp 0.4 exposes no setting for it;
-    // shrinking it needs tokio-tungstenite as a direct dependency or a warp change.
-    let max = cfg.max_message_bytes.max(125);
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| Client::run(ctx, socket, since, slot, (mask, admin)))
-        .into_response()
+    tokio::spawn(async move {
+        let conn = match upgrade.await {
+            Ok(up) => server::take_upgraded(up),
+            Err(e) => {
+                tracing::debug!("[WS] the upgrade did not complete: {e}");
+                return;
+            }
+        };
+        match conn {
+            Ok(conn) => Client::run(ctx, conn, req, slot).await,
+            Err(e) => tracing::warn!("[WS] {e}"),
+        }
+    });
+    let mut res = Response::default();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
 }
+
+/// 403 for a foreign `Origin` (cross-site WebSocket hijacking).
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Option<Response> {
+    let o = headers.get(header::ORIGIN)?;
+    let text = o.to_str().unwrap_or("");
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if origin::allowed(text, h("host"), h("x-forwarded-host"), allowed) {
+        return None;
+    }
+    tracing::info!("[WS] refused a connection from origin {:?}", clip(text));
+    Some(error_reply(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "WebSocket connections from origin {:?} are not allowed: serve the page from this host or add the origin to websocket.allowed_origins",
+            clip(text)
+        ),
+    ))
+}
+
+/// `?nodes=` and `?servers=`: the nodes a client follows. A node is followed when it is
+/// named, or its server is; changes without a node (`ami_*`) pass when their server is
+/// one of the followed nodes' servers.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Selection {
+    nodes: HashSet<String>,
+    servers: HashSet<String>,
+}
+
+impl Selection {
+    /// `None` when neither parameter is given (every node). Unknown names are refused,
+    /// naming the first one, so a typo does not look like a quiet node.
+    fn from_query(
+        query: &HashMap<String, String>,
+        config: &Config,
+    ) -> Result<Option<Selection>, String> {
+        let nodes = list(query, "nodes")?;
+        let servers = list(query, "servers")?;
+        if nodes.is_none() && servers.is_none() {
+            return Ok(None);
+        }
+        let mut sel = Selection::default();
+        for name in servers.unwrap_or_default() {
+            let Some(s) = config.servers.iter().find(|s| s.name == name) else {
+                return Err(format!(
+                    "unknown server {:?} in servers=: give names of configured servers (servers[].name)",
+                    clip(name)
+                ));
+            };
+            sel.servers.insert(s.name.clone());
+            sel.nodes.extend(s.nodes.iter().map(|n| n.node_id.clone()));
+        }
+        for id in nodes.unwrap_or_default() {
+            if id.is_empty() || id.len() > 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "invalid node {:?} in nodes=: node numbers are digits, separated by commas",
+                    clip(id)
+                ));
+            }
+            let server = config
+                .servers
+                .iter()
+                .find(|s| s.nodes.iter().any(|n| n.node_id == id));
+            let Some(server) = server else {
+                return Err(format!(
+                    "unknown node {id} in nodes=: it is not a node of this daemon (see GET /api/nodes)"
+                ));
+            };
+            sel.servers.insert(server.name.clone());
+            sel.nodes.insert(id.to_owned());
+        }
+        Ok(Some(sel))
+    }
+
+    fn node(&self, id: &str) -> bool {
+        self.nodes.contains(id)
+    }
+
+    fn event(&self, ev: &ChangeEvent) -> bool {
+        match &ev.node {
+            Some(n) => self.nodes.contains(n),
+            None => self.servers.contains(&ev.server),
+        }
+    }
+
+    /// Alerts about another node are left out; alerts about no node go to everyone.
+    fn alert(&self, a: &Alert) -> bool {
+        a.node.as_deref().is_none_or(|n| self.nodes.contains(n))
+    }
+}
+
+/// The comma-separated entries of a query parameter (`None` when absent).
+fn list<'q>(
+    query: &'q HashMap<String, String>,
+    name: &str,
+) -> Result<Option<Vec<&'q str>>, String> {
+    let Some(value) = query.get(name) else {
+        return Ok(None);
+    };
+    if value.len() > MAX_SELECTION_BYTES {
+        return Err(format!(
+            "{name}= is too long (the limit is {MAX_SELECTION_BYTES} bytes)"
+        ));
+    }
+    let items: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err(format!(
+            "{name}= is empty: give a comma-separated list, or leave it out for every node"
+        ));
+    }
+    if items.len() > MAX_SELECTED {
+        return Err(format!(
+            "{name}= names {} entries (the limit is {MAX_SELECTED})",
+            items.len()
+        ));
+    }
+    Ok(Some(items))
+}
+
+// --- messages --------------------------------------------------------------------------
 
 /// Messages to the client.
 #[derive(Serialize)]
@@ -240,15 +512,14 @@ struct Inbound<'a> {
     kind: std::borrow::Cow<'a, str>,
 }
 
-/// `{"type":"event","seq":N,"event":<json>}` around the change's JSON, made once per change.
-fn event_frame(p: &Published, epoch: &str) -> String {
-    let mut s = String::with_capacity(p.json.len() + 64 + epoch.len());
+/// `{"type":"event","seq":N,"epoch":E,"event":<json>}` around a change's JSON.
+fn event_frame(seq: u64, epoch: &str, json: &str) -> String {
+    let mut s = String::with_capacity(json.len() + 64 + epoch.len());
     let _ = write!(
         s,
-        "{{\"type\":\"event\",\"seq\":{},\"epoch\":\"{epoch}\",\"event\":",
-        p.event.seq
+        "{{\"type\":\"event\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"event\":"
     );
-    s.push_str(&p.json);
+    s.push_str(json);
     s.push('}');
     s
 }
@@ -262,6 +533,19 @@ fn simple_frame(kind: &str, seq: u64, epoch: &str) -> String {
     format!("{{\"type\":\"{kind}\",\"seq\":{seq},\"epoch\":\"{epoch}\"}}")
 }
 
+/// The JSON text with every link IP masked (`crate::auth::mask_ips_in`), for the
+/// messages made per client (snapshots, alerts); text without an `"ip"` key is unchanged.
+fn masked_text(text: String) -> String {
+    if !text.contains("\"ip\"") {
+        return text;
+    }
+    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return text;
+    };
+    crate::auth::mask_ips_in(&mut json);
+    serde_json::to_string(&json).unwrap_or(text)
+}
+
 /// A resume request: `?since=SEQ`, with the run it came from (`&epoch=`) when known.
 #[derive(Debug)]
 struct Resume {
@@ -269,9 +553,15 @@ struct Resume {
     epoch: Option<String>,
 }
 
+/// What the writer sends: a frame, or the close frame after which it stops.
+enum Out {
+    Frame(Bytes),
+    Close(Bytes),
+}
+
 /// Why the pump stopped.
 enum Exit {
-    /// The peer closed, the socket failed, or the writer stopped.
+    /// The peer went away, the socket failed, or the writer stopped.
     Gone,
     /// Say goodbye with a close frame.
     Close(u16, String),
@@ -279,17 +569,30 @@ enum Exit {
     Drop,
 }
 
+// --- the pump --------------------------------------------------------------------------
+
 /// One client's pump.
 struct Client {
     ctx: Arc<Ctx>,
-    queue: mpsc::Sender<Message>,
-    /// Notified by the writer each time the queue runs empty.
+    queue: mpsc::Sender<Out>,
+    /// The socket, written directly while nothing waits in the queue.
+    sock: Arc<OwnedWriteHalf>,
+    /// Frames handed to the writer and not yet written out (queued or being written).
+    pending: Arc<AtomicUsize>,
+    /// Notified by the writer each time it has written everything handed to it.
     drained: Arc<Notify>,
-    /// Seq of the last change (or snapshot) queued for the client.
+    /// Seq of the last change (or snapshot) the client is up to: sent, or left out by
+    /// its selection.
     last_seq: u64,
     /// Waiting for the queue to drain before a resync snapshot, until this deadline.
     resync_by: Option<Instant>,
     stall: Duration,
+    /// Link IPs hidden from this reader. (Messages for some roles only, such as a
+    /// `control` stream for admins, are decided from the reader's access here too.)
+    mask: bool,
+    /// Gets the `control` messages (an admin reader).
+    admin: bool,
+    selection: Option<Arc<Selection>>,
 }
 
 enum Push {
@@ -299,152 +602,180 @@ enum Push {
 }
 
 impl Client {
-    async fn run(
-        ctx: Arc<Ctx>,
-        socket: WebSocket,
-        since: Option<Resume>,
-        slot: Slot,
-        (mask, admin): (bool, bool),
-    ) {
+    async fn run(ctx: Arc<Ctx>, conn: UpgradedConn, req: Request, slot: Slot) {
         let cfg = ctx.app.config.websocket.clone();
         let heartbeat = cfg.heartbeat.0.max(MIN_HEARTBEAT);
-        let (sink, inbound) = socket.split();
+        let UpgradedConn {
+            stream,
+            read_buf,
+            lease,
+        } = conn;
+        let (read_half, write_half) = stream.into_split();
         let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
         let drained = Arc::new(Notify::new());
         let stall = (heartbeat * 2).max(MIN_STALL);
-        let mut writer = tokio::spawn(write_loop(sink, qrx, drained.clone(), stall, mask));
-        let (from_tx, mut from_client) = mpsc::channel(4);
+        let sock = Arc::new(write_half);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut writer = tokio::spawn(write_loop(
+            sock.clone(),
+            qrx,
+            pending.clone(),
+            drained.clone(),
+            stall,
+        ));
+        let (from_tx, from_client) = mpsc::channel(4);
         let heard = Arc::new(AtomicBool::new(true));
-        let reader = tokio::spawn(read_loop(inbound, from_tx, heard.clone()));
-        let silence_limit =
-            (heartbeat * 3).max(MIN_SILENCE).as_millis() / heartbeat.as_millis().max(1);
-        let mut silent_beats: u128 = 0;
-        let alerts = alert_stream(ctx.app.alerts.subscribe());
-        tokio::pin!(alerts);
-        let controls = control_stream(admin.then(|| ctx.app.linkctl.subscribe_controls()));
-        tokio::pin!(controls);
+        let max = cfg.max_message_bytes.max(125);
+        let mut reader = tokio::spawn(read_loop(read_half, read_buf, max, from_tx, heard.clone()));
         let mut client = Client {
             ctx: ctx.clone(),
             queue: qtx,
+            sock,
+            pending,
             drained,
             last_seq: 0,
             resync_by: None,
             stall,
+            mask: req.mask,
+            admin: req.admin,
+            selection: req.selection,
         };
         tracing::debug!(
-            "[WS] client connected (since {since:?}); {} connected",
+            "[WS] client connected (since {:?}); {} connected",
+            req.resume,
             ctx.hub.clients()
         );
+        let silence_limit =
+            (heartbeat * 3).max(MIN_SILENCE).as_millis() / heartbeat.as_millis().max(1);
+        let exit = client
+            .pump(req.resume, heartbeat, silence_limit, from_client, &heard)
+            .await;
+        client
+            .end(exit, silence_limit, &mut writer, &mut reader)
+            .await;
+        reader.abort();
+        drop(lease);
+        drop(slot);
+        tracing::debug!("[WS] client gone; {} connected", ctx.hub.clients());
+    }
 
-        // Held across iterations: its registration is made once.
-        let shutdown = ctx.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let start = tokio::select! {
-            _ = &mut shutdown => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
-            r = client.start(since) => r,
-        };
-        let exit = match start {
-            Err(exit) => exit,
-            Ok(rx) => {
-                let changes = change_stream(rx);
-                tokio::pin!(changes);
-                let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                let mut alerts_open = true;
-                // Armed while a resync waits for the queue to drain.
-                let stall_timer = tokio::time::sleep(Duration::ZERO);
-                tokio::pin!(stall_timer);
-                let mut armed_for = None;
-                loop {
-                    let resyncing = client.resync_by.is_some();
-                    if resyncing && armed_for != client.resync_by {
-                        armed_for = client.resync_by;
-                        if let Some(d) = armed_for {
-                            stall_timer.as_mut().reset(d);
-                        }
-                    }
-                    let step = tokio::select! {
-                        biased;
-                        _ = &mut shutdown => Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())),
-                        m = from_client.recv() => client.on_client(m, cfg.max_message_bytes),
-                        _ = client.drained.notified(), if resyncing => {
-                            if let Some(rx) = client.try_finish_resync() {
-                                changes.set(change_stream(rx));
-                            }
-                            Ok(())
-                        }
-                        _ = &mut stall_timer, if resyncing => Err(Exit::Drop),
-                        r = changes.next(), if !resyncing => match r {
-                            Some(r) => client.on_change(r),
-                            None => Err(Exit::Gone),
-                        },
-                        a = alerts.next(), if alerts_open => {
-                            match a {
-                                Some(Ok(alert)) if !resyncing => client.on_alert(&alert),
-                                Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => Ok(()),
-                                Some(Err(RecvError::Closed)) | None => {
-                                    alerts_open = false;
-                                    Ok(())
-                                }
-                            }
-                        }
-                        Some(c) = controls.next() => match c {
-                            Ok(entry) if !resyncing => client.on_control(&entry),
-                            _ => Ok(()),
-                        },
-                        _ = ticker.tick(), if !resyncing => {
-                            silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
-                            if silent_beats > silence_limit {
-                                Err(Exit::Drop)
-                            } else {
-                                let frame = simple_frame("heartbeat", client.last_seq, ctx.app.state.epoch());
-                                // A protocol ping too: every WebSocket stack answers it,
-                                // so a client that stopped reading falls silent.
-                                let _ = client.queue.try_send(Message::ping(Vec::<u8>::new()));
-                                client.push_or_resync(frame)
-                            }
-                        }
-                    };
-                    // A resync that can complete at once (queue already empty).
-                    if step.is_ok() && client.resync_by.is_some() && client.queue_empty() {
-                        if let Some(rx) = client.try_finish_resync() {
-                            changes.set(change_stream(rx));
-                        }
-                    }
-                    if let Err(exit) = step {
-                        break exit;
-                    }
-                }
-            }
-        };
-
+    /// Ends the connection as `exit` says: a close frame (then the client's own close,
+    /// within [`CLOSE_WAIT`]), or at once.
+    async fn end(
+        self,
+        exit: Exit,
+        silence_limit: u128,
+        writer: &mut JoinHandle<()>,
+        reader: &mut JoinHandle<()>,
+    ) {
         match exit {
-            Exit::Gone => writer.abort(),
+            Exit::Gone => {}
             Exit::Drop => {
                 tracing::info!(
                     "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
-                    client.stall,
+                    self.stall,
                     silence_limit
                 );
-                ctx.app
-                    .metrics
-                    .ws_resyncs
-                    .with_label_values(&["dropped"])
-                    .inc();
-                writer.abort();
+                self.count_resync("dropped");
             }
             Exit::Close(code, reason) => {
-                let Client { queue, .. } = client;
-                if queue.try_send(Message::close_with(code, reason)).is_ok() {
-                    drop(queue);
-                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+                let close = Out::Close(wsframe::close(code, &reason));
+                if let Push::Queued = self.enqueue(close) {
+                    // The writer's is then the last handle of the socket: the write side
+                    // is shut when it is done.
+                    drop(self);
+                    // The close frame out, then the client's own close (end of input).
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                        let _ = (&mut *writer).await;
+                        let _ = (&mut *reader).await;
+                    })
+                    .await;
                 }
-                writer.abort();
             }
         }
-        reader.abort();
-        drop(slot);
-        tracing::debug!("[WS] client gone; {} connected", ctx.hub.clients());
+        writer.abort();
+    }
+
+    /// Moves frames to the writer until the client goes or must go.
+    async fn pump(
+        &mut self,
+        resume: Option<Resume>,
+        heartbeat: Duration,
+        silence_limit: u128,
+        mut from_client: mpsc::Receiver<FromClient>,
+        heard: &AtomicBool,
+    ) -> Exit {
+        let ctx = self.ctx.clone();
+        let max_message = ctx.app.config.websocket.max_message_bytes;
+        let alerts = alert_stream(ctx.app.alerts.subscribe());
+        tokio::pin!(alerts);
+        let controls = control_stream(self.admin.then(|| ctx.app.linkctl.subscribe_controls()));
+        tokio::pin!(controls);
+        // Held across iterations: its registration is made once.
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let going_away = || Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into());
+        let rx = tokio::select! {
+            _ = &mut shutdown => return going_away(),
+            r = self.start(resume) => match r {
+                Ok(rx) => rx,
+                Err(exit) => return exit,
+            },
+        };
+        let changes = change_stream(rx);
+        tokio::pin!(changes);
+        let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut alerts_open = true;
+        let mut silent_beats: u128 = 0;
+        // Armed while a resync waits for the queue to drain.
+        let stall_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(stall_timer);
+        let mut armed_for = None;
+        loop {
+            let resyncing = self.resync_by.is_some();
+            if resyncing && armed_for != self.resync_by {
+                armed_for = self.resync_by;
+                if let Some(d) = armed_for {
+                    stall_timer.as_mut().reset(d);
+                }
+            }
+            // Per-role streams (records for admin clients only) join this select!.
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown => Err(going_away()),
+                m = from_client.recv() => self.on_client(m, max_message),
+                _ = self.drained.notified(), if resyncing => {
+                    if let Some(rx) = self.try_finish_resync() {
+                        changes.set(change_stream(rx));
+                    }
+                    Ok(())
+                }
+                _ = &mut stall_timer, if resyncing => Err(Exit::Drop),
+                r = changes.next(), if !resyncing => match r {
+                    Some(r) => self.on_change(r),
+                    None => Err(Exit::Gone),
+                },
+                a = alerts.next(), if alerts_open => self.on_alert_news(a, resyncing, &mut alerts_open),
+                Some(c) = controls.next() => match c {
+                    Ok(entry) if !resyncing => self.on_control(&entry),
+                    _ => Ok(()),
+                },
+                _ = ticker.tick(), if !resyncing => {
+                    silent_beats = if heard.swap(false, Ordering::AcqRel) { 0 } else { silent_beats + 1 };
+                    if silent_beats > silence_limit { Err(Exit::Drop) } else { self.on_heartbeat() }
+                }
+            };
+            // A resync that can complete at once (queue already empty).
+            if step.is_ok() && self.resync_by.is_some() && self.queue_empty() {
+                if let Some(rx) = self.try_finish_resync() {
+                    changes.set(change_stream(rx));
+                }
+            }
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
     }
 
     /// The first messages: a snapshot, or the replay after `since`. Returns the change
@@ -456,73 +787,89 @@ impl Client {
         let store = &self.ctx.app.state;
         let Some(Resume { since, epoch }) = resume else {
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            self.queue_snapshot(seq, &nodes, "connect")?;
+            self.queue_snapshot(seq, nodes, "connect")?;
             return Ok(rx);
         };
         if epoch.as_deref().is_some_and(|e| e != store.epoch()) {
             // `since` counts another run's changes: never replay ours against it.
-            self.ctx
-                .app
-                .metrics
-                .ws_resyncs
-                .with_label_values(&["epoch_changed"])
-                .inc();
+            self.count_resync("epoch_changed");
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            self.queue_snapshot(seq, &nodes, "epoch_changed")?;
+            self.queue_snapshot(seq, nodes, "epoch_changed")?;
             return Ok(rx);
         }
         match store.replay_since(since) {
             (Replay::Changes(missed), rx) => {
                 self.last_seq = since;
-                // A long replay may exceed the queue: wait for the writer (this client
-                // only), within the stall limit.
-                let stall = self.stall;
-                let queue = self.queue.clone();
-                let send_all = async {
-                    for p in &missed {
-                        queue
-                            .send(Message::text(event_frame(p, store.epoch())))
-                            .await
-                            .map_err(|_| Exit::Gone)?;
-                    }
-                    Ok(())
-                };
-                match tokio::time::timeout(stall, send_all).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(exit)) => return Err(exit),
-                    Err(_) => return Err(Exit::Drop),
-                }
+                self.replay(&missed).await?;
                 if let Some(last) = missed.last() {
                     self.last_seq = last.event.seq;
                 }
                 Ok(rx)
             }
             (Replay::TooOld, _) => {
-                self.ctx
-                    .app
-                    .metrics
-                    .ws_resyncs
-                    .with_label_values(&["replay_miss"])
-                    .inc();
+                self.count_resync("replay_miss");
                 let (seq, nodes, rx) = store.subscribe_with_snapshot();
-                self.queue_snapshot(seq, &nodes, "replay_miss")?;
+                self.queue_snapshot(seq, nodes, "replay_miss")?;
                 Ok(rx)
             }
         }
     }
 
+    /// Queues the missed changes this client follows. A long replay may exceed the
+    /// queue: it waits for the writer (this client only), within the stall limit.
+    async fn replay(&self, missed: &[Arc<Published>]) -> Result<(), Exit> {
+        let epoch = self.ctx.app.state.epoch();
+        let queue = self.queue.clone();
+        let send_all = async {
+            for p in missed.iter().filter(|p| self.follows(&p.event)) {
+                let frame = self.ctx.hub.frames.frame(p, epoch, self.mask);
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                if queue.send(Out::Frame(frame)).await.is_err() {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Exit::Gone);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.stall, send_all).await {
+            Ok(r) => r,
+            Err(_) => Err(Exit::Drop),
+        }
+    }
+
+    fn count_resync(&self, reason: &str) {
+        self.ctx
+            .app
+            .metrics
+            .ws_resyncs
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn follows(&self, ev: &ChangeEvent) -> bool {
+        self.selection.as_ref().is_none_or(|s| s.event(ev))
+    }
+
+    /// A snapshot frame of the nodes this client follows, masked if it must be.
+    fn snapshot(&self, seq: u64, mut nodes: Vec<NodeView>, reason: &'static str) -> Bytes {
+        if let Some(sel) = &self.selection {
+            nodes.retain(|n| sel.node(&n.node_id));
+        }
+        let text = snapshot_frame(seq, self.ctx.app.state.epoch(), &nodes, reason);
+        wsframe::text(&self.for_reader(text))
+    }
+
+    fn for_reader(&self, text: String) -> String {
+        if self.mask { masked_text(text) } else { text }
+    }
+
     fn queue_snapshot(
         &mut self,
         seq: u64,
-        nodes: &[NodeView],
+        nodes: Vec<NodeView>,
         reason: &'static str,
     ) -> Result<(), Exit> {
-        match self.push(snapshot_frame(
-            seq,
-            self.ctx.app.state.epoch(),
-            nodes,
-            reason,
-        )) {
+        match self.push(self.snapshot(seq, nodes, reason)) {
             Push::Queued => {
                 self.last_seq = seq;
                 Ok(())
@@ -532,16 +879,35 @@ impl Client {
         }
     }
 
-    fn push(&self, frame: String) -> Push {
-        match self.queue.try_send(Message::text(frame)) {
-            Ok(()) => Push::Queued,
+    /// Sends a frame: straight to the socket when nothing is waiting for the writer and
+    /// the socket takes it all (the usual case: no task hand-off), else through the queue.
+    fn push(&self, frame: Bytes) -> Push {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            match self.sock.try_write(&frame) {
+                Ok(n) if n == frame.len() => return Push::Queued,
+                // The rest goes first in the (empty) queue, so order is kept.
+                Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Push::Closed,
+            }
+        }
+        self.enqueue(Out::Frame(frame))
+    }
+
+    /// Hands a frame to the writer.
+    fn enqueue(&self, out: Out) -> Push {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let r = match self.queue.try_send(out) {
+            Ok(()) => return Push::Queued,
             Err(TrySendError::Full(_)) => Push::Full,
             Err(TrySendError::Closed(_)) => Push::Closed,
-        }
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        r
     }
 
     /// Queues a frame; a full queue starts a resync.
-    fn push_or_resync(&mut self, frame: String) -> Result<(), Exit> {
+    fn push_or_resync(&mut self, frame: Bytes) -> Result<(), Exit> {
         match self.push(frame) {
             Push::Queued => Ok(()),
             Push::Full => {
@@ -558,7 +924,16 @@ impl Client {
                 if p.event.seq <= self.last_seq {
                     return Ok(()); // already covered by the snapshot or replay
                 }
-                match self.push(event_frame(&p, self.ctx.app.state.epoch())) {
+                if !self.follows(&p.event) {
+                    self.last_seq = p.event.seq;
+                    return Ok(());
+                }
+                let frame = self
+                    .ctx
+                    .hub
+                    .frames
+                    .frame(&p, self.ctx.app.state.epoch(), self.mask);
+                match self.push(frame) {
                     Push::Queued => {
                         self.last_seq = p.event.seq;
                         Ok(())
@@ -580,41 +955,74 @@ impl Client {
         }
     }
 
+    /// What the alert subscription said: an alert (skipped while resyncing), a lag, or
+    /// the end (`open` turns false).
+    fn on_alert_news(
+        &mut self,
+        news: Option<Result<Arc<Alert>, RecvError>>,
+        resyncing: bool,
+        open: &mut bool,
+    ) -> Result<(), Exit> {
+        match news {
+            Some(Ok(alert)) if !resyncing => self.on_alert(&alert),
+            Some(Ok(_)) | Some(Err(RecvError::Lagged(_))) => Ok(()),
+            Some(Err(RecvError::Closed)) | None => {
+                *open = false;
+                Ok(())
+            }
+        }
+    }
+
     fn on_alert(&mut self, alert: &Alert) -> Result<(), Exit> {
-        let frame = serde_json::to_string(&AlertMsg {
+        if self.selection.as_ref().is_some_and(|s| !s.alert(alert)) {
+            return Ok(());
+        }
+        let Ok(text) = serde_json::to_string(&AlertMsg {
             kind: "alert",
             seq: self.last_seq,
             epoch: self.ctx.app.state.epoch(),
             alert,
-        })
-        .unwrap_or_default();
-        if frame.is_empty() {
+        }) else {
             return Ok(());
-        }
+        };
+        let frame = wsframe::text(&self.for_reader(text));
         self.push_or_resync(frame)
     }
 
     fn on_control(&mut self, entry: &AuditEntry) -> Result<(), Exit> {
-        let frame = serde_json::to_string(&ControlMsg {
+        let Ok(text) = serde_json::to_string(&ControlMsg {
             kind: "control",
             seq: self.last_seq,
             epoch: self.ctx.app.state.epoch(),
             entry,
-        })
-        .unwrap_or_default();
-        if frame.is_empty() {
+        }) else {
             return Ok(());
-        }
+        };
+        let frame = wsframe::text(&text);
         self.push_or_resync(frame)
+    }
+
+    fn on_heartbeat(&mut self) -> Result<(), Exit> {
+        let frame = simple_frame("heartbeat", self.last_seq, self.ctx.app.state.epoch());
+        // A protocol ping too: every WebSocket stack answers it, so a client that stopped
+        // reading falls silent.
+        let _ = self.push(wsframe::ping());
+        self.push_or_resync(wsframe::text(&frame))
     }
 
     fn on_client(&mut self, msg: Option<FromClient>, max: usize) -> Result<(), Exit> {
         match msg {
             Some(FromClient::Ping) if self.resync_by.is_none() => {
                 let frame = simple_frame("pong", self.last_seq, self.ctx.app.state.epoch());
-                self.push_or_resync(frame)
+                self.push_or_resync(wsframe::text(&frame))
             }
             Some(FromClient::Ping) => Ok(()),
+            Some(FromClient::ProtocolPing(payload)) => {
+                // Answered like any WebSocket stack does; a client pinging faster than it
+                // reads loses pongs, nothing else.
+                let _ = self.push(wsframe::pong(&payload));
+                Ok(())
+            }
             Some(FromClient::TooBig) => Err(Exit::Close(
                 CLOSE_TOO_BIG,
                 format!("message too big: the limit is {max} bytes"),
@@ -622,18 +1030,15 @@ impl Client {
             Some(FromClient::ProtocolError) => {
                 Err(Exit::Close(CLOSE_PROTOCOL_ERROR, "protocol error".into()))
             }
+            // The closing handshake: echo the client's code (RFC 6455 §5.5.1).
+            Some(FromClient::Closed(code)) => Err(Exit::Close(echo_code(code), String::new())),
             Some(FromClient::Gone) | None => Err(Exit::Gone),
         }
     }
 
     fn begin_resync(&mut self) {
         if self.resync_by.is_none() {
-            self.ctx
-                .app
-                .metrics
-                .ws_resyncs
-                .with_label_values(&["slow"])
-                .inc();
+            self.count_resync("slow");
             tracing::debug!(
                 "[WS] client fell behind at seq {}: resyncing",
                 self.last_seq
@@ -642,8 +1047,9 @@ impl Client {
         }
     }
 
+    /// Everything handed to the writer is written out.
     fn queue_empty(&self) -> bool {
-        self.queue.capacity() == self.queue.max_capacity()
+        self.pending.load(Ordering::Acquire) == 0
     }
 
     /// Once the queue is empty: a fresh snapshot and subscription.
@@ -652,8 +1058,7 @@ impl Client {
             return None;
         }
         let (seq, nodes, rx) = self.ctx.app.state.subscribe_with_snapshot();
-        let frame = snapshot_frame(seq, self.ctx.app.state.epoch(), &nodes, "resync");
-        if let Push::Queued = self.push(frame) {
+        if let Push::Queued = self.push(self.snapshot(seq, nodes, "resync")) {
             self.last_seq = seq;
             self.resync_by = None;
             Some(rx)
@@ -663,54 +1068,117 @@ impl Client {
     }
 }
 
+/// The code to answer a client's close frame with: its own, unless it may not be sent.
+fn echo_code(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1011 | 3000..=4999 => code,
+        _ => CLOSE_NORMAL,
+    }
+}
+
+// --- the reader and the writer ----------------------------------------------------------
+
 /// What the reader task tells the pump.
 enum FromClient {
     /// `{"type":"ping"}`: answer with `pong`.
     Ping,
-    /// A message over `websocket.max_message_bytes` (the WebSocket layer refused it).
+    /// A WebSocket ping frame: answer with a pong frame.
+    ProtocolPing(Bytes),
+    /// A message over `websocket.max_message_bytes`.
     TooBig,
     ProtocolError,
+    /// The client sent a close frame with this code.
+    Closed(u16),
     /// Closed or reset by the peer.
     Gone,
 }
 
-/// Reads the client's messages in a task of its own, so the socket is only read when it
-/// has data. (Polling a tungstenite stream that has no data still prepares its whole read
-/// buffer — 128 KiB — so it must not sit in the pump's `select!`, which runs for every
-/// change.)
+/// Reads the client's frames in a task of its own. An idle client holds no read buffer:
+/// the reader waits for the socket to be readable, then reads [`READ_CHUNK`] bytes at a
+/// time into a buffer that only grows to fit the frame being read.
 async fn read_loop(
-    mut inbound: SplitStream<WebSocket>,
+    sock: OwnedReadHalf,
+    first: Bytes,
+    max: usize,
     to_pump: mpsc::Sender<FromClient>,
     heard: Arc<AtomicBool>,
 ) {
-    let end = loop {
-        let next = inbound.next().await;
-        heard.store(true, Ordering::Release);
-        match next {
-            None => break FromClient::Gone,
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") {
-                    tracing::info!("[WS] closing a client that sent an oversized message ({text})");
-                    break FromClient::TooBig;
-                }
-                tracing::debug!("[WS] read error: {text}");
-                break FromClient::ProtocolError;
-            }
-            Some(Ok(m)) if m.is_close() => break FromClient::Gone,
-            Some(Ok(m)) if m.is_text() => {
-                if let Ok(Inbound { kind }) = serde_json::from_slice::<Inbound<'_>>(m.as_bytes()) {
-                    if kind == "ping" {
-                        // A client pinging faster than it reads loses pongs, nothing else.
-                        let _ = to_pump.try_send(FromClient::Ping);
-                    }
-                }
-            }
-            // Binary, ping and pong frames: nothing to do (pings are answered below us).
-            Some(Ok(_)) => {}
-        }
-    };
+    let mut dec = Decoder::new(max);
+    dec.extend(&first);
+    let end = read_frames(&sock, &mut dec, max, &to_pump, &heard).await;
     let _ = to_pump.send(end).await;
+    // The pump may be saying goodbye: keep reading (and dropping) until the client closes
+    // too, so its socket is not reset under the close frame by unread input.
+    let mut sink = [0u8; READ_CHUNK];
+    while sock.readable().await.is_ok() {
+        match sock.try_read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Decodes the client's frames until one ends the connection.
+async fn read_frames(
+    sock: &OwnedReadHalf,
+    dec: &mut Decoder,
+    max: usize,
+    to_pump: &mpsc::Sender<FromClient>,
+    heard: &AtomicBool,
+) -> FromClient {
+    loop {
+        match dec.next() {
+            Ok(Some(frame)) => {
+                if let Some(end) = on_frame(frame, to_pump) {
+                    return end;
+                }
+                continue;
+            }
+            Ok(None) => dec.shrink(READ_KEEP),
+            Err(DecodeError::TooBig) => {
+                tracing::info!(
+                    "[WS] closing a client that sent a message over {max} bytes (websocket.max_message_bytes)"
+                );
+                return FromClient::TooBig;
+            }
+            Err(DecodeError::Protocol(why)) => {
+                tracing::debug!("[WS] protocol error from a client: {why}");
+                return FromClient::ProtocolError;
+            }
+        }
+        if sock.readable().await.is_err() {
+            return FromClient::Gone;
+        }
+        match sock.try_read_buf(dec.read_buf(READ_CHUNK)) {
+            Ok(0) => return FromClient::Gone,
+            Ok(_) => heard.store(true, Ordering::Release),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return FromClient::Gone,
+        }
+    }
+}
+
+/// One frame from the client; `Some` when the reader must stop.
+fn on_frame(frame: Frame, to_pump: &mpsc::Sender<FromClient>) -> Option<FromClient> {
+    match frame {
+        Frame::Text(t) => {
+            if let Ok(Inbound { kind }) = serde_json::from_slice::<Inbound<'_>>(&t) {
+                if kind == "ping" {
+                    // A client pinging faster than it reads loses pongs, nothing else.
+                    let _ = to_pump.try_send(FromClient::Ping);
+                }
+            }
+            None
+        }
+        Frame::Ping(payload) => {
+            let _ = to_pump.try_send(FromClient::ProtocolPing(payload));
+            None
+        }
+        Frame::Binary | Frame::Pong => None,
+        Frame::Close(code) => Some(FromClient::Closed(code)),
+    }
 }
 
 /// The change subscription as a stream whose pending `recv` survives `select!` rounds.
@@ -749,71 +1217,111 @@ fn control_stream(
     })
 }
 
-/// Drains the client's queue into its socket, flushing whenever the queue runs empty.
-/// A write that cannot complete within `stall` (the client stopped reading and its socket
-/// is full) ends the connection.
+/// Drains the client's queue into its socket: the frames waiting are written together
+/// (one system call), and the pump is told whenever everything handed over is written. A
+/// write that cannot complete within `stall` (the client stopped reading and its socket is
+/// full) ends the connection. After a close frame it ends, dropping its handle of the
+/// socket (the last one by then), which shuts the write side.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut queue: mpsc::Receiver<Message>,
+    sock: Arc<OwnedWriteHalf>,
+    mut queue: mpsc::Receiver<Out>,
+    pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
     stall: Duration,
-    mask: bool,
 ) {
-    while let Some(msg) = queue.recv().await {
-        let close = msg.is_close();
-        let msg = if mask { masked(msg) } else { msg };
+    while let Some(out) = queue.recv().await {
+        let (mut bytes, mut close) = match out {
+            Out::Frame(b) => (b, false),
+            Out::Close(b) => (b, true),
+        };
+        let mut items = 1;
+        if !close && !queue.is_empty() {
+            let mut joined = bytes::BytesMut::from(&bytes[..]);
+            while joined.len() < WRITE_BATCH {
+                match queue.try_recv() {
+                    Ok(Out::Frame(b)) => joined.extend_from_slice(&b),
+                    Ok(Out::Close(b)) => {
+                        joined.extend_from_slice(&b);
+                        close = true;
+                    }
+                    Err(_) => break,
+                }
+                items += 1;
+                if close {
+                    break;
+                }
+            }
+            bytes = joined.freeze();
+        }
         if !matches!(
-            tokio::time::timeout(stall, sink.feed(msg)).await,
+            tokio::time::timeout(stall, write_all(&sock, &bytes)).await,
             Ok(Ok(()))
         ) {
             return;
         }
-        if close || queue.is_empty() {
-            if !matches!(tokio::time::timeout(stall, sink.flush()).await, Ok(Ok(()))) {
-                return;
-            }
-            drained.notify_one();
-        }
         if close {
             return;
         }
+        if pending.fetch_sub(items, Ordering::AcqRel) == items {
+            drained.notify_one();
+        }
     }
-    let _ = sink.close().await;
 }
 
-/// The frame with every link IP masked (`crate::auth::mask_ips_in`); frames that are not
-/// JSON text (pings, close) pass unchanged. Only masked readers pay for the re-encoding.
-fn masked(msg: Message) -> Message {
-    let Ok(text) = msg.to_str() else {
-        return msg;
-    };
-    if !text.contains("\"ip\"") {
-        return msg;
+/// Writes all of `buf`, waiting for the socket to take it.
+async fn write_all(sock: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(buf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
-    let Ok(mut json) = serde_json::from_str::<serde_json::Value>(text) else {
-        return msg;
-    };
-    crate::auth::mask_ips_in(&mut json);
-    match serde_json::to_string(&json) {
-        Ok(t) => Message::text(t),
-        Err(_) => msg,
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ChangeEvent, ChangeKind};
+    use crate::state::{ChangeKind, LinkKind, LinkView};
 
-    #[test]
-    fn masked_frames_hide_link_ips_and_keep_the_rest() {
-        let f = r#"{"type":"event","seq":3,"event":{"kind":"link_keyed","link":{"node":"2000","ip":"192.0.2.44"}}}"#;
-        let out = masked(Message::text(f));
-        let text = out.to_str().expect("text");
-        assert!(!text.contains("192.0.2.44"), "{text}");
-        assert!(text.contains("\"node\":\"2000\""), "{text}");
-        let plain = r#"{"type":"heartbeat","seq":3}"#;
-        assert_eq!(masked(Message::text(plain)).to_str().ok(), Some(plain));
+    fn keyed(seq: u64, node: &str, ip: Option<&str>) -> Arc<Published> {
+        let mut ev = ChangeEvent::new(ChangeKind::LinkKeyed, "hub", Some(node));
+        ev.seq = seq;
+        ev.link = Some(LinkView {
+            node: "2000".into(),
+            kind: LinkKind::Allstar,
+            ip: ip.map(str::to_owned),
+            direction: None,
+            elapsed: "00:00:01".into(),
+            connected_seconds: 1,
+            mode: None,
+            state: None,
+            keyed: true,
+            last_keyed_seconds: None,
+            last_unkeyed_seconds: None,
+            reconnects: 0,
+            callsign: None,
+            description: None,
+            location: None,
+            keyups: 1,
+            keyed_seconds_total: 0.0,
+            keyups_today: 0,
+            talk_seconds_today: 0.0,
+        });
+        Published::new(ev)
+    }
+
+    /// The payload of an unfragmented, unmasked server frame.
+    fn payload(frame: &[u8]) -> &str {
+        let at = match frame[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        std::str::from_utf8(&frame[at..]).expect("utf8")
     }
 
     #[test]
@@ -821,12 +1329,71 @@ mod tests {
         let mut ev = ChangeEvent::new(ChangeKind::TxKeyed, "default", Some("1999"));
         ev.seq = 42;
         let p = Published::new(ev);
-        let frame = event_frame(&p, "e1");
+        let frame = event_frame(p.event.seq, "e1", &p.json);
         assert!(frame.starts_with("{\"type\":\"event\",\"seq\":42,\"epoch\":\"e1\",\"event\":{"));
         assert!(frame.contains(&p.json));
         let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(v["event"]["kind"], "tx_keyed");
         assert_eq!(v["event"]["seq"], 42);
+    }
+
+    #[test]
+    fn one_encoding_per_change_shared_by_every_client() {
+        let cache = FrameCache::default();
+        let p = keyed(7, "1999", Some("192.0.2.44"));
+        let a = cache.frame(&p, "e1", false);
+        let b = cache.frame(&p, "e1", false);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy");
+        let m1 = cache.frame(&p, "e1", true);
+        let m2 = cache.frame(&p, "e1", true);
+        assert_eq!(
+            m1.as_ptr(),
+            m2.as_ptr(),
+            "the masked variant is made once too"
+        );
+        assert_ne!(a.as_ptr(), m1.as_ptr());
+        assert!(payload(&a).contains("192.0.2.44"));
+        assert!(!payload(&m1).contains("192.0.2.44"), "{}", payload(&m1));
+        // An event with no IP: masked readers get the plain bytes.
+        let q = keyed(108, "1999", None);
+        assert_eq!(
+            cache.frame(&q, "e1", true).as_ptr(),
+            cache.frame(&q, "e1", false).as_ptr()
+        );
+        // A client far behind gets an older change encoded for it, without evicting.
+        let old_seq = 108 - CACHE_SLOTS as u64;
+        let old = keyed(old_seq, "1999", None);
+        let f = cache.frame(&old, "e1", false);
+        assert!(payload(&f).contains(&format!("\"seq\":{old_seq}")));
+        assert_eq!(
+            cache.frame(&q, "e1", false).as_ptr(),
+            cache.frame(&q, "e1", true).as_ptr()
+        );
+    }
+
+    #[test]
+    fn masked_events_match_masking_the_json_and_keep_the_field_order() {
+        let p = keyed(3, "1999", Some("192.0.2.44"));
+        let json = masked_event_json(&p.event).expect("has an IP");
+        assert!(
+            json.starts_with("{\"seq\":3,\"kind\":\"link_keyed\""),
+            "{json}"
+        );
+        let mut want: serde_json::Value = serde_json::from_str(&p.json).expect("json");
+        crate::auth::mask_ips_in(&mut want);
+        let got: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(got, want);
+        assert!(masked_event_json(&keyed(4, "1999", None).event).is_none());
+    }
+
+    #[test]
+    fn masked_text_hides_link_ips_and_keeps_the_rest() {
+        let f = r#"{"type":"snapshot","seq":3,"nodes":[{"node_id":"2000","links":[{"node":"2001","ip":"192.0.2.44"}]}]}"#;
+        let out = masked_text(f.to_owned());
+        assert!(!out.contains("192.0.2.44"), "{out}");
+        assert!(out.contains("\"node\":\"2001\""), "{out}");
+        let plain = r#"{"type":"heartbeat","seq":3}"#;
+        assert_eq!(masked_text(plain.to_owned()), plain);
     }
 
     #[test]
@@ -845,5 +1412,81 @@ mod tests {
             (v["type"].as_str(), v["seq"].as_u64()),
             (Some("heartbeat"), Some(9))
         );
+    }
+
+    fn fleet() -> Config {
+        let yaml = "ami_servers:\n  - name: hub\n    username: u\n    password: s\n    nodes: [{node_id: 2000}, {node_id: 2001}]\n  - name: home\n    username: u\n    password: s\n    nodes: [{node_id: 3000}]\n";
+        Config::parse(yaml, "test", None).expect("config")
+    }
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn selections_name_nodes_or_servers_and_refuse_unknown_ones() {
+        let cfg = fleet();
+        assert_eq!(Selection::from_query(&query(&[]), &cfg), Ok(None));
+        let sel = Selection::from_query(&query(&[("nodes", "2001")]), &cfg)
+            .expect("valid")
+            .expect("some");
+        assert!(sel.node("2001") && !sel.node("2000") && !sel.node("3000"));
+        assert!(sel.servers.contains("hub") && !sel.servers.contains("home"));
+        let sel = Selection::from_query(&query(&[("servers", "home"), ("nodes", "2000")]), &cfg)
+            .expect("valid")
+            .expect("some");
+        assert!(sel.node("3000") && sel.node("2000") && !sel.node("2001"));
+
+        let err = |q: &[(&str, &str)]| Selection::from_query(&query(q), &cfg).expect_err("bad");
+        assert!(err(&[("nodes", "2000,2005")]).contains("unknown node 2005"));
+        assert!(err(&[("nodes", "20a0")]).contains("invalid node \"20a0\""));
+        assert!(err(&[("nodes", ",")]).contains("nodes= is empty"));
+        assert!(err(&[("servers", "away")]).contains("unknown server \"away\""));
+        let many = vec!["2000"; MAX_SELECTED + 1].join(",");
+        assert!(err(&[("nodes", &many)]).contains("the limit is 1024"));
+        let long = "1".repeat(MAX_SELECTION_BYTES + 1);
+        assert!(err(&[("nodes", &long)]).contains("too long"));
+    }
+
+    #[test]
+    fn selections_filter_events_and_alerts() {
+        let cfg = fleet();
+        let sel = Selection::from_query(&query(&[("nodes", "2000")]), &cfg)
+            .expect("valid")
+            .expect("some");
+        let ev =
+            |server: &str, node: Option<&str>| ChangeEvent::new(ChangeKind::TxKeyed, server, node);
+        assert!(sel.event(&ev("hub", Some("2000"))));
+        assert!(!sel.event(&ev("hub", Some("2001"))));
+        assert!(
+            sel.event(&ev("hub", None)),
+            "server-wide news of a followed node's server"
+        );
+        assert!(!sel.event(&ev("home", None)));
+        let alert = |node: Option<&str>| Alert {
+            id: 1,
+            time_ms: 0,
+            severity: crate::alerts::Severity::Warning,
+            title: "t".into(),
+            message: "m".into(),
+            node: node.map(str::to_owned),
+            key: None,
+            source: "test".into(),
+            truncated: false,
+        };
+        assert!(sel.alert(&alert(Some("2000"))));
+        assert!(!sel.alert(&alert(Some("3000"))));
+        assert!(sel.alert(&alert(None)));
+    }
+
+    #[test]
+    fn close_codes_that_may_not_be_sent_are_answered_with_1000() {
+        assert_eq!(echo_code(1001), 1001);
+        assert_eq!(echo_code(4000), 4000);
+        assert_eq!(echo_code(1005), 1000);
+        assert_eq!(echo_code(1006), 1000);
     }
 }
