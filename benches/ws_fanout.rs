@@ -220,7 +220,11 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
     let mut sent: Vec<(u64, u64)> = Vec::with_capacity(warmup + events);
     for _ in 0..warmup {
         let t = mono_ns();
-        let p = app.state.publish_external(link_keyed());
+        let p = daemon
+            .engine
+            .publish(link_keyed())
+            .await
+            .expect("the engine publishes");
         sent.push((p.event.seq, t));
         tokio::time::sleep(interval).await;
     }
@@ -232,7 +236,11 @@ async fn server_main(clients: usize, events: usize, interval: Duration) {
     for _ in 0..events {
         ticker.tick().await;
         let t = mono_ns();
-        let p = app.state.publish_external(link_keyed());
+        let p = daemon
+            .engine
+            .publish(link_keyed())
+            .await
+            .expect("the engine publishes");
         sent.push((p.event.seq, t));
     }
     let received = tokio::task::block_in_place(|| wait_line("RECEIVED", Duration::from_secs(120)));

@@ -61,10 +61,11 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-fn publish(d: &Running, kind: ChangeKind, server: &str, node: Option<&str>) -> u64 {
-    d.app
-        .state
-        .publish_external(ChangeEvent::new(kind, server, node))
+async fn publish(d: &Running, kind: ChangeKind, server: &str, node: Option<&str>) -> u64 {
+    d.engine
+        .publish(ChangeEvent::new(kind, server, node))
+        .await
+        .expect("the engine publishes")
         .event
         .seq
 }
@@ -119,11 +120,11 @@ async fn a_filtered_client_sees_only_its_nodes() {
         ["2000", "3000"]
     );
 
-    let s1 = publish(&d, ChangeKind::TxKeyed, "hub", Some("2000"));
-    let s2 = publish(&d, ChangeKind::TxKeyed, "hub", Some("2001"));
-    let s3 = publish(&d, ChangeKind::AmiConnected, "home", None);
-    let s4 = publish(&d, ChangeKind::TxKeyed, "home", Some("3000"));
-    let s5 = publish(&d, ChangeKind::AmiConnected, "hub", None);
+    let s1 = publish(&d, ChangeKind::TxKeyed, "hub", Some("2000")).await;
+    let s2 = publish(&d, ChangeKind::TxKeyed, "hub", Some("2001")).await;
+    let s3 = publish(&d, ChangeKind::AmiConnected, "home", None).await;
+    let s4 = publish(&d, ChangeKind::TxKeyed, "home", Some("3000")).await;
+    let s5 = publish(&d, ChangeKind::AmiConnected, "hub", None).await;
     assert_eq!(seqs(&mut all, 5).await, [s1, s2, s3, s4, s5]);
     assert_eq!(
         seqs(&mut one, 2).await,
@@ -284,7 +285,7 @@ async fn frames_stay_in_order_when_the_socket_fills_and_drains() {
     for _ in 0..640 {
         let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "hub", None);
         ev.error = Some("x".repeat(64 * 1024));
-        last = d.app.state.publish_external(ev).event.seq;
+        last = d.engine.publish(ev).await.expect("the engine publishes").event.seq;
         first.get_or_insert(last);
         tokio::task::yield_now().await;
     }
