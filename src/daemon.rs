@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::AlertHub;
 use crate::ami::{AmiEvent, AmiHandle, connection};
 use crate::app::App;
+use crate::bridge::Bridges;
 use crate::config::Config;
 use crate::control::Control;
 use crate::history::History;
@@ -50,6 +51,8 @@ pub struct Daemon {
     stop: CancellationToken,
     engine: Option<EngineParts>,
     servers: Vec<AmiHandle>,
+    /// Broker bridges (`bridges:`), stopped last so `offline` follows the final state.
+    bridges: Bridges,
 }
 
 /// Binds the HTTP listener named by `listen`, with an error that says what to do.
@@ -68,6 +71,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let store = StateStore::new(config.websocket.replay_buffer, 65_536);
     let (engine_tx, commands) = EngineSender::channel();
     watch_names(&config, engine_tx.clone(), stop.clone());
+    let remote_tx = engine_tx.clone();
 
     // Subscribes to the change stream before the engine starts, so nothing is missed.
     let history = History::start(&config.history, &store, metrics.clone(), stop.clone())?;
@@ -91,6 +95,14 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     if let Some(h) = &history {
         h.record_alerts(&alerts, stop.clone());
     }
+    let bridges = Bridges::start(
+        &config.bridges,
+        &store,
+        &alerts,
+        &metrics,
+        &remote_tx,
+        &stop,
+    );
     let app = App::assemble(
         config.clone(),
         store.clone(),
@@ -119,6 +131,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         stop,
         engine: Some(engine),
         servers: wiring.servers.into_values().collect(),
+        bridges,
     })
 }
 
@@ -280,6 +293,7 @@ impl Daemon {
         if let Some(h) = &self.app.history {
             h.closed().await;
         }
+        self.bridges.closed().await;
     }
 }
 

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub history_queue_dropped: IntCounter,
     pub history_queue_depth: IntGauge,
 
+    // Broker bridges (MQTT)
+    pub bridge_published: IntCounterVec,
+    pub bridge_dropped: IntCounterVec,
+    pub bridge_connected: IntGaugeVec,
+    pub bridge_received: IntCounterVec,
+    pub bridge_resyncs: IntCounterVec,
+
     // Alerts and voter
     pub alerts: IntCounterVec,
     pub alerts_suppressed: IntCounterVec,
@@ -488,6 +495,56 @@ impl Metrics {
                     "nexus_history_queue_depth",
                     "Items waiting for the history writer."
                 ))
+            ),
+            bridge_published: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_bridge_messages_published_total",
+                        "Messages written to a broker, by bridge (mqtt)."
+                    ),
+                    &["bridge"]
+                )
+            ),
+            bridge_dropped: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_bridge_messages_dropped_total",
+                        "Messages not published, by bridge and reason (queue_full while the broker is away, lagged behind the change stream)."
+                    ),
+                    &["bridge", "reason"]
+                )
+            ),
+            bridge_connected: reg!(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "nexus_bridge_connected",
+                        "1 while a bridge or source is connected to its broker, else 0."
+                    ),
+                    &["bridge"]
+                )
+            ),
+            bridge_received: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_bridge_messages_received_total",
+                        "Messages read from a broker by a source, by source and kind (state, event, status, ignored)."
+                    ),
+                    &["bridge", "kind"]
+                )
+            ),
+            bridge_resyncs: reg!(
+                r,
+                IntCounterVec::new(
+                    opts(
+                        "nexus_bridge_source_resyncs_total",
+                        "Times a source took the retained state again after a gap in a daemon's sequence numbers."
+                    ),
+                    &["bridge"]
+                )
             ),
             alerts: reg!(
                 r,

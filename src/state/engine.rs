@@ -29,6 +29,9 @@ use crate::observe::InternalEvent;
 use crate::poller::{PollResult, PollerHandle};
 use crate::rpt::{self, RptEvent};
 
+mod remote;
+pub use remote::RemoteInput;
+
 /// A node the engine tracks.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -53,6 +56,8 @@ pub enum EngineInput {
     },
     /// A new node database (astdb.txt was read).
     Names(Arc<AstDb>),
+    /// Remote nodes read from a broker (`sources:`, see `remote`).
+    Remote(RemoteInput),
 }
 
 /// Depth of the command queue ([`EngineInput`]s other than AMI events and polls).
@@ -86,6 +91,14 @@ impl EngineSender {
             mpsc::error::TrySendError::Full(_) => EngineSendError::Full,
             mpsc::error::TrySendError::Closed(_) => EngineSendError::Stopped,
         })
+    }
+
+    /// Queues a command, waiting for room (for producers that may wait: remote sources).
+    pub async fn send(&self, input: EngineInput) -> Result<(), EngineSendError> {
+        self.tx
+            .send(input)
+            .await
+            .map_err(|_| EngineSendError::Stopped)
     }
 
     /// Records a VoterStatus result and waits until the model holds it.
@@ -197,6 +210,7 @@ impl Engine {
                 }
             }
             EngineInput::Names(db) => self.store.update(|m, _| m.astdb = db),
+            EngineInput::Remote(r) => self.on_remote(r),
         }
     }
 
@@ -419,7 +433,8 @@ impl Engine {
 /// A server's nodes after a status change. Down: stale at once. Up: fresh when the first
 /// poll lands (or at once when nothing polls by itself).
 fn mark_stale(m: &mut Model, metrics: &Metrics, st: &ConnectionStatus, automatic: bool) {
-    for n in m.nodes.values_mut().filter(|n| n.server == st.server) {
+    let ours = |n: &&mut NodeState| n.server == st.server && n.origin.is_none();
+    for n in m.nodes.values_mut().filter(ours) {
         if !st.connected {
             n.stale = true;
         } else if !automatic {
