@@ -73,6 +73,11 @@ impl Mosquitto {
         Some(b)
     }
 
+    /// The broker's process id (for its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
