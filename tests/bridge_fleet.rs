@@ -26,6 +26,33 @@ async fn aggregator(url: &str) -> allstar_nexus::daemon::Running {
         .expect("aggregator starts")
 }
 
+/// Prints the aggregator's nodes and bridge metrics if the test fails.
+struct Show(
+    (
+        allstar_nexus::state::StateStore,
+        allstar_nexus::metrics::Metrics,
+    ),
+);
+
+impl Drop for Show {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in self.0.0.nodes() {
+                eprintln!(
+                    "aggregator node {} origin {:?} stale {} links {}",
+                    n.node_id,
+                    n.origin,
+                    n.stale,
+                    n.links.len()
+                );
+            }
+            for l in self.0.1.render().lines().filter(|l| l.contains("bridge")) {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 /// Waits until `cond` holds (checking every 2 ms), returning how long it took.
 async fn within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
@@ -60,6 +87,8 @@ async fn a_third_daemon_shows_both_fleets_nodes_within_a_second() {
     .await;
     let agg = aggregator(&broker.url()).await;
     let store = agg.app.state.clone();
+    let dbg = (store.clone(), agg.app.metrics.clone());
+    let _show = Show(dbg);
     within("both daemons' nodes", Duration::from_secs(20), || {
         let a = store.node("1999");
         let b = store.node("2001");

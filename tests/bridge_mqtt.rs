@@ -34,13 +34,13 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
     rec.wait("online and the first state", 20, |m| {
         m.iter()
             .any(|m| m.topic == "t1/daemon/pub1/status" && m.payload == "online")
-            && m.iter().any(|m| m.topic == "t1/test/1999/state")
+            && m.iter().any(|m| m.topic == "t1/default/1999/state")
     })
     .await;
     // A link connects and keys; the node transmits.
     sim.connect_link("1999", SimLink::allstar("2000", "10.0.0.2", Direction::Out));
     rec.wait("the link in the state", 20, |_| {
-        rec.json("t1/test/1999/state")["links"]
+        rec.json("t1/default/1999/state")["links"]
             .as_array()
             .is_some_and(|l| l.iter().any(|l| l["node"] == "2000"))
     })
@@ -48,12 +48,12 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
     sim.set_link_keyed("1999", "2000", true);
     sim.set_tx_keyed("1999", true);
     rec.wait("keyed state", 20, |_| {
-        let s = rec.json("t1/test/1999/state");
+        let s = rec.json("t1/default/1999/state");
         s["tx_keyed"] == true && s["links"][0]["keyed"] == true
     })
     .await;
     let msgs = rec.msgs();
-    let ev = kinds(&msgs, "t1/test/1999/event");
+    let ev = kinds(&msgs, "t1/default/1999/event");
     for k in ["link_connected", "link_keyed", "tx_keyed"] {
         assert!(ev.contains(&k.to_owned()), "{k} missing from {ev:?}");
     }
@@ -61,7 +61,7 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
     let frame: serde_json::Value = msgs
         .iter()
         .rev()
-        .find(|m| m.topic == "t1/test/1999/event")
+        .find(|m| m.topic == "t1/default/1999/event")
         .and_then(|m| serde_json::from_str(&m.payload).ok())
         .expect("an event");
     assert_eq!(frame["type"], "event");
@@ -69,7 +69,7 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
     assert_eq!(frame["seq"], frame["event"]["seq"]);
     assert_eq!(frame["origin"], "pub1");
     // The state is the REST model (plus origin and stream position), retained.
-    let state = rec.json("t1/test/1999/state");
+    let state = rec.json("t1/default/1999/state");
     let rest = serde_json::to_value(d.app.state.node("1999").expect("node")).expect("json");
     for key in rest.as_object().expect("object").keys() {
         assert!(state.get(key).is_some(), "state lacks {key}");
@@ -87,7 +87,7 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
     });
     rec.wait("the alert", 20, |m| {
         m.iter()
-            .any(|m| m.topic == "t1/test/1999/alert" && m.payload.contains("hello broker"))
+            .any(|m| m.topic == "t1/default/1999/alert" && m.payload.contains("hello broker"))
     })
     .await;
     // Home Assistant discovery: transmitting, links, talker.
@@ -100,7 +100,7 @@ async fn state_events_alerts_status_and_discovery_reach_the_broker() {
         let topic = format!("homeassistant/{kind}/allstar_pub1_1999/{key}/config");
         let cfg: serde_json::Value =
             serde_json::from_str(latest.get(&topic).expect(&topic)).expect("json");
-        assert_eq!(cfg["state_topic"], "t1/test/1999/state");
+        assert_eq!(cfg["state_topic"], "t1/default/1999/state");
         assert_eq!(cfg["availability_topic"], "t1/daemon/pub1/status");
     }
     // Metrics.
@@ -137,7 +137,7 @@ async fn a_broker_restart_loses_no_final_state() {
     let first = Recorder::start(broker.port, &["t2/#"]).await;
     first
         .wait("the first state", 20, |m| {
-            m.iter().any(|m| m.topic == "t2/test/1999/state")
+            m.iter().any(|m| m.topic == "t2/default/1999/state")
         })
         .await;
     // The broker goes away; the node keys meanwhile; the broker comes back empty.
@@ -148,17 +148,22 @@ async fn a_broker_restart_loses_no_final_state() {
     })
     .await;
     broker.restart();
-    // A subscriber arriving after the restart gets the newest state, retained.
+    // The newest state reaches the new broker; a subscriber arriving afterwards gets it
+    // retained (a restarted broker without persistence had forgotten everything).
+    let keyed = |m: &bridge_support::Msg| {
+        m.topic == "t2/default/1999/state"
+            && serde_json::from_str::<serde_json::Value>(&m.payload)
+                .is_ok_and(|v| v["tx_keyed"] == true)
+    };
     let late = Recorder::start(broker.port, &["t2/#"]).await;
-    late.wait("the republished state", 30, |m| {
-        m.iter().any(|m| {
-            m.topic == "t2/test/1999/state"
-                && m.retain
-                && serde_json::from_str::<serde_json::Value>(&m.payload)
-                    .is_ok_and(|v| v["tx_keyed"] == true)
+    late.wait("the republished state", 30, |m| m.iter().any(keyed))
+        .await;
+    let later = Recorder::start(broker.port, &["t2/#"]).await;
+    later
+        .wait("the retained state", 10, |m| {
+            m.iter().any(|m| m.retain && keyed(m))
         })
-    })
-    .await;
+        .await;
     late.wait("online again", 10, |_| {
         late.latest()
             .get("t2/daemon/pub2/status")

@@ -97,6 +97,7 @@ pub fn spawn(
         metrics,
         unsent: BTreeSet::new(),
         hello: false,
+        discovered: BTreeSet::new(),
     };
     tokio::spawn(async move {
         feeder.run(changes, alerts, sessions, stop).await;
@@ -164,8 +165,10 @@ struct Feeder {
     metrics: Metrics,
     /// Nodes whose newest state could not be queued: sent at the next chance.
     unsent: BTreeSet<String>,
-    /// A new session still lacks `online` (and discovery).
+    /// A new session still lacks `online`.
     hello: bool,
+    /// Nodes whose Home Assistant discovery was sent in this session.
+    discovered: BTreeSet<String>,
 }
 
 impl Feeder {
@@ -247,6 +250,12 @@ impl Feeder {
         let Some(view) = self.store.node(id) else {
             return;
         };
+        if self.cfg.home_assistant && !self.discovered.contains(id) {
+            for d in payload::discovery(&self.topics, &self.cfg.discovery_prefix, &view) {
+                self.offer(d.topic, true, d.payload);
+            }
+            self.discovered.insert(id.to_owned());
+        }
         let body = payload::state_json(&view, &self.cfg.name, self.store.epoch(), seq);
         let topic = self.topics.state(&view.server, id);
         if self.offer(topic, self.cfg.retain, body) {
@@ -267,14 +276,14 @@ impl Feeder {
         self.offer(topic, false, payload::alert_json(a, &self.cfg.name));
     }
 
-    /// A new session: `online`, discovery, then every node's newest state.
+    /// A new session: `online`, then every node's discovery (when asked) and newest state.
     fn on_session(&mut self) {
         self.hello = true;
         self.unsent.extend(self.store.node_ids());
         self.send_unsent();
     }
 
-    /// Queues what a session still lacks (`online` and discovery first, then states),
+    /// Queues what a session still lacks (`online` first, then states),
     /// as far as the queue has room; the rest waits for the next retry.
     fn send_unsent(&mut self) {
         if self.hello && !self.send_hello() {
@@ -291,13 +300,8 @@ impl Feeder {
         if !self.offer(status, self.cfg.retain, ONLINE.to_owned()) {
             return false;
         }
-        if self.cfg.home_assistant {
-            for n in self.store.nodes() {
-                for d in payload::discovery(&self.topics, &self.cfg.discovery_prefix, &n) {
-                    self.offer(d.topic, true, d.payload);
-                }
-            }
-        }
+        // Discovery goes again with each node's next state.
+        self.discovered.clear();
         self.hello = false;
         true
     }

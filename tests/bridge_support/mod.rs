@@ -38,8 +38,16 @@ pub fn require(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A free loopback TCP port (bound, then released).
+/// A free loopback TCP port below Linux's ephemeral range (32768 …), so no outgoing
+/// connection takes it while the broker is restarted on it.
 pub fn free_port() -> u16 {
+    let seed = u64::from(std::process::id()) ^ allstar_nexus::observe::now_ms();
+    for i in 0..2000u64 {
+        let port = 20_000 + ((seed.wrapping_mul(7919) + i * 104_729) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -92,20 +100,24 @@ impl Mosquitto {
             ),
         )
         .expect("broker config");
+        let log_path = self.dir.join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).expect("broker log");
         let child = Command::new(&self.program)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto starts");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not listen on {}",
-                self.port
+                std::time::Instant::now() < deadline && exited.is_none(),
+                "mosquitto did not listen on {} (exit {exited:?}): {}",
+                self.port,
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
