@@ -209,6 +209,8 @@ async fn a_publisher_killed_with_sigkill_goes_offline_by_its_last_will() {
     .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
+    let log = broker.log();
+    let _show = scopeguard(move || eprintln!("broker log:\n{log}"));
     // The broker notices the silence (1.5 × the 5 s keepalive) and sends the will.
     rec.wait("the last will", 30, |_| {
         rec.latest()
@@ -217,4 +219,19 @@ async fn a_publisher_killed_with_sigkill_goes_offline_by_its_last_will() {
             == Some("offline")
     })
     .await;
+}
+
+/// Runs `f` when dropped during a panic (shows the broker's log on failure).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                if let Some(f) = self.0.take() {
+                    f();
+                }
+            }
+        }
+    }
+    G(Some(f))
 }

@@ -41,7 +41,9 @@ pub fn require(name: &str) -> Option<PathBuf> {
 /// A free loopback TCP port below Linux's ephemeral range (32768 …), so no outgoing
 /// connection takes it while the broker is restarted on it.
 pub fn free_port() -> u16 {
-    let seed = u64::from(std::process::id()) ^ allstar_nexus::observe::now_ms();
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = u64::from(std::process::id()) ^ allstar_nexus::observe::now_ms() ^ (n * 613);
     for i in 0..2000u64 {
         let port = 20_000 + ((seed.wrapping_mul(7919) + i * 104_729) % 12_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -65,20 +67,24 @@ impl Mosquitto {
     /// Starts a broker on a free port; `None` when mosquitto is missing outside CI.
     pub fn start() -> Option<Mosquitto> {
         let program = require("mosquitto")?;
-        let dir = std::env::temp_dir().join(format!(
-            "nexus-mosquitto-{}-{}",
-            std::process::id(),
-            allstar_nexus::observe::now_ms()
-        ));
+        let port = free_port();
+        // One folder per broker (the port is unique among this process's brokers).
+        let dir =
+            std::env::temp_dir().join(format!("nexus-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("broker dir");
         let mut b = Mosquitto {
             program,
             child: None,
-            port: free_port(),
+            port,
             dir,
         };
         b.spawn();
         Some(b)
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// The broker's process id (for its CPU time).
@@ -95,7 +101,7 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
                 self.port
             ),
         )
@@ -112,7 +118,10 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(
                 std::time::Instant::now() < deadline && exited.is_none(),
                 "mosquitto did not listen on {} (exit {exited:?}): {}",
@@ -163,22 +172,33 @@ pub struct Recorder {
 impl Recorder {
     /// Connects to `port` and subscribes to `filters`.
     pub async fn start(port: u16, filters: &[&str]) -> Recorder {
-        let id = format!("rec-{}", free_port());
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("rec-{}-{n}", std::process::id());
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut el) = AsyncClient::new(o, 1000);
-        for f in filters {
-            client
-                .subscribe(*f, QoS::AtLeastOnce)
-                .await
-                .expect("subscribe");
-        }
         let all = Arc::new(Mutex::new(Vec::new()));
         let sink = all.clone();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let sub = client.clone();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
         tokio::spawn(async move {
             loop {
                 match el.poll().await {
+                    // Each (clean) session subscribes again.
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in &filters {
+                            let _ = sub.try_subscribe(f.as_str(), QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(t) = ready_tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         sink.lock().expect("lock").push(Msg {
                             topic: p.topic.clone(),
@@ -191,6 +211,7 @@ impl Recorder {
                 }
             }
         });
+        let _ = tokio::time::timeout(Duration::from_secs(20), ready).await;
         Recorder { all, client }
     }
 
