@@ -6,6 +6,7 @@
 //! and never makes the engine wait: messages go to a bounded queue, overflow is counted.
 //! Payloads and topic names are shared by every broker (`payload`).
 
+pub mod feed;
 pub mod mqtt;
 pub mod payload;
 pub mod source;
