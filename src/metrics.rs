@@ -501,7 +501,7 @@ impl Metrics {
                 IntCounterVec::new(
                     opts(
                         "nexus_bridge_messages_published_total",
-                        "Messages written to a broker, by bridge (mqtt)."
+                        "Messages written to a broker, by bridge (mqtt, nats)."
                     ),
                     &["bridge"]
                 )

@@ -1,5 +1,6 @@
 //! Bridges to message brokers (issue 15, `docs/fleet.md`): this daemon's change stream,
-//! node states, alerts and status published to MQTT (`bridges.mqtt`), and remote nodes
+//! node states, alerts and status published to MQTT (`bridges.mqtt`) and NATS
+//! (`bridges.nats`), and remote nodes
 //! read back from a broker (`sources:`) so one daemon can show a whole network.
 //!
 //! Publishing subscribes to the change stream before the engine starts (like history)
@@ -8,6 +9,7 @@
 
 pub mod feed;
 pub mod mqtt;
+pub mod nats;
 pub mod payload;
 pub mod source;
 
@@ -49,6 +51,21 @@ impl Bridges {
             );
             tasks.push(mqtt::spawn(
                 m.clone(),
+                store.clone(),
+                alerts.subscribe(),
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
+        if let Some(n) = &cfg.nats {
+            tracing::info!(
+                "[BRIDGE] publishing to NATS {} under {}. as {}",
+                n.url,
+                n.subject_prefix,
+                n.name
+            );
+            tasks.push(nats::spawn(
+                n.clone(),
                 store.clone(),
                 alerts.subscribe(),
                 metrics.clone(),

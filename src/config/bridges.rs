@@ -19,6 +19,20 @@ pub const DEFAULT_DISCOVERY_PREFIX: &str = "homeassistant";
 #[serde(deny_unknown_fields)]
 pub struct BridgesFile {
     pub mqtt: Option<MqttFile>,
+    pub nats: Option<NatsFile>,
+}
+
+/// `bridges.nats:` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsFile {
+    pub url: String,
+    pub subject_prefix: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    pub credentials: Option<std::path::PathBuf>,
+    /// This daemon's name in subjects (default `allstar-nexus-<hostname>`).
+    pub name: Option<String>,
+    pub queue: Option<usize>,
 }
 
 /// `bridges.mqtt:` as written.
@@ -119,10 +133,25 @@ pub struct MqttSourceConfig {
     pub topic_prefix: String,
 }
 
+/// `bridges.nats`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// `nats://host:port` or `tls://host:port`, as given.
+    pub url: String,
+    /// First subject token(s) (`allstar`).
+    pub subject_prefix: String,
+    pub credentials: Option<std::path::PathBuf>,
+    /// This daemon's name (`{prefix}.daemon.{name}.status`).
+    pub name: String,
+    /// Messages the client holds while the server is away.
+    pub queue: usize,
+}
+
 /// Everything about brokers, validated: where to publish and where to read from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BridgesConfig {
     pub mqtt: Option<MqttConfig>,
+    pub nats: Option<NatsConfig>,
     pub sources: Vec<MqttSourceConfig>,
 }
 
@@ -145,6 +174,10 @@ pub fn resolve(
 ) -> Result<BridgesConfig, BridgeError> {
     let mqtt = match bridges.mqtt {
         Some(m) => Some(mqtt_config(m, env)?),
+        None => None,
+    };
+    let nats = match bridges.nats {
+        Some(n) => Some(nats_config(n)?),
         None => None,
     };
     let mut out = Vec::new();
@@ -173,7 +206,11 @@ pub fn resolve(
             topic_prefix,
         });
     }
-    Ok(BridgesConfig { mqtt, sources: out })
+    Ok(BridgesConfig {
+        mqtt,
+        nats,
+        sources: out,
+    })
 }
 
 fn mqtt_config(
@@ -212,6 +249,76 @@ fn mqtt_config(
         retain: m.retain.unwrap_or(true),
         home_assistant: m.home_assistant,
         discovery_prefix,
+        queue,
+    })
+}
+
+fn nats_config(n: NatsFile) -> Result<NatsConfig, BridgeError> {
+    let url = n.url.trim().to_owned();
+    let ok_scheme = ["nats://", "tls://"].iter().any(|s| url.starts_with(s));
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or("");
+    if !ok_scheme
+        || rest.is_empty()
+        || rest.contains(['/', '?', '#'])
+        || rest.contains(char::is_whitespace)
+    {
+        return Err(err(
+            "url",
+            format!(
+                "{url:?} is not a NATS server address; write e.g. nats://127.0.0.1:4222 or tls://nats.example.org:4222"
+            ),
+        ));
+    }
+    let subject_prefix = n
+        .subject_prefix
+        .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.to_owned());
+    let bad = subject_prefix.is_empty()
+        || subject_prefix.len() > 200
+        || subject_prefix.split('.').any(str::is_empty)
+        || subject_prefix
+            .chars()
+            .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(err(
+            "subject_prefix",
+            format!(
+                "{subject_prefix:?} is not a subject prefix: write tokens such as allstar or club.allstar (no *, >, spaces or empty tokens)"
+            ),
+        ));
+    }
+    if let Some(c) = &n.credentials {
+        if std::fs::metadata(c).map(|m| !m.is_file()).unwrap_or(true) {
+            return Err(err(
+                "credentials",
+                format!("{} is not a readable .creds file", c.display()),
+            ));
+        }
+    }
+    let name = n
+        .name
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| format!("allstar-nexus-{}", hostname()));
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        return Err(err(
+            "name",
+            format!(
+                "{name:?} must be 1 to 64 letters, digits, '-' or '_' (it names this daemon in subjects)"
+            ),
+        ));
+    }
+    let queue = n.queue.unwrap_or(DEFAULT_QUEUE);
+    if !(16..=1_000_000).contains(&queue) {
+        return Err(err(
+            "queue",
+            format!("must be between 16 and 1000000 messages, got {queue}"),
+        ));
+    }
+    Ok(NatsConfig {
+        url,
+        subject_prefix,
+        credentials: n.credentials,
+        name,
         queue,
     })
 }
@@ -435,6 +542,36 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         let e = resolve(f, Vec::new(), &no_env).expect_err("unset");
         assert!(e.message.contains("MQTT_PW"), "{}", e.message);
+    }
+
+    #[test]
+    fn nats_keys_are_checked() {
+        let c = mqtt("nats: {url: 'nats://127.0.0.1:4222', name: hub}")
+            .expect("valid")
+            .nats
+            .expect("nats");
+        assert_eq!(
+            (c.subject_prefix.as_str(), c.name.as_str()),
+            ("allstar", "hub")
+        );
+        for (yaml, key) in [
+            ("nats: {url: 'http://h'}", "url"),
+            (
+                "nats: {url: 'nats://h', subject_prefix: 'a.*'}",
+                "subject_prefix",
+            ),
+            (
+                "nats: {url: 'nats://h', subject_prefix: 'a..b'}",
+                "subject_prefix",
+            ),
+            (
+                "nats: {url: 'nats://h', credentials: /nonexistent/x.creds}",
+                "credentials",
+            ),
+            ("nats: {url: 'nats://h', name: 'a.b'}", "name"),
+        ] {
+            assert_eq!(mqtt(yaml).expect_err(yaml).key, key, "{yaml}");
+        }
     }
 
     #[test]

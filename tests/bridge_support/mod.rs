@@ -259,3 +259,43 @@ pub fn bridge_yaml(url: &str, name: &str, prefix: &str, extra: &str) -> String {
         "bridges:\n  mqtt:\n    url: {url}\n    client_id: {name}\n    topic_prefix: {prefix}\n{extra}"
     )
 }
+
+/// A NATS server (`nats-server`) on a free loopback port, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl NatsServer {
+    /// Starts a server; `None` when nats-server is missing outside CI.
+    pub fn start() -> Option<NatsServer> {
+        let program = require("nats-server")?;
+        let port = free_port();
+        let child = Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(NatsServer { child, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
