@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod bridges;
+
 /// Default cap on one AMI frame: far above any real XStat/LinkedNodes reply. Defined here
 /// (not in `ami`) so `config` imports nothing above it; `ami::codec` re-exports it.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
@@ -220,6 +222,12 @@ pub struct ConfigFile {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub control: ControlConfig,
+    /// Publishing to brokers (`src/config/bridges.rs`).
+    #[serde(default)]
+    pub bridges: bridges::BridgesFile,
+    /// Remote nodes taken from brokers.
+    #[serde(default)]
+    pub sources: Vec<bridges::SourceFile>,
 }
 
 /// `control:` section (link control).
@@ -536,6 +544,8 @@ pub struct Config {
     pub api_tokens: Vec<ApiTokenConfig>,
     pub users: Vec<UserConfig>,
     pub control: ControlConfig,
+    /// `bridges:` and `sources:` (MQTT), validated.
+    pub bridges: bridges::BridgesConfig,
 }
 
 /// Default `shutdown_grace`.
@@ -833,6 +843,8 @@ impl Resolver<'_> {
             api_tokens: f.api_tokens,
             users: f.users,
             control: f.control,
+            bridges: bridges::resolve(f.bridges, f.sources, &|k| std::env::var(k).ok())
+                .map_err(|e| format!("{}: {}", self.at(e.key), e.message))?,
         })
     }
 

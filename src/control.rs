@@ -31,6 +31,10 @@ pub const DEFAULT_ACTIONS_PER_SECOND: u32 = 20;
 pub enum ControlError {
     #[error("unknown node {0:?}: it is not in the configuration")]
     UnknownNode(String),
+    #[error(
+        "node {node} is a remote node shown from daemon {origin} (sources:): control it on that daemon"
+    )]
+    RemoteNode { node: String, origin: String },
     #[error("polling is not running for node {0}")]
     NoPoller(String),
     #[error("invalid interval {0}: give seconds between 1 and 3600")]
@@ -164,6 +168,11 @@ impl Control {
     fn check_node(&self, node: &str) -> Result<(), ControlError> {
         if self.inner.node_server.contains_key(node) {
             Ok(())
+        } else if let Some(origin) = self.inner.store.node(node).and_then(|n| n.origin) {
+            Err(ControlError::RemoteNode {
+                node: node.to_owned(),
+                origin,
+            })
         } else {
             Err(ControlError::UnknownNode(node.chars().take(32).collect()))
         }

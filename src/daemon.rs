@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::alerts::AlertHub;
 use crate::ami::{AmiEvent, AmiHandle, connection};
 use crate::app::App;
+use crate::bridge::Bridges;
 use crate::config::Config;
 use crate::control::Control;
 use crate::history::History;
@@ -52,6 +53,8 @@ pub struct Daemon {
     /// Where inputs reach the engine (the model's only writer).
     engine_tx: EngineSender,
     servers: Vec<AmiHandle>,
+    /// Broker bridges (`bridges:`), stopped last so `offline` follows the final state.
+    bridges: Bridges,
 }
 
 /// Binds the HTTP listener named by `listen`, with an error that says what to do.
@@ -70,6 +73,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let store = StateStore::new(config.websocket.replay_buffer, 65_536);
     let (engine_tx, commands) = EngineSender::channel();
     watch_names(&config, engine_tx.clone(), stop.clone());
+    let remote_tx = engine_tx.clone();
 
     // Subscribes to the change stream before the engine starts, so nothing is missed.
     let history = History::start(&config.history, &store, metrics.clone(), stop.clone())?;
@@ -93,6 +97,14 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     if let Some(h) = &history {
         h.record_alerts(&alerts, stop.clone());
     }
+    let bridges = Bridges::start(
+        &config.bridges,
+        &store,
+        &alerts,
+        &metrics,
+        &remote_tx,
+        &stop,
+    );
     let app = App::assemble(
         config.clone(),
         store.clone(),
@@ -122,6 +134,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         engine: Some(engine),
         engine_tx,
         servers: wiring.servers.into_values().collect(),
+        bridges,
     })
 }
 
@@ -289,6 +302,7 @@ impl Daemon {
         if let Some(h) = &self.app.history {
             h.closed().await;
         }
+        self.bridges.closed().await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod app;
 pub mod astdb;
 pub mod audit;
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -52,6 +53,7 @@ mod module_graph {
         ("sim", 6),
         ("control", 6),
         ("history", 7),
+        ("bridge", 7),
         ("linkctl", 7),
         ("script", 8),
         ("app", 9),

@@ -74,6 +74,13 @@ pub struct Metrics {
     pub history_queue_dropped: IntCounter,
     pub history_queue_depth: IntGauge,
 
+    // Broker bridges (MQTT)
+    pub bridge_published: IntCounterVec,
+    pub bridge_dropped: IntCounterVec,
+    pub bridge_connected: IntGaugeVec,
+    pub bridge_received: IntCounterVec,
+    pub bridge_resyncs: IntCounterVec,
+
     // Alerts and voter
     pub alerts: IntCounterVec,
     pub alerts_suppressed: IntCounterVec,
@@ -386,6 +393,33 @@ const HISTORY_QUEUE_DEPTH: Def = Def::new(
     &[],
 );
 
+// Broker bridges (MQTT, NATS)
+const BRIDGE_PUBLISHED: Def = Def::new(
+    "nexus_bridge_messages_published_total",
+    "Messages written to a broker, by bridge (mqtt, nats).",
+    &["bridge"],
+);
+const BRIDGE_DROPPED: Def = Def::new(
+    "nexus_bridge_messages_dropped_total",
+    "Messages not published, by bridge and reason (queue_full while the broker is away, lagged behind the change stream).",
+    &["bridge", "reason"],
+);
+const BRIDGE_CONNECTED: Def = Def::new(
+    "nexus_bridge_connected",
+    "1 while a bridge or source is connected to its broker, else 0.",
+    &["bridge"],
+);
+const BRIDGE_RECEIVED: Def = Def::new(
+    "nexus_bridge_messages_received_total",
+    "Messages read from a broker by a source, by source and kind (state, event, status, ignored).",
+    &["bridge", "kind"],
+);
+const BRIDGE_RESYNCS: Def = Def::new(
+    "nexus_bridge_source_resyncs_total",
+    "Times a source took the retained state again after a gap in a daemon's sequence numbers.",
+    &["bridge"],
+);
+
 // Alerts and voter
 const ALERTS: Def = Def::new(
     "nexus_alerts_total",
@@ -478,6 +512,11 @@ impl Metrics {
             history_write_errors: reg(&r, &HISTORY_WRITE_ERRORS),
             history_queue_dropped: reg(&r, &HISTORY_QUEUE_DROPPED),
             history_queue_depth: reg(&r, &HISTORY_QUEUE_DEPTH),
+            bridge_published: reg(&r, &BRIDGE_PUBLISHED),
+            bridge_dropped: reg(&r, &BRIDGE_DROPPED),
+            bridge_connected: reg(&r, &BRIDGE_CONNECTED),
+            bridge_received: reg(&r, &BRIDGE_RECEIVED),
+            bridge_resyncs: reg(&r, &BRIDGE_RESYNCS),
             alerts: reg(&r, &ALERTS),
             alerts_suppressed: reg(&r, &ALERTS_SUPPRESSED),
             webhook_deliveries: reg(&r, &WEBHOOK_DELIVERIES),

@@ -55,6 +55,18 @@ const NEEDS_A_RARE_CONDITION: &[(&str, &str)] = &[
         "nexus_script_reloads_total",
         "a script file must change (or SIGHUP)",
     ),
+    // The broker bridges need a broker (tests/bridge_mqtt.rs, tests/bridge_fleet.rs).
+    (
+        "nexus_bridge_connected",
+        "bridges.mqtt or sources: must be set",
+    ),
+    ("nexus_bridge_messages_published_total", "bridges.mqtt only"),
+    (
+        "nexus_bridge_messages_dropped_total",
+        "the broker must be away",
+    ),
+    ("nexus_bridge_messages_received_total", "sources: only"),
+    ("nexus_bridge_source_resyncs_total", "sources: and a gap"),
 ];
 
 /// Every series name the catalogue defines.

@@ -337,6 +337,9 @@ impl LinkControl {
                     format!("node {node} is not a configured local node"),
                 ));
             }
+            Err(e @ ControlError::RemoteNode { .. }) => {
+                return Err(Refusal::new(409, e.to_string()));
+            }
             Err(e) => return Err(Refusal::new(503, e.to_string())),
         }
         if !id.may_node(node) {

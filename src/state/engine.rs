@@ -29,6 +29,9 @@ use crate::observe::InternalEvent;
 use crate::poller::{PollResult, PollerHandle};
 use crate::rpt::{self, RptEvent};
 
+mod remote;
+pub use remote::RemoteInput;
+
 /// A node the engine tracks.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -60,6 +63,8 @@ pub enum EngineInput {
         event: ChangeEvent,
         done: Option<oneshot::Sender<Arc<Published>>>,
     },
+    /// Remote nodes read from a broker (`sources:`, see `remote`).
+    Remote(RemoteInput),
 }
 
 /// Depth of the command queue ([`EngineInput`]s other than AMI events and polls).
@@ -93,6 +98,14 @@ impl EngineSender {
             mpsc::error::TrySendError::Full(_) => EngineSendError::Full,
             mpsc::error::TrySendError::Closed(_) => EngineSendError::Stopped,
         })
+    }
+
+    /// Queues a command, waiting for room (for producers that may wait: remote sources).
+    pub async fn send(&self, input: EngineInput) -> Result<(), EngineSendError> {
+        self.tx
+            .send(input)
+            .await
+            .map_err(|_| EngineSendError::Stopped)
     }
 
     /// Records a VoterStatus result and waits until the model holds it.
@@ -228,6 +241,7 @@ impl Engine {
                     let _ = done.send(p);
                 }
             }
+            EngineInput::Remote(r) => self.on_remote(r),
         }
     }
 
@@ -450,7 +464,8 @@ impl Engine {
 /// A server's nodes after a status change. Down: stale at once. Up: fresh when the first
 /// poll lands (or at once when nothing polls by itself).
 fn mark_stale(m: &mut Model, metrics: &Metrics, st: &ConnectionStatus, automatic: bool) {
-    for n in m.nodes.values_mut().filter(|n| n.server == st.server) {
+    let ours = |n: &&mut NodeState| n.server == st.server && n.origin.is_none();
+    for n in m.nodes.values_mut().filter(ours) {
         if !st.connected {
             n.stale = true;
         } else if !automatic {

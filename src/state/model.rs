@@ -74,6 +74,10 @@ pub struct NodeView {
     pub tx_seconds_total: f64,
     /// Local receiver keyups since start.
     pub rx_keyups: u64,
+    /// For a node taken from a broker (`sources:`): the daemon that publishes it. Absent
+    /// for this daemon's own nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// The last voter receivers seen for a node (VoterStatus), kept in the model.

@@ -175,6 +175,8 @@ pub struct NodeState {
     pub removed: HashMap<String, u64>,
     /// The node's rx channel (from events' `Channel:`), to route `VarSet` events.
     pub channel: Option<String>,
+    /// The daemon a remote node (`sources:`) comes from; `None` for local nodes.
+    pub origin: Option<String>,
 }
 
 impl NodeState {
@@ -191,6 +193,7 @@ impl NodeState {
             stale: true,
             removed: HashMap::new(),
             channel: None,
+            origin: None,
         }
     }
 
@@ -217,6 +220,7 @@ impl NodeState {
             tx_keyups: self.tx.keyups,
             tx_seconds_total: self.tx.total_now(now_ms),
             rx_keyups: self.rx.keyups,
+            origin: self.origin.clone(),
         }
     }
 }
