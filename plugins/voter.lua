@@ -2,7 +2,9 @@
 --
 -- Every interval_seconds it asks each node for its voter receivers (VoterStatus, without
 -- blocking anything). Nodes that answer with no receivers give_up_polls times in a row
--- are asked only every retry_seconds afterwards (most nodes have no voter).
+-- are asked only every retry_seconds afterwards (most nodes have no voter). A round ends
+-- at the first request the script's action budget refuses; the next round goes on from
+-- that node.
 --
 -- Alerts (warning), each once per episode:
 --   * a receiver silent: RSSI 0 for silent_seconds. With require_activity (the default)
@@ -115,19 +117,31 @@ local function targets()
     for _, id in ipairs(cfg.nodes) do out[#out + 1] = tostring(id) end
     return out
   end
-  local out = {}
-  for _, view in ipairs(nexus.nodes()) do out[#out + 1] = view.node_id end
-  return out
+  -- Ids only: building every node's full view each round is costly on a big fleet.
+  return nexus.node_ids()
 end
+
+-- Where the last round stopped: a call refused (the script's AMI action budget, or too
+-- many answers waiting) ends the round, and the next one starts at that node, so on a
+-- fleet of thousands of nodes every node gets its turn and no round walks them all.
+local cursor = 0
 
 local function poll()
   local now = nexus.now()
-  for _, node in ipairs(targets()) do
+  local list = targets()
+  local count = #list
+  for i = 1, count do
+    local at = (cursor + i - 1) % count + 1
+    local node = list[at]
     local n = entry(node)
     if not n.pending and now >= n.next_try then
       n.pending = true
       local ok = nexus.voter_status(node, function(receivers, err) answered(node, n, receivers, err) end)
-      if not ok then n.pending = false end
+      if not ok then
+        n.pending = false
+        cursor = at - 1
+        return
+      end
     end
   end
 end

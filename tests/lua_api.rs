@@ -408,3 +408,20 @@ end
         "{got}"
     );
 }
+
+#[tokio::test]
+async fn node_ids_lists_every_node_sorted_without_building_their_views() {
+    let dir = TempDir::new("nodeids");
+    let src = r#"
+function ids()
+  local out = nexus.node_ids()
+  return { count = #out, joined = table.concat(out, ","), views = #nexus.nodes() }
+end
+"#;
+    dir.save("ids.lua", src);
+    let rig = Rig::start(dir.path(), "", &["2001", "1999", "2000"]).await;
+    rig.loaded("ids.lua", src).await;
+    let got = rig.call("ids.lua", "ids", vec![]).await;
+    assert_eq!(got["joined"], json!("1999,2000,2001"));
+    assert_eq!(got["count"], got["views"]);
+}

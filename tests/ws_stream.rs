@@ -36,9 +36,20 @@ async fn daemon_with(websocket: &str) -> Running {
         .to_owned()
         + websocket;
     let config = Config::parse(&yaml, "test", None).expect("test config");
-    allstar_nexus::daemon::start(config, CancellationToken::new())
+    let d = allstar_nexus::daemon::start(config, CancellationToken::new())
         .await
-        .expect("daemon starts")
+        .expect("daemon starts");
+    // Ready once both servers' refused first attempts are in the model (and published),
+    // so the engine's own `ami_disconnected` changes never interleave with the tests'.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.app.state.servers().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no AMI status in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d
 }
 
 async fn connect(d: &Running, query: &str) -> Result<Ws, tungstenite::Error> {
@@ -285,7 +296,13 @@ async fn frames_stay_in_order_when_the_socket_fills_and_drains() {
     for _ in 0..640 {
         let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "hub", None);
         ev.error = Some("x".repeat(64 * 1024));
-        last = d.engine.publish(ev).await.expect("the engine publishes").event.seq;
+        last = d
+            .engine
+            .publish(ev)
+            .await
+            .expect("the engine publishes")
+            .event
+            .seq;
         first.get_or_insert(last);
         tokio::task::yield_now().await;
     }

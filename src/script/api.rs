@@ -160,6 +160,11 @@ pub fn install(
         "nodes",
         lua.create_function(|lua, ()| lua.to_value_with(&ctx(lua)?.app.state.nodes(), TO_LUA))?,
     )?;
+    // Just the ids (sorted): cheap where `nexus.nodes()` builds every node's full view.
+    nexus.set(
+        "node_ids",
+        lua.create_function(|lua, ()| lua.create_sequence_from(ctx(lua)?.app.state.node_ids()))?,
+    )?;
     nexus.set("node", lua.create_function(node)?)?;
     nexus.set("set_poll_interval", lua.create_function(set_poll_interval)?)?;
     nexus.set("poll_interval", lua.create_function(poll_interval)?)?;
