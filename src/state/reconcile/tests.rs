@@ -10,7 +10,8 @@ fn node() -> NodeState {
     NodeState::new("1999", "default", Duration::from_secs(60))
 }
 
-fn alink(name: &str, mode: Mode, keyed: bool) -> ALink {
+/// An `RPT_ALINKS` entry: owned (an event) or borrowed (inside an XStat reply).
+fn alink<S: From<&'static str>>(name: &'static str, mode: Mode, keyed: bool) -> ALink<S> {
     ALink {
         name: name.into(),
         mode: Some(mode),
@@ -18,10 +19,10 @@ fn alink(name: &str, mode: Mode, keyed: bool) -> ALink {
     }
 }
 
-fn xlink(name: &str, ip: Option<&str>, dir: Direction, secs: u64) -> XStatLink {
+fn xlink<'a>(name: &'a str, ip: Option<&'a str>, dir: Direction, secs: u64) -> XStatLink<'a> {
     XStatLink {
-        name: name.into(),
-        ip: ip.map(str::to_owned),
+        name,
+        ip,
         reconnects: 0,
         direction: Some(dir),
         connected_seconds: secs,
@@ -29,9 +30,9 @@ fn xlink(name: &str, ip: Option<&str>, dir: Direction, secs: u64) -> XStatLink {
     }
 }
 
-fn xstat(links: Vec<XStatLink>, alinks: Option<Vec<ALink>>) -> XStat {
+fn xstat<'a>(links: Vec<XStatLink<'a>>, alinks: Option<Vec<ALink<&'a str>>>) -> XStat<'a> {
     XStat {
-        node: Some("1999".into()),
+        node: Some("1999"),
         links,
         linked_nodes: Vec::new(),
         vars: Vec::new(),
