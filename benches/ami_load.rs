@@ -57,13 +57,21 @@ async fn run(extra_yaml: &str, dir: &Path) -> BTreeMap<String, f64> {
         .await
         .expect("daemon");
     let src = std::fs::read(plugins.join("adaptive_polling.lua")).expect("plugin");
-    assert!(
-        daemon
-            .scripts
-            .wait_version("adaptive_polling.lua", &src, Duration::from_secs(30))
-            .await,
-        "the plugin is loaded"
-    );
+    // The Lua host is a thread of its own: wait in real time (paused tokio time would
+    // jump past any timeout while it loads).
+    let loading = std::time::Instant::now();
+    while !daemon
+        .scripts
+        .wait_version("adaptive_polling.lua", &src, Duration::ZERO)
+        .await
+    {
+        assert!(
+            loading.elapsed() < Duration::from_secs(30),
+            "the plugin did not load"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        tokio::task::yield_now().await;
+    }
     let state = daemon.app.state.clone();
     while NODES
         .iter()

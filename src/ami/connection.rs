@@ -149,7 +149,7 @@ pub enum ConnectError {
     Login(String),
     #[error("connection closed by Asterisk")]
     Closed,
-    #[error("keepalive: no reply to Ping within {}s — the peer stopped answering", .0.as_secs_f64())]
+    #[error("keepalive: no reply to Ping (or to an action) within {}s — the peer stopped answering", .0.as_secs_f64())]
     KeepaliveTimeout(Duration),
     #[error("AMI protocol error: {0}")]
     Protocol(String),
@@ -818,7 +818,14 @@ impl Supervisor {
                         break self.codec_error(e);
                     }
                     book.add(id, Pending { tx: cmd.tx, action: cmd.action.name().to_owned() });
-                    probe.get_or_insert_with(Instant::now);
+                    if probe.is_none() {
+                        // Its reply (or any frame) must come within the keepalive timeout.
+                        let now = Instant::now();
+                        probe = Some(now);
+                        if now + ping_timeout < timer.deadline() {
+                            timer.as_mut().reset(now + ping_timeout);
+                        }
+                    }
                 },
                 _ = &mut timer => {
                     // Forget actions whose caller gave up (timed out).
