@@ -67,7 +67,7 @@ fn both_ways(line: &str) -> XStatLink<'_> {
 fn composed_session_xstat() {
     let frame = samples::frame(samples::SESSION_XSTAT);
     let x = parse_xstat(&frame).unwrap();
-    assert_eq!(x.node.as_deref(), Some("1999"));
+    assert_eq!(x.node, Some("1999"));
     assert_eq!(
         x.links,
         vec![
@@ -127,7 +127,7 @@ fn allmon3_issue_35_echolink_141_hours_action_id_first() {
     let frame = samples::frame(samples::ALLMON3_35_XSTAT);
     assert_eq!(frame.headers().next().map(|(k, _)| k), Some("ActionID"));
     let x = parse_xstat(&frame).unwrap();
-    assert_eq!(x.node.as_deref(), Some("547611"));
+    assert_eq!(x.node, Some("547611"));
     assert_eq!(
         x.links,
         vec![
@@ -168,7 +168,7 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
         "the capture's time column is too narrow"
     );
     let x = parse_xstat(&frame).unwrap();
-    assert_eq!(x.node.as_deref(), Some("61057"));
+    assert_eq!(x.node, Some("61057"));
     assert_eq!(
         x.links,
         vec![link("29999", Some("173.199.119.177"), 0, Direction::Out, 0)]
@@ -177,7 +177,7 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
     assert_eq!(
         x.linked_nodes[0],
         LinkedNode {
-            node: "1010".into(),
+            node: "1010",
             mode: Some(Mode::R)
         }
     );
@@ -187,8 +187,8 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
     assert_eq!(
         x.flags,
         vec![
-            ("parrot_ena".into(), "0".into()),
-            ("tel_mode".into(), "2".into())
+            ("parrot_ena", "0"),
+            ("tel_mode", "2")
         ]
     );
 }
@@ -337,7 +337,7 @@ fn ten_character_name_glued_to_its_ip_reads_by_columns() {
     );
     assert!(line.starts_with("ABCDEFGHIJ192.0.2.1 "));
     let l = both_ways(&line);
-    assert_eq!((l.name, l.ip.as_deref()), ("ABCDEFGHIJ", Some("192.0.2.1")));
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJ", Some("192.0.2.1")));
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn long_name_overflowing_into_the_ip() {
     assert!(line.starts_with("KC1FSZ-PORTAL192.0.2.1 "));
     let l = parse_conn_line(&line).unwrap();
     assert_eq!(l.name, "KC1FSZ-PORTAL");
-    assert_eq!(l.ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(l.ip, Some("192.0.2.1"));
     assert_eq!(
         (l.direction, l.connected_seconds),
         (Some(Direction::In), 60)
@@ -369,7 +369,7 @@ fn long_name_overflowing_into_the_ip() {
     );
     let l = parse_conn_line(&line).unwrap();
     assert_eq!(
-        (l.name, l.ip.as_deref(), l.reconnects),
+        (l.name, l.ip, l.reconnects),
         ("NODE-1234567", Some("10.0.0.1"), 3)
     );
 }
@@ -408,7 +408,7 @@ fn ipv6_peer_of_exactly_twenty_characters() {
     assert_eq!(ip.len(), 20);
     let line = conn("2000", ip, 5, "IN", "00:00:01", "ESTABLISHED");
     let l = both_ways(&line);
-    assert_eq!((l.ip.as_deref(), l.reconnects), (Some(ip), 5));
+    assert_eq!((l.ip, l.reconnects), (Some(ip), 5));
 }
 
 #[test]
@@ -417,7 +417,7 @@ fn long_name_and_ipv6_both_overflowing() {
     let line = conn("KC1FSZ-PORTAL", ip, 1, "IN", "00:00:02", "ESTABLISHED");
     let l = parse_conn_line(&line).unwrap();
     assert_eq!(
-        (l.name, l.ip.as_deref(), l.reconnects),
+        (l.name, l.ip, l.reconnects),
         ("KC1FSZ-PORTAL", Some(ip), 1)
     );
 }
@@ -456,7 +456,7 @@ fn collapsed_spacing_with_a_long_name() {
     assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", None));
     let l = parse_conn_line("ABCDEFGHIJKL192.0.2.1 0 IN 00:00:01 ESTABLISHED").unwrap();
     assert_eq!(
-        (l.name, l.ip.as_deref()),
+        (l.name, l.ip),
         ("ABCDEFGHIJKL", Some("192.0.2.1"))
     );
 }
@@ -466,7 +466,7 @@ fn unknown_words_are_tolerated_as_none() {
     let line = conn("2000", "192.0.2.10", 0, "SIDEWAYS", "00:00:01", "DRAINING");
     let l = parse_conn_line(&line).unwrap();
     assert_eq!((l.direction, l.state), (None, None));
-    assert_eq!(l.ip.as_deref(), Some("192.0.2.10"));
+    assert_eq!(l.ip, Some("192.0.2.10"));
 }
 
 #[test]
@@ -569,7 +569,7 @@ mod layout_round_trip {
             let link = parse_conn_line(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let expected_ip = (!ip.is_empty() && ip != "(none)").then_some(ip.as_str());
             prop_assert_eq!(link.name, name.as_str(), "{:?}", line);
-            prop_assert_eq!(link.ip.as_deref(), expected_ip, "{:?}", line);
+            prop_assert_eq!(link.ip, expected_ip, "{:?}", line);
             prop_assert_eq!(link.reconnects, reconnects);
             prop_assert_eq!(link.direction, Some(if outbound { Direction::Out } else { Direction::In }));
             prop_assert_eq!(link.connected_seconds, secs);

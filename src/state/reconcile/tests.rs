@@ -203,7 +203,7 @@ fn an_older_poll_does_not_undo_a_newer_event() {
     apply_sawstat(
         &mut n,
         &[SawStatLink {
-            name: "2001".into(),
+            name: "2001",
             keyed: false,
             secs_since_key: None,
             secs_since_unkey: None,
@@ -249,7 +249,7 @@ fn lost_unkey_is_corrected_by_sawstat_with_the_real_duration() {
     // The unkey event was lost; SawStat 30 s later says it unkeyed 20 s ago.
     let mut ch = Changes::new(T0 + 30_000, &db);
     let saw = SawStatLink {
-        name: "2000".into(),
+        name: "2000",
         keyed: false,
         secs_since_key: Some(30),
         secs_since_unkey: Some(20),
