@@ -652,3 +652,50 @@ fn busiest(truth: &SimTruth) -> Option<(String, Vec<String>)> {
     }
     best
 }
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+    use crate::sim::SimConfig;
+
+    #[test]
+    fn load_changes_walk_every_link_then_flip() {
+        // 2 nodes × 3 links: node alternates, link advances every 2, keyed flips every 6.
+        let seen: Vec<_> = (0..12).map(|k| load_change(k, 2, 3)).collect();
+        assert_eq!(
+            &seen[..4],
+            &[(0, 0, true), (1, 0, true), (0, 1, true), (1, 1, true)]
+        );
+        assert_eq!(seen[6], (0, 0, false));
+        assert_eq!(seen[11], (1, 2, false));
+        assert_eq!(load_link_name(3, 7), "400307");
+    }
+
+    #[tokio::test]
+    async fn load_adds_the_links_and_keys_them_on_the_clock() {
+        let h = SimHandle::detached(SimConfig {
+            nodes: vec!["2000".into(), "2001".into()],
+            ..SimConfig::default()
+        });
+        let stop = CancellationToken::new();
+        SimLoad {
+            links_per_node: 3,
+            link_keys_per_second: 1000.0,
+        }
+        .apply(&h, &stop);
+        let truth = h.truth();
+        assert_eq!(truth.nodes["2001"].links.len(), 3);
+        assert!(truth.nodes["2001"].links.iter().any(|l| l.name == "400102"));
+        let started = std::time::Instant::now();
+        while !h
+            .truth()
+            .nodes
+            .values()
+            .any(|n| n.links.iter().any(|l| l.keyed))
+        {
+            assert!(started.elapsed() < Duration::from_secs(10), "nothing keyed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+    }
+}

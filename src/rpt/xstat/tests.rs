@@ -184,13 +184,7 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
     assert_eq!(x.alinks, Some(vec![alink("29999", false)]));
     assert_eq!((x.rx_keyed, x.tx_keyed), (Some(false), Some(true)));
     assert_eq!(x.var("RPT_ETXKEYED"), Some("1"));
-    assert_eq!(
-        x.flags,
-        vec![
-            ("parrot_ena", "0"),
-            ("tel_mode", "2")
-        ]
-    );
+    assert_eq!(x.flags, vec![("parrot_ena", "0"), ("tel_mode", "2")]);
 }
 
 #[test]
@@ -416,10 +410,7 @@ fn long_name_and_ipv6_both_overflowing() {
     let ip = "2001:db8:85a3::8a2e:370:7334";
     let line = conn("KC1FSZ-PORTAL", ip, 1, "IN", "00:00:02", "ESTABLISHED");
     let l = parse_conn_line(&line).unwrap();
-    assert_eq!(
-        (l.name, l.ip, l.reconnects),
-        ("KC1FSZ-PORTAL", Some(ip), 1)
-    );
+    assert_eq!((l.name, l.ip, l.reconnects), ("KC1FSZ-PORTAL", Some(ip), 1));
 }
 
 #[test]
@@ -455,10 +446,7 @@ fn collapsed_spacing_with_a_long_name() {
     let l = parse_conn_line("ABCDEFGHIJKL 0 IN 00:00:01 ESTABLISHED").unwrap();
     assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", None));
     let l = parse_conn_line("ABCDEFGHIJKL192.0.2.1 0 IN 00:00:01 ESTABLISHED").unwrap();
-    assert_eq!(
-        (l.name, l.ip),
-        ("ABCDEFGHIJKL", Some("192.0.2.1"))
-    );
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", Some("192.0.2.1")));
 }
 
 #[test]
