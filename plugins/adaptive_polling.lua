@@ -7,6 +7,10 @@
 -- the nexus_poll_interval_seconds metric.
 --
 -- Settings: plugins.adaptive_polling in the YAML config (defaults below).
+--
+-- AMI cost: each poll is two actions (XStat + SawStat), so an idle node at SLOW = 60 s
+-- costs 2 actions a minute; the keepalive Ping (after 90 s of silence) is never needed
+-- while polls run. A change whose event was lost shows at the next poll (within SLOW).
 
 local cfg = nexus.config
 local FAST = cfg.fast_seconds or 5

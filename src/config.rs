@@ -438,9 +438,11 @@ pub struct AmiSettings {
     /// Fraction of random extra wait added to each retry (0.1 = up to 10 %).
     pub retry_jitter: f64,
     pub connect_timeout: Duration,
-    /// Idle time after which a `Ping` is sent.
+    /// Idle time after which a `Ping` is sent. Longer than the idle poll (60 s), so the
+    /// polls themselves prove an idle session alive and no Ping is spent (issue 13).
     pub keepalive_interval: Duration,
-    /// How long a `Ping` may go unanswered before the session is reset.
+    /// How long a `Ping`, or an action written while the peer was silent, may go
+    /// unanswered before the session is reset.
     pub keepalive_timeout: Duration,
     /// Default deadline of an action's reply.
     pub action_timeout: Duration,
@@ -456,7 +458,7 @@ impl Default for AmiSettings {
             retry_max: Duration::from_secs(60),
             retry_jitter: 0.1,
             connect_timeout: Duration::from_secs(10),
-            keepalive_interval: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(90),
             keepalive_timeout: Duration::from_secs(10),
             action_timeout: Duration::from_secs(10),
             events: "call".into(),

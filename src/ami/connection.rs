@@ -158,7 +158,7 @@ pub enum ConnectError {
     Login(String),
     #[error("connection closed by Asterisk")]
     Closed,
-    #[error("keepalive: no reply to Ping within {}s — the peer stopped answering", .0.as_secs_f64())]
+    #[error("keepalive: no reply to Ping (or to an action) within {}s — the peer stopped answering", .0.as_secs_f64())]
     KeepaliveTimeout(Duration),
     #[error("AMI protocol error: {0}")]
     Protocol(String),
@@ -714,7 +714,17 @@ impl Supervisor {
             .and_then(|a| a.header("Events", &self.parts.settings.events))
             .and_then(|a| a.header("ActionID", "nx-login"))
             .map_err(|e| ConnectError::Login(e.to_string()))?;
-        writer.send(&login).await.map_err(|e| self.codec_error(e))?;
+        // A session lost before Login's reply still counts the Login it sent.
+        let lost = |e: CodecError| {
+            AmiActionDone {
+                server: &self.name,
+                action: "Login",
+                result: ActionResult::Disconnected,
+            }
+            .emit(&self.parts.metrics);
+            self.codec_error(e)
+        };
+        writer.send(&login).await.map_err(lost)?;
         let failed = |message: &str| {
             AmiLoginFailed {
                 server: &self.name,
@@ -727,7 +737,7 @@ impl Supervisor {
             let frame = match reader.next().await {
                 Some(Ok(Incoming::Frame(f))) => f,
                 Some(Ok(Incoming::Banner(_))) => continue,
-                Some(Err(e)) => return Err(self.codec_error(e)),
+                Some(Err(e)) => return Err(lost(e)),
                 // Asterisk closes right after a failed login.
                 None => {
                     failed("connection closed after Login");
@@ -795,6 +805,9 @@ impl Supervisor {
         let ping_timeout = self.parts.settings.keepalive_timeout;
         let mut last_rx = Instant::now();
         let mut ping: Option<(String, Instant)> = None;
+        // When the first action since the peer last spoke was written: it is the probe a
+        // Ping would be, so no Ping is sent while it waits (and its silence resets too).
+        let mut probe: Option<Instant> = None;
         let timer = tokio::time::sleep(keepalive);
         tokio::pin!(timer);
         let shutdown = self.parts.shutdown.clone();
@@ -811,6 +824,7 @@ impl Supervisor {
                     Some(Ok(Incoming::Banner(_))) => {}
                     Some(Ok(Incoming::Frame(frame))) => {
                         last_rx = Instant::now();
+                        probe = None;
                         self.rx_seq += 1;
                         if frame.event().is_some() {
                             self.forward_event(frame);
@@ -830,16 +844,31 @@ impl Supervisor {
                         break self.codec_error(e);
                     }
                     book.add(id, Pending { tx: cmd.tx, action: cmd.action.name().to_owned() });
+                    if probe.is_none() {
+                        // Its reply (or any frame) must come within the keepalive timeout.
+                        let now = Instant::now();
+                        probe = Some(now);
+                        if now + ping_timeout < timer.deadline() {
+                            timer.as_mut().reset(now + ping_timeout);
+                        }
+                    }
                 },
                 _ = &mut timer => {
                     // Forget actions whose caller gave up (timed out).
                     book.forget_abandoned();
                     let now = Instant::now();
-                    if let Some((_, sent)) = &ping {
-                        let sent = *sent;
+                    // The oldest unanswered write since the peer last spoke: a Ping or an action.
+                    let oldest = match (&ping, probe) {
+                        (Some((_, p)), Some(a)) => Some((*p).min(a)),
+                        (Some((_, p)), None) => Some(*p),
+                        (None, a) => a,
+                    };
+                    if let Some(sent) = oldest {
                         if now >= sent + ping_timeout {
-                            AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Timeout }
-                                .emit(&self.parts.metrics);
+                            if ping.take().is_some() {
+                                AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Timeout }
+                                    .emit(&self.parts.metrics);
+                            }
                             break ConnectError::KeepaliveTimeout(ping_timeout);
                         }
                         timer.as_mut().reset(sent + ping_timeout);
@@ -858,6 +887,14 @@ impl Supervisor {
                 }
             }
         };
+        if ping.is_some() {
+            AmiActionDone {
+                server: &self.name,
+                action: "Ping",
+                result: ActionResult::Disconnected,
+            }
+            .emit(&self.parts.metrics);
+        }
         self.fail_all(book, &err);
         err
     }

@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(
             nodes[4],
             LinkedNode {
-                node: "2006".into(),
+                node: "2006".to_owned(),
                 mode: Some(Mode::T)
             }
         );

@@ -14,10 +14,11 @@ use serde::Serialize;
 use super::{MAX_LINKS, MAX_REACHABLE, RptError};
 use crate::rpt::types::{LinkedNode, Mode};
 
-/// One adjacent link from `RPT_ALINKS`.
+/// One adjacent link from `RPT_ALINKS`. `S` is `String` for an event (the model keeps
+/// it) and `&str` inside a borrowed XStat reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ALink {
-    pub name: String,
+pub struct ALink<S = String> {
+    pub name: S,
     pub mode: Option<Mode>,
     /// Audio is being received from this link now (`K`).
     pub keyed: bool,
@@ -28,11 +29,29 @@ const LINKS_SENTINEL: &str = "R000000";
 
 /// Parses an `RPT_ALINKS` value.
 pub fn parse_alinks(value: &str) -> Result<Vec<ALink>, RptError> {
+    alinks_with(value, str::to_owned)
+}
+
+/// Parses an `RPT_ALINKS` value without copying the names (XStat's `Var:` line).
+pub(super) fn parse_alinks_borrowed(value: &str) -> Result<Vec<ALink<&str>>, RptError> {
+    alinks_with(value, |name| name)
+}
+
+/// Parses an `RPT_ALINKS` value, making each name with `name`.
+fn alinks_with<'a, S>(
+    value: &'a str,
+    name: impl Fn(&'a str) -> S,
+) -> Result<Vec<ALink<S>>, RptError> {
     check_count("RPT_ALINKS", value, MAX_LINKS)?;
     let mut links = Vec::with_capacity(entry_capacity(value));
     for entry in counted_entries("RPT_ALINKS", value)? {
         if entry != ALINKS_SENTINEL {
-            links.push(parse_alink(entry)?);
+            let a = parse_alink(entry)?;
+            links.push(ALink {
+                name: name(a.name),
+                mode: a.mode,
+                keyed: a.keyed,
+            });
         }
     }
     Ok(links)
@@ -46,13 +65,14 @@ pub fn parse_links(value: &str) -> Result<Vec<LinkedNode>, RptError> {
     nodes.extend(
         entries
             .filter(|entry| *entry != LINKS_SENTINEL)
-            .map(mode_and_name),
+            .map(|entry| mode_and_name(entry).to_owned_node()),
     );
     Ok(nodes)
 }
 
 /// Parses a `LinkedNodes:` value (`T2000, T2001` or `<NONE>`), keeping duplicates in order.
-pub fn parse_linked_nodes(value: &str) -> Vec<LinkedNode> {
+/// The names are borrowed from `value`: the model copies them only when the network changed.
+pub fn parse_linked_nodes(value: &str) -> Vec<LinkedNode<&str>> {
     let value = value.trim_ascii();
     if value == "<NONE>" {
         return Vec::new();
@@ -107,7 +127,7 @@ fn counted_entries<'a>(
 }
 
 /// `<name><mode><K|U>`, read from the end.
-fn parse_alink(entry: &str) -> Result<ALink, RptError> {
+fn parse_alink(entry: &str) -> Result<ALink<&str>, RptError> {
     let problem = |problem| RptError::LinkEntry {
         list: "RPT_ALINKS",
         entry: entry.to_owned(),
@@ -127,22 +147,22 @@ fn parse_alink(entry: &str) -> Result<ALink, RptError> {
         return Err(problem("there is no node name before the mode letter"));
     }
     Ok(ALink {
-        name: name.to_owned(),
+        name,
         mode: Some(mode),
         keyed,
     })
 }
 
 /// `<mode><name>`; a token without a mode letter is all name.
-fn mode_and_name(entry: &str) -> LinkedNode {
+fn mode_and_name(entry: &str) -> LinkedNode<&str> {
     let mut chars = entry.chars();
     match chars.next().and_then(Mode::from_letter) {
         Some(mode) if !chars.as_str().is_empty() => LinkedNode {
-            node: chars.as_str().to_owned(),
+            node: chars.as_str(),
             mode: Some(mode),
         },
         _ => LinkedNode {
-            node: entry.to_owned(),
+            node: entry,
             mode: None,
         },
     }
@@ -160,7 +180,8 @@ mod tests {
         }
     }
 
-    fn node(mode: Option<Mode>, name: &str) -> LinkedNode {
+    /// Owned for `parse_links` (events), borrowed for `parse_linked_nodes`.
+    fn node<S: From<&'static str>>(mode: Option<Mode>, name: &'static str) -> LinkedNode<S> {
         LinkedNode {
             node: name.into(),
             mode,
@@ -293,8 +314,8 @@ mod tests {
     #[test]
     fn linked_nodes_forms() {
         use Mode::{R, T};
-        assert_eq!(parse_linked_nodes("<NONE>"), vec![]);
-        assert_eq!(parse_linked_nodes(""), vec![]);
+        assert!(parse_linked_nodes("<NONE>").is_empty());
+        assert!(parse_linked_nodes("").is_empty());
         assert_eq!(
             parse_linked_nodes("T2000, T2001, T2005, T2006, T3123456"),
             ["2000", "2001", "2005", "2006", "3123456"]

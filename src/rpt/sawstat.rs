@@ -2,17 +2,18 @@
 //! last keyed and unkeyed (ami-app-rpt.md §2.3).
 //!
 //! Each line is `Conn: <name> <keyed> <secs since key> <secs since unkey>` with single
-//! spaces; an age of `-1` means the event never happened on this link.
+//! spaces; an age of `-1` means the event never happened on this link. Names are borrowed
+//! from the reply (the model matches them against its links and keeps none).
 
 use serde::Serialize;
 
 use super::{RptError, expect_success, parse_digits};
 use crate::ami::Frame;
 
-/// One link of a SawStat reply.
+/// One link of a SawStat reply (the name borrowed from its line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SawStatLink {
-    pub name: String,
+pub struct SawStatLink<'a> {
+    pub name: &'a str,
     /// Audio is being received from this link now (app_rpt `lastrx1`).
     pub keyed: bool,
     /// Seconds since the link last keyed; `None` = never (`-1`).
@@ -22,19 +23,23 @@ pub struct SawStatLink {
 }
 
 /// Parses a SawStat reply (`Response: Success` required; `ActionID` may come first).
-pub fn parse_sawstat(frame: &Frame) -> Result<Vec<SawStatLink>, RptError> {
+pub fn parse_sawstat(frame: &Frame) -> Result<Vec<SawStatLink<'_>>, RptError> {
     expect_success(frame, "SawStat")?;
-    if frame.get_all("Conn").nth(super::MAX_LINKS).is_some() {
-        return Err(RptError::TooManyLinks {
-            list: "SawStat Conn",
-            limit: super::MAX_LINKS,
-        });
+    let mut links = Vec::new();
+    for line in frame.get_all("Conn") {
+        if links.len() == super::MAX_LINKS {
+            return Err(RptError::TooManyLinks {
+                list: "SawStat Conn",
+                limit: super::MAX_LINKS,
+            });
+        }
+        links.push(parse_sawstat_line(line)?);
     }
-    frame.get_all("Conn").map(parse_sawstat_line).collect()
+    Ok(links)
 }
 
 /// Parses the text after `Conn: ` of a SawStat reply.
-pub fn parse_sawstat_line(value: &str) -> Result<SawStatLink, RptError> {
+pub fn parse_sawstat_line(value: &str) -> Result<SawStatLink<'_>, RptError> {
     let mut words = value.split_ascii_whitespace();
     let (Some(name), Some(keyed), Some(key), Some(unkey), None) = (
         words.next(),
@@ -55,7 +60,7 @@ pub fn parse_sawstat_line(value: &str) -> Result<SawStatLink, RptError> {
         other => return Err(bad_field("keyed flag", other, "0 or 1", value)),
     };
     Ok(SawStatLink {
-        name: name.to_owned(),
+        name,
         keyed,
         secs_since_key: age(key, "seconds since key", value)?,
         secs_since_unkey: age(unkey, "seconds since unkey", value)?,
@@ -92,9 +97,9 @@ mod tests {
     use super::*;
     use crate::rpt::samples;
 
-    fn link(name: &str, keyed: bool, key: Option<u64>, unkey: Option<u64>) -> SawStatLink {
+    fn link(name: &str, keyed: bool, key: Option<u64>, unkey: Option<u64>) -> SawStatLink<'_> {
         SawStatLink {
-            name: name.into(),
+            name,
             keyed,
             secs_since_key: key,
             secs_since_unkey: unkey,

@@ -73,11 +73,27 @@ pub enum LinkState {
     Connecting,
 }
 
-/// One node reachable through the network (`LinkedNodes`).
+/// One node reachable through the network (`LinkedNodes`). `S` is `String` where it is
+/// kept (events, the model) and `&str` in a borrowed XStat reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkedNode {
-    pub node: String,
+pub struct LinkedNode<S = String> {
+    pub node: S,
     pub mode: Option<Mode>,
+}
+
+impl LinkedNode<&str> {
+    /// The owned copy the model keeps.
+    pub fn to_owned_node(&self) -> LinkedNode {
+        LinkedNode {
+            node: self.node.to_owned(),
+            mode: self.mode,
+        }
+    }
+
+    /// Whether `kept` (the model's copy) says the same.
+    pub fn same_as(&self, kept: &LinkedNode) -> bool {
+        self.mode == kept.mode && self.node == kept.node
+    }
 }
 
 /// Formats seconds as app_rpt does: `HH:MM:SS`, hours not capped.

@@ -15,23 +15,27 @@
 //!    name (first word) and the IP (the rest: empty for EchoLink/TLB, `(none)` for a link
 //!    without a channel). A name of more than 10 characters runs into the IP; the IP's
 //!    own padding to 20 tells where the name ends.
+//!
+//! The parse is borrowed: names, addresses, `Var:` lines and flags are slices of the
+//! reply's frame, so a 1,000-link reply costs a handful of allocations (the vectors); the
+//! model copies only what it keeps (a new link's name, a changed address or network).
 
 use std::net::{IpAddr, Ipv6Addr};
 
 use serde::Serialize;
 
-use super::links::{ALink, parse_alinks, parse_linked_nodes};
+use super::links::{ALink, parse_alinks_borrowed, parse_linked_nodes};
 use super::{RptError, expect_success, parse_digits, parse_hms, parse_keyed};
 use crate::ami::Frame;
 use crate::rpt::types::{Direction, LinkState, LinkedNode};
 
-/// One directly connected link from an XStat `Conn:` line.
+/// One directly connected link from an XStat `Conn:` line (borrowed from the line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct XStatLink {
+pub struct XStatLink<'a> {
     /// Node number, or text for IAX clients (`WD5M-P`).
-    pub name: String,
+    pub name: &'a str,
     /// Peer address without port; `None` for EchoLink/TLB (empty column) and `(none)`.
-    pub ip: Option<String>,
+    pub ip: Option<&'a str>,
     pub reconnects: u32,
     /// `None` only if app_rpt ever prints a word other than `IN`/`OUT`.
     pub direction: Option<Direction>,
@@ -40,47 +44,41 @@ pub struct XStatLink {
     pub state: Option<LinkState>,
 }
 
-/// A parsed XStat reply.
+/// A parsed XStat reply, borrowing its text from the reply's frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct XStat {
+pub struct XStat<'a> {
     /// The `Node:` echo.
-    pub node: Option<String>,
+    pub node: Option<&'a str>,
     /// `Conn:` lines, in reply order (app_rpt's order changed over versions: don't rely on it).
-    pub links: Vec<XStatLink>,
+    pub links: Vec<XStatLink<'a>>,
     /// `LinkedNodes:`: every reachable node, duplicates kept; empty for `<NONE>`.
-    pub linked_nodes: Vec<LinkedNode>,
+    pub linked_nodes: Vec<LinkedNode<&'a str>>,
     /// `Var: NAME=value` lines in reply order (most recently set first).
-    pub vars: Vec<(String, String)>,
+    pub vars: Vec<(&'a str, &'a str)>,
     /// Every other `key: value` line: the status flags (`parrot_ena`, `sys_ena`, …).
-    pub flags: Vec<(String, String)>,
+    pub flags: Vec<(&'a str, &'a str)>,
     /// `RPT_ALINKS` parsed; `None` when the reply has no such `Var:` (older ASL3).
-    pub alinks: Option<Vec<ALink>>,
+    pub alinks: Option<Vec<ALink<&'a str>>>,
     /// `RPT_RXKEYED`; `None` when absent.
     pub rx_keyed: Option<bool>,
     /// `RPT_TXKEYED`; `None` when absent.
     pub tx_keyed: Option<bool>,
 }
 
-impl XStat {
+impl<'a> XStat<'a> {
     /// The value of a `Var:` (exact name; the first one if repeated).
-    pub fn var(&self, name: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    pub fn var(&self, name: &str) -> Option<&'a str> {
+        self.vars.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 
     /// The value of a status flag such as `parrot_ena` or `tel_mode`.
-    pub fn flag(&self, name: &str) -> Option<&str> {
-        self.flags
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    pub fn flag(&self, name: &str) -> Option<&'a str> {
+        self.flags.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 }
 
 /// Parses an XStat reply (`Response: Success` required; `ActionID` may come first).
-pub fn parse_xstat(frame: &Frame) -> Result<XStat, RptError> {
+pub fn parse_xstat(frame: &Frame) -> Result<XStat<'_>, RptError> {
     expect_success(frame, "XStat")?;
     let mut x = XStat::default();
     for (key, value) in frame.headers() {
@@ -98,37 +96,42 @@ pub fn parse_xstat(frame: &Frame) -> Result<XStat, RptError> {
             });
         }
     }
-    x.alinks = x.var("RPT_ALINKS").map(parse_alinks).transpose()?;
+    x.alinks = x.var("RPT_ALINKS").map(parse_alinks_borrowed).transpose()?;
     x.rx_keyed = keyed_var(&x, "RPT_RXKEYED")?;
     x.tx_keyed = keyed_var(&x, "RPT_TXKEYED")?;
     Ok(x)
 }
 
 /// Adds one header line of the reply to `x`.
-fn absorb(x: &mut XStat, key: &str, value: &str) -> Result<(), RptError> {
+fn absorb<'a>(x: &mut XStat<'a>, key: &'a str, value: &'a str) -> Result<(), RptError> {
     let is = |name: &str| key.eq_ignore_ascii_case(name);
     if is("Conn") {
         x.links.push(parse_conn_line(value)?);
     } else if is("Var") {
         let (name, val) = value.split_once('=').unwrap_or((value, ""));
-        x.vars.push((name.trim().to_owned(), val.to_owned()));
+        x.vars.push((name.trim(), val));
     } else if is("LinkedNodes") {
         super::links::check_count("XStat LinkedNodes", value, super::MAX_REACHABLE)?;
-        x.linked_nodes.extend(parse_linked_nodes(value));
+        let nodes = parse_linked_nodes(value);
+        if x.linked_nodes.is_empty() {
+            x.linked_nodes = nodes;
+        } else {
+            x.linked_nodes.extend(nodes);
+        }
     } else if is("Node") {
-        x.node.get_or_insert_with(|| value.trim().to_owned());
+        x.node.get_or_insert_with(|| value.trim());
     } else if !(key.is_empty() || is("Response") || is("ActionID") || is("Message")) {
-        x.flags.push((key.to_owned(), value.trim_end().to_owned()));
+        x.flags.push((key, value.trim_end()));
     }
     Ok(())
 }
 
-fn keyed_var(x: &XStat, name: &str) -> Result<Option<bool>, RptError> {
+fn keyed_var(x: &XStat<'_>, name: &str) -> Result<Option<bool>, RptError> {
     x.var(name).map(|v| parse_keyed(name, v)).transpose()
 }
 
 /// Parses the text after `Conn: ` of an XStat reply (see the module doc for the rules).
-pub fn parse_conn_line(value: &str) -> Result<XStatLink, RptError> {
+pub fn parse_conn_line(value: &str) -> Result<XStatLink<'_>, RptError> {
     let line = value.trim_ascii_start().trim_end_matches(['\r', '\n']);
     match parse_fixed(line) {
         Some(link) => Ok(link),
@@ -146,7 +149,7 @@ const IP_WIDTH: usize = IP_END - NAME_END;
 const RECONNECTS_WIDTH: usize = RECONNECTS_END - IP_END;
 
 /// Step 1: every field exactly in its column, with the values app_rpt prints.
-fn parse_fixed(line: &str) -> Option<XStatLink> {
+fn parse_fixed(line: &str) -> Option<XStatLink<'_>> {
     let name = padded(line.get(..NAME_END)?)?;
     let ip_col = line.get(NAME_END..IP_END)?;
     let ip = if ip_col.bytes().all(|b| b == b' ') {
@@ -163,8 +166,8 @@ fn parse_fixed(line: &str) -> Option<XStatLink> {
     let connected_seconds = parse_hms(padded(line.get(DIRECTION_END..TIME_END)?)?)?;
     let state = known_state(padded(line.get(TIME_END..)?)?)?;
     Some(XStatLink {
-        name: name.to_owned(),
-        ip: ip.map(str::to_owned),
+        name,
+        ip,
         reconnects,
         direction: Some(direction),
         connected_seconds,
@@ -197,7 +200,7 @@ fn known_state(word: &str) -> Option<LinkState> {
 }
 
 /// Step 2: anchored on the last three words (see the module doc).
-fn parse_anchored(line: &str) -> Result<XStatLink, RptError> {
+fn parse_anchored(line: &str) -> Result<XStatLink<'_>, RptError> {
     let words: Vec<(usize, &str)> = word_positions(line).collect();
     let n = words.len();
     if n < 4 {
@@ -220,8 +223,8 @@ fn parse_anchored(line: &str) -> Result<XStatLink, RptError> {
         parse_digits(text).ok_or_else(|| bad_field("reconnect count", text, "a number", line))?;
     let (name, ip) = split_name_ip(&line[..count_at], exact.is_some(), line)?;
     Ok(XStatLink {
-        name: name.to_owned(),
-        ip: ip.map(str::to_owned),
+        name,
+        ip,
         reconnects,
         direction,
         connected_seconds,

@@ -150,6 +150,98 @@ pub fn spawn_activity(handle: SimHandle, seed: u64, shutdown: CancellationToken)
     })
 }
 
+/// A steady load for benchmarks (`allstar-nexus simulate --links-per-node 25
+/// --link-keys-per-second 50`): every node gets `links_per_node` AllStar links, then link
+/// keyups and unkeys follow a fixed clock.
+///
+/// Change `k` happens at `k × period` after the Unix epoch (`period` = 1 / rate), on node
+/// `k mod N`, link `(k / N) mod L`, keyed when `(k / (N·L))` is even: a client that sees
+/// the change can tell when it was made without any other channel (the load-profile
+/// benchmark measures event→client latency this way). Each change is the four link events
+/// app_rpt sends (`RPT_ALINKS`, `RPT_NUMALINKS`, `RPT_LINKS`, `RPT_NUMLINKS`).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+pub struct SimLoad {
+    /// Give every node this many AllStar links at start (names: see `load_link_name`).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub links_per_node: usize,
+    /// Key or unkey one of those links this many times a second, round robin.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, value_parser = rate)]
+    pub link_keys_per_second: f64,
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=100_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a rate between 0 and 100000 a second"
+        )),
+    }
+}
+
+/// Link `j` of the node at index `i` in the `--nodes` list (AllStar numbers 400000 up).
+pub fn load_link_name(i: usize, j: usize) -> String {
+    (400_000 + i * 100 + j).to_string()
+}
+
+/// Which change `k` is: (node index, link index, keyed).
+pub fn load_change(k: u64, nodes: usize, links: usize) -> (usize, usize, bool) {
+    let (n, l) = (nodes.max(1) as u64, links.max(1) as u64);
+    (
+        (k % n) as usize,
+        ((k / n) % l) as usize,
+        (k / (n * l)) % 2 == 0,
+    )
+}
+
+impl SimLoad {
+    /// Adds the links and starts the keying clock (until `stop`); nothing when both are 0.
+    pub fn apply(&self, h: &SimHandle, stop: &CancellationToken) {
+        if self.links_per_node == 0 {
+            return;
+        }
+        let nodes: Vec<String> = h.truth().nodes.keys().cloned().collect();
+        for (i, node) in nodes.iter().enumerate() {
+            for j in 0..self.links_per_node {
+                let ip = format!("10.{}.{}.{}", i / 256, i % 256, j % 256);
+                h.connect_link(
+                    node,
+                    SimLink::allstar(load_link_name(i, j), ip, Direction::In),
+                );
+            }
+        }
+        if self.link_keys_per_second <= 0.0 {
+            return;
+        }
+        let period_us = (1e6 / self.link_keys_per_second).max(1.0) as u64;
+        let (h, stop, links) = (h.clone(), stop.clone(), self.links_per_node);
+        tokio::spawn(async move {
+            let mut k = unix_us() / period_us + 1;
+            loop {
+                let wait = (k * period_us).saturating_sub(unix_us());
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_micros(wait)) => {}
+                }
+                // Catch up (one change per tick) if the process was descheduled.
+                let due = unix_us() / period_us;
+                while k <= due {
+                    let (i, j, keyed) = load_change(k, nodes.len(), links);
+                    h.set_link_keyed(&nodes[i], &load_link_name(i, j), keyed);
+                    k += 1;
+                }
+            }
+        });
+    }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Something scheduled.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Task {
@@ -559,4 +651,51 @@ fn busiest(truth: &SimTruth) -> Option<(String, Vec<String>)> {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod load_tests {
+    use super::*;
+    use crate::sim::SimConfig;
+
+    #[test]
+    fn load_changes_walk_every_link_then_flip() {
+        // 2 nodes × 3 links: node alternates, link advances every 2, keyed flips every 6.
+        let seen: Vec<_> = (0..12).map(|k| load_change(k, 2, 3)).collect();
+        assert_eq!(
+            &seen[..4],
+            &[(0, 0, true), (1, 0, true), (0, 1, true), (1, 1, true)]
+        );
+        assert_eq!(seen[6], (0, 0, false));
+        assert_eq!(seen[11], (1, 2, false));
+        assert_eq!(load_link_name(3, 7), "400307");
+    }
+
+    #[tokio::test]
+    async fn load_adds_the_links_and_keys_them_on_the_clock() {
+        let h = SimHandle::detached(SimConfig {
+            nodes: vec!["2000".into(), "2001".into()],
+            ..SimConfig::default()
+        });
+        let stop = CancellationToken::new();
+        SimLoad {
+            links_per_node: 3,
+            link_keys_per_second: 1000.0,
+        }
+        .apply(&h, &stop);
+        let truth = h.truth();
+        assert_eq!(truth.nodes["2001"].links.len(), 3);
+        assert!(truth.nodes["2001"].links.iter().any(|l| l.name == "400102"));
+        let started = std::time::Instant::now();
+        while !h
+            .truth()
+            .nodes
+            .values()
+            .any(|n| n.links.iter().any(|l| l.keyed))
+        {
+            assert!(started.elapsed() < Duration::from_secs(10), "nothing keyed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+    }
 }

@@ -1,7 +1,8 @@
 //! The simulator's fault knobs as command-line flags (`allstar-nexus simulate --refuse
 //! …`), so a failure seen in a test can be reproduced from the shell. Each flag maps to the
 //! [`super::SimHandle`] method the tests use; the periodic ones (`--drop-every`,
-//! `--malformed-every`) run until the simulator stops.
+//! `--malformed-every`) run until the simulator stops. The benchmark load
+//! ([`super::activity::SimLoad`]: `--links-per-node`, `--link-keys-per-second`) rides along.
 
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct SimFaults {
     /// reply, then the session closes).
     #[arg(long)]
     pub rptstatus_abort: bool,
+    /// Not a fault: the benchmark load (links per node, link keyups a second).
+    #[command(flatten)]
+    pub load: super::activity::SimLoad,
 }
 
 impl Eq for SimFaults {}
@@ -71,6 +75,7 @@ impl SimFaults {
         if let Some(secs) = self.malformed_every.filter(|s| *s > 0) {
             every(secs, stop, h.clone(), |h| h.inject_raw(MALFORMED));
         }
+        self.load.apply(h, stop);
     }
 
     /// The knobs that are on, for the start-up log line.
@@ -100,6 +105,12 @@ impl SimFaults {
         }
         if let Some(s) = self.malformed_every {
             on.push(format!("malformed-every={s}s"));
+        }
+        if self.load.links_per_node > 0 {
+            on.push(format!(
+                "load={} links/node, {} link keys/s",
+                self.load.links_per_node, self.load.link_keys_per_second
+            ));
         }
         if on.is_empty() {
             "none".to_owned()

@@ -368,12 +368,12 @@ impl Engine {
 
     /// Reads one poll reply with its `rx_seq`; an unreadable one is a counted protocol
     /// error, a failed one (already counted by the poller) is `None`.
-    fn read_reply<T>(
+    fn read_reply<'r, T>(
         &self,
         p: &PollResult,
         reply: &'static str,
-        got: &Result<crate::ami::Reply, crate::ami::ActionError>,
-        parse: impl FnOnce(&Frame) -> Result<T, rpt::RptError>,
+        got: &'r Result<crate::ami::Reply, crate::ami::ActionError>,
+        parse: impl FnOnce(&'r Frame) -> Result<T, rpt::RptError>,
     ) -> Option<(T, u64)> {
         let r = got.as_ref().ok()?;
         match parse(&r.frame) {

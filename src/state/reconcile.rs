@@ -158,14 +158,14 @@ pub fn apply_keying(node: &mut NodeState, tx: bool, keyed: bool, seq: u64, ch: &
 
 /// An XStat reply (frame counter `p`): the links, their details, the network, and the
 /// local RX/TX state from the `Var:` lines.
-pub fn apply_xstat(node: &mut NodeState, x: &XStat, p: u64, ch: &mut Changes) {
+pub fn apply_xstat(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes) {
     node.removed.retain(|_, s| *s > p);
     let now = ch.now_ms;
-    let modes: Option<HashMap<&str, &ALink>> = x
+    let modes: Option<HashMap<&str, &ALink<&str>>> = x
         .alinks
         .as_ref()
-        .map(|v| v.iter().map(|a| (a.name.as_str(), a)).collect());
-    let in_poll: HashSet<&str> = x.links.iter().map(|l| l.name.as_str()).collect();
+        .map(|v| v.iter().map(|a| (a.name, a)).collect());
+    let in_poll: HashSet<&str> = x.links.iter().map(|l| l.name).collect();
     // Removed by the poll, unless a newer event touched them.
     let mut i = 0;
     while i < node.links.len() {
@@ -178,10 +178,10 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat, p: u64, ch: &mut Changes) {
     }
     let mut ordered = Vec::with_capacity(x.links.len());
     for xl in &x.links {
-        if node.removed.contains_key(&xl.name) {
+        if node.removed.contains_key(xl.name) {
             continue;
         }
-        let alink = modes.as_ref().map(|m| m.get(xl.name.as_str()).copied());
+        let alink = modes.as_ref().map(|m| m.get(xl.name).copied());
         // In XStat but not in RPT_ALINKS: a local-monitor link.
         let mode = match alink {
             Some(Some(a)) => a.mode,
@@ -193,8 +193,8 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat, p: u64, ch: &mut Changes) {
             Some(idx) => {
                 let l = &mut node.links[idx];
                 let mut fields = Vec::new();
-                if l.ip != xl.ip {
-                    l.ip = xl.ip.clone();
+                if l.ip.as_deref() != xl.ip {
+                    l.ip = xl.ip.map(str::to_owned);
                     fields.push("ip");
                 }
                 if l.direction != xl.direction {
@@ -226,8 +226,8 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat, p: u64, ch: &mut Changes) {
                 ordered.push(node.links[idx].name.clone());
             }
             None => {
-                let mut l = Link::new(&xl.name, now);
-                l.ip = xl.ip.clone();
+                let mut l = Link::new(xl.name, now);
+                l.ip = xl.ip.map(str::to_owned);
                 l.direction = xl.direction;
                 l.reconnects = xl.reconnects;
                 l.state = xl.state;
@@ -243,12 +243,24 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat, p: u64, ch: &mut Changes) {
                     let l = node.links[idx].clone();
                     ch.link_keying(node, &l, None);
                 }
-                ordered.push(xl.name.clone());
+                ordered.push(xl.name.to_owned());
             }
         }
     }
     reorder(node, &ordered);
-    node.linked_nodes = x.linked_nodes.clone();
+    // Copied only when the network changed (the reply's text is borrowed).
+    let same = node.linked_nodes.len() == x.linked_nodes.len()
+        && x.linked_nodes
+            .iter()
+            .zip(&node.linked_nodes)
+            .all(|(b, k)| b.same_as(k));
+    if !same {
+        node.linked_nodes = x
+            .linked_nodes
+            .iter()
+            .map(LinkedNode::to_owned_node)
+            .collect();
+    }
     if let Some(rx) = x.rx_keyed.filter(|_| node.rx.touched_seq <= p) {
         apply_keying(node, false, rx, p, ch);
     }
@@ -270,7 +282,7 @@ fn reorder(node: &mut NodeState, ordered: &[String]) {
 }
 
 /// A SawStat reply (frame counter `q`): keying per link, and the key/unkey ages.
-pub fn apply_sawstat(node: &mut NodeState, saw: &[SawStatLink], q: u64, ch: &mut Changes) {
+pub fn apply_sawstat(node: &mut NodeState, saw: &[SawStatLink<'_>], q: u64, ch: &mut Changes) {
     let now = ch.now_ms;
     for s in saw {
         let Some(idx) = node.links.iter().position(|l| l.name == s.name) else {

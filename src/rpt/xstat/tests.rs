@@ -20,10 +20,16 @@ fn conn(name: &str, ip: &str, reconnects: u32, dir: &str, time: &str, state: &st
         .collect()
 }
 
-fn link(name: &str, ip: Option<&str>, reconnects: u32, dir: Direction, secs: u64) -> XStatLink {
+fn link<'a>(
+    name: &'a str,
+    ip: Option<&'a str>,
+    reconnects: u32,
+    dir: Direction,
+    secs: u64,
+) -> XStatLink<'a> {
     XStatLink {
-        name: name.into(),
-        ip: ip.map(Into::into),
+        name,
+        ip,
         reconnects,
         direction: Some(dir),
         connected_seconds: secs,
@@ -31,23 +37,23 @@ fn link(name: &str, ip: Option<&str>, reconnects: u32, dir: Direction, secs: u64
     }
 }
 
-fn t(node: &str) -> LinkedNode {
+fn t(node: &str) -> LinkedNode<&str> {
     LinkedNode {
-        node: node.into(),
+        node,
         mode: Some(Mode::T),
     }
 }
 
-fn alink(name: &str, keyed: bool) -> ALink {
+fn alink(name: &str, keyed: bool) -> ALink<&str> {
     ALink {
-        name: name.into(),
+        name,
         mode: Some(Mode::T),
         keyed,
     }
 }
 
 /// Both steps must read a well-formed line the same way.
-fn both_ways(line: &str) -> XStatLink {
+fn both_ways(line: &str) -> XStatLink<'_> {
     let fixed = parse_fixed(line).expect("fixed columns apply");
     assert_eq!(
         parse_anchored(line),
@@ -59,8 +65,9 @@ fn both_ways(line: &str) -> XStatLink {
 
 #[test]
 fn composed_session_xstat() {
-    let x = parse_xstat(&samples::frame(samples::SESSION_XSTAT)).unwrap();
-    assert_eq!(x.node.as_deref(), Some("1999"));
+    let frame = samples::frame(samples::SESSION_XSTAT);
+    let x = parse_xstat(&frame).unwrap();
+    assert_eq!(x.node, Some("1999"));
     assert_eq!(
         x.links,
         vec![
@@ -73,7 +80,7 @@ fn composed_session_xstat() {
         x.linked_nodes,
         ["2000", "2001", "2005", "2006", "3123456"].map(t).to_vec()
     );
-    let var_names: Vec<&str> = x.vars.iter().map(|(k, _)| k.as_str()).collect();
+    let var_names: Vec<&str> = x.vars.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         var_names,
         [
@@ -101,7 +108,7 @@ fn composed_session_xstat() {
     );
     assert_eq!((x.rx_keyed, x.tx_keyed), (Some(false), Some(false)));
     assert_eq!(x.flags.len(), 13);
-    assert_eq!(x.flags[0], ("parrot_ena".to_owned(), "0".to_owned()));
+    assert_eq!(x.flags[0], ("parrot_ena", "0"));
     assert_eq!(x.flag("patch_state"), Some("4"));
     assert_eq!(x.flag("tel_mode"), Some("1"));
     assert_eq!(x.flag("ActionID"), None);
@@ -120,7 +127,7 @@ fn allmon3_issue_35_echolink_141_hours_action_id_first() {
     let frame = samples::frame(samples::ALLMON3_35_XSTAT);
     assert_eq!(frame.headers().next().map(|(k, _)| k), Some("ActionID"));
     let x = parse_xstat(&frame).unwrap();
-    assert_eq!(x.node.as_deref(), Some("547611"));
+    assert_eq!(x.node, Some("547611"));
     assert_eq!(
         x.links,
         vec![
@@ -161,7 +168,7 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
         "the capture's time column is too narrow"
     );
     let x = parse_xstat(&frame).unwrap();
-    assert_eq!(x.node.as_deref(), Some("61057"));
+    assert_eq!(x.node, Some("61057"));
     assert_eq!(
         x.links,
         vec![link("29999", Some("173.199.119.177"), 0, Direction::Out, 0)]
@@ -170,25 +177,20 @@ fn brucemack_real_xstat_with_collapsed_spacing() {
     assert_eq!(
         x.linked_nodes[0],
         LinkedNode {
-            node: "1010".into(),
+            node: "1010",
             mode: Some(Mode::R)
         }
     );
     assert_eq!(x.alinks, Some(vec![alink("29999", false)]));
     assert_eq!((x.rx_keyed, x.tx_keyed), (Some(false), Some(true)));
     assert_eq!(x.var("RPT_ETXKEYED"), Some("1"));
-    assert_eq!(
-        x.flags,
-        vec![
-            ("parrot_ena".into(), "0".into()),
-            ("tel_mode".into(), "2".into())
-        ]
-    );
+    assert_eq!(x.flags, vec![("parrot_ena", "0"), ("tel_mode", "2")]);
 }
 
 #[test]
 fn brucemack_idle_node() {
-    let x = parse_xstat(&samples::frame(samples::BRUCEMACK_IDLE_XSTAT)).unwrap();
+    let frame = samples::frame(samples::BRUCEMACK_IDLE_XSTAT);
+    let x = parse_xstat(&frame).unwrap();
     assert!(x.links.is_empty());
     assert!(x.linked_nodes.is_empty());
     assert_eq!(x.alinks, Some(vec![]));
@@ -309,23 +311,11 @@ fn reconnects_and_connecting_state() {
 
 #[test]
 fn hours_beyond_two_digits() {
-    let l = both_ways(&conn(
-        "2000",
-        "192.0.2.10",
-        0,
-        "OUT",
-        "141:46:12",
-        "ESTABLISHED",
-    ));
+    let line = conn("2000", "192.0.2.10", 0, "OUT", "141:46:12", "ESTABLISHED");
+    let l = both_ways(&line);
     assert_eq!(l.connected_seconds, 510_372);
-    let l = both_ways(&conn(
-        "2000",
-        "192.0.2.10",
-        0,
-        "OUT",
-        "12345:00:01",
-        "ESTABLISHED",
-    ));
+    let line = conn("2000", "192.0.2.10", 0, "OUT", "12345:00:01", "ESTABLISHED");
+    let l = both_ways(&line);
     assert_eq!(l.connected_seconds, 12345 * 3600 + 1);
 }
 
@@ -341,10 +331,7 @@ fn ten_character_name_glued_to_its_ip_reads_by_columns() {
     );
     assert!(line.starts_with("ABCDEFGHIJ192.0.2.1 "));
     let l = both_ways(&line);
-    assert_eq!(
-        (l.name.as_str(), l.ip.as_deref()),
-        ("ABCDEFGHIJ", Some("192.0.2.1"))
-    );
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJ", Some("192.0.2.1")));
 }
 
 #[test]
@@ -360,7 +347,7 @@ fn long_name_overflowing_into_the_ip() {
     assert!(line.starts_with("KC1FSZ-PORTAL192.0.2.1 "));
     let l = parse_conn_line(&line).unwrap();
     assert_eq!(l.name, "KC1FSZ-PORTAL");
-    assert_eq!(l.ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(l.ip, Some("192.0.2.1"));
     assert_eq!(
         (l.direction, l.connected_seconds),
         (Some(Direction::In), 60)
@@ -376,33 +363,19 @@ fn long_name_overflowing_into_the_ip() {
     );
     let l = parse_conn_line(&line).unwrap();
     assert_eq!(
-        (l.name.as_str(), l.ip.as_deref(), l.reconnects),
+        (l.name, l.ip, l.reconnects),
         ("NODE-1234567", Some("10.0.0.1"), 3)
     );
 }
 
 #[test]
 fn long_name_with_empty_ip() {
-    let l = parse_conn_line(&conn(
-        "ABCDEFGHIJKL",
-        "",
-        0,
-        "IN",
-        "00:00:30",
-        "ESTABLISHED",
-    ))
-    .unwrap();
-    assert_eq!((l.name.as_str(), l.ip), ("ABCDEFGHIJKL", None));
-    let l = parse_conn_line(&conn(
-        "ABCDEFGHIJKL",
-        "(none)",
-        0,
-        "OUT",
-        "00:00:30",
-        "CONNECTING",
-    ))
-    .unwrap();
-    assert_eq!((l.name.as_str(), l.ip), ("ABCDEFGHIJKL", None));
+    let line = conn("ABCDEFGHIJKL", "", 0, "IN", "00:00:30", "ESTABLISHED");
+    let l = parse_conn_line(&line).unwrap();
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", None));
+    let line = conn("ABCDEFGHIJKL", "(none)", 0, "OUT", "00:00:30", "CONNECTING");
+    let l = parse_conn_line(&line).unwrap();
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", None));
 }
 
 #[test]
@@ -427,8 +400,9 @@ fn ipv6_peer_overflowing_its_column() {
 fn ipv6_peer_of_exactly_twenty_characters() {
     let ip = "2001:db8:aaaa::1:2:3";
     assert_eq!(ip.len(), 20);
-    let l = both_ways(&conn("2000", ip, 5, "IN", "00:00:01", "ESTABLISHED"));
-    assert_eq!((l.ip.as_deref(), l.reconnects), (Some(ip), 5));
+    let line = conn("2000", ip, 5, "IN", "00:00:01", "ESTABLISHED");
+    let l = both_ways(&line);
+    assert_eq!((l.ip, l.reconnects), (Some(ip), 5));
 }
 
 #[test]
@@ -436,16 +410,14 @@ fn long_name_and_ipv6_both_overflowing() {
     let ip = "2001:db8:85a3::8a2e:370:7334";
     let line = conn("KC1FSZ-PORTAL", ip, 1, "IN", "00:00:02", "ESTABLISHED");
     let l = parse_conn_line(&line).unwrap();
-    assert_eq!(
-        (l.name.as_str(), l.ip.as_deref(), l.reconnects),
-        ("KC1FSZ-PORTAL", Some(ip), 1)
-    );
+    assert_eq!((l.name, l.ip, l.reconnects), ("KC1FSZ-PORTAL", Some(ip), 1));
 }
 
 #[test]
 fn echolink_empty_ip_column() {
-    let l = both_ways(&conn("3123456", "", 0, "IN", "00:02:15", "ESTABLISHED"));
-    assert_eq!((l.name.as_str(), l.ip), ("3123456", None));
+    let line = conn("3123456", "", 0, "IN", "00:02:15", "ESTABLISHED");
+    let l = both_ways(&line);
+    assert_eq!((l.name, l.ip), ("3123456", None));
 }
 
 #[test]
@@ -472,27 +444,17 @@ fn collapsed_spacing_everywhere() {
 #[test]
 fn collapsed_spacing_with_a_long_name() {
     let l = parse_conn_line("ABCDEFGHIJKL 0 IN 00:00:01 ESTABLISHED").unwrap();
-    assert_eq!((l.name.as_str(), l.ip), ("ABCDEFGHIJKL", None));
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", None));
     let l = parse_conn_line("ABCDEFGHIJKL192.0.2.1 0 IN 00:00:01 ESTABLISHED").unwrap();
-    assert_eq!(
-        (l.name.as_str(), l.ip.as_deref()),
-        ("ABCDEFGHIJKL", Some("192.0.2.1"))
-    );
+    assert_eq!((l.name, l.ip), ("ABCDEFGHIJKL", Some("192.0.2.1")));
 }
 
 #[test]
 fn unknown_words_are_tolerated_as_none() {
-    let l = parse_conn_line(&conn(
-        "2000",
-        "192.0.2.10",
-        0,
-        "SIDEWAYS",
-        "00:00:01",
-        "DRAINING",
-    ))
-    .unwrap();
+    let line = conn("2000", "192.0.2.10", 0, "SIDEWAYS", "00:00:01", "DRAINING");
+    let l = parse_conn_line(&line).unwrap();
     assert_eq!((l.direction, l.state), (None, None));
-    assert_eq!(l.ip.as_deref(), Some("192.0.2.10"));
+    assert_eq!(l.ip, Some("192.0.2.10"));
 }
 
 #[test]
@@ -556,15 +518,8 @@ fn non_ascii_text_does_not_panic() {
     ] {
         let _ = parse_conn_line(line);
     }
-    let l = parse_conn_line(&conn(
-        "Ünï",
-        "192.0.2.1",
-        0,
-        "IN",
-        "00:00:01",
-        "ESTABLISHED",
-    ))
-    .unwrap();
+    let line = conn("Ünï", "192.0.2.1", 0, "IN", "00:00:01", "ESTABLISHED");
+    let l = parse_conn_line(&line).unwrap();
     assert_eq!(l.name, "Ünï");
 }
 
@@ -601,8 +556,8 @@ mod layout_round_trip {
             let line = conn(&name, &ip, reconnects, dir, &format_elapsed(secs), state);
             let link = parse_conn_line(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let expected_ip = (!ip.is_empty() && ip != "(none)").then_some(ip.as_str());
-            prop_assert_eq!(link.name.as_str(), name.as_str(), "{:?}", line);
-            prop_assert_eq!(link.ip.as_deref(), expected_ip, "{:?}", line);
+            prop_assert_eq!(link.name, name.as_str(), "{:?}", line);
+            prop_assert_eq!(link.ip, expected_ip, "{:?}", line);
             prop_assert_eq!(link.reconnects, reconnects);
             prop_assert_eq!(link.direction, Some(if outbound { Direction::Out } else { Direction::In }));
             prop_assert_eq!(link.connected_seconds, secs);

@@ -10,7 +10,8 @@ fn node() -> NodeState {
     NodeState::new("1999", "default", Duration::from_secs(60))
 }
 
-fn alink(name: &str, mode: Mode, keyed: bool) -> ALink {
+/// An `RPT_ALINKS` entry: owned (an event) or borrowed (inside an XStat reply).
+fn alink<S: From<&'static str>>(name: &'static str, mode: Mode, keyed: bool) -> ALink<S> {
     ALink {
         name: name.into(),
         mode: Some(mode),
@@ -18,10 +19,10 @@ fn alink(name: &str, mode: Mode, keyed: bool) -> ALink {
     }
 }
 
-fn xlink(name: &str, ip: Option<&str>, dir: Direction, secs: u64) -> XStatLink {
+fn xlink<'a>(name: &'a str, ip: Option<&'a str>, dir: Direction, secs: u64) -> XStatLink<'a> {
     XStatLink {
-        name: name.into(),
-        ip: ip.map(str::to_owned),
+        name,
+        ip,
         reconnects: 0,
         direction: Some(dir),
         connected_seconds: secs,
@@ -29,9 +30,9 @@ fn xlink(name: &str, ip: Option<&str>, dir: Direction, secs: u64) -> XStatLink {
     }
 }
 
-fn xstat(links: Vec<XStatLink>, alinks: Option<Vec<ALink>>) -> XStat {
+fn xstat<'a>(links: Vec<XStatLink<'a>>, alinks: Option<Vec<ALink<&'a str>>>) -> XStat<'a> {
     XStat {
-        node: Some("1999".into()),
+        node: Some("1999"),
         links,
         linked_nodes: Vec::new(),
         vars: Vec::new(),
@@ -202,7 +203,7 @@ fn an_older_poll_does_not_undo_a_newer_event() {
     apply_sawstat(
         &mut n,
         &[SawStatLink {
-            name: "2001".into(),
+            name: "2001",
             keyed: false,
             secs_since_key: None,
             secs_since_unkey: None,
@@ -248,7 +249,7 @@ fn lost_unkey_is_corrected_by_sawstat_with_the_real_duration() {
     // The unkey event was lost; SawStat 30 s later says it unkeyed 20 s ago.
     let mut ch = Changes::new(T0 + 30_000, &db);
     let saw = SawStatLink {
-        name: "2000".into(),
+        name: "2000",
         keyed: false,
         secs_since_key: Some(30),
         secs_since_unkey: Some(20),
