@@ -32,9 +32,10 @@ impl World {
         let yaml = format!(
             "listen: 127.0.0.1:0\nami_port: {}\nami_username: admin\nami_password: nexus-sim\n\
              ami_retry_interval: 1s\nami_retry_max: 2s\nastdb_path: /nonexistent/astdb.txt\n\
-             script_dirs: [{:?}]\nnodes:\n  - node_id: 1999\n{settings}",
+             script_dirs: [{:?}]\nstate_dir: {:?}\nnodes:\n  - node_id: 1999\n{settings}",
             sim.addr().port(),
-            dir.path().display().to_string()
+            dir.path().display().to_string(),
+            dir.path().join("state").display().to_string()
         );
         let config = allstar_nexus::config::Config::parse(&yaml, "e2e.yaml", None).expect("config");
         let daemon = daemon::start(config, CancellationToken::new())

@@ -138,28 +138,33 @@ pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
-/// Brings the file up to `target` (at most [`CURRENT`]).
+/// Brings the file up to `target` (at most [`CURRENT`]). Each step reads the version
+/// inside its own write transaction (`BEGIN IMMEDIATE`), so two processes opening the
+/// same new file at once take turns instead of both creating the tables.
 pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), String> {
-    let have = version(conn).map_err(|e| format!("cannot read the schema version: {e}"))?;
-    if have > CURRENT {
-        return Err(format!(
-            "the database has schema version {have}, newer than this build understands ({CURRENT}); \
-             use a newer allstar-nexus or another history.path"
-        ));
-    }
-    for v in have..target.min(CURRENT) {
+    let target = target.min(CURRENT);
+    loop {
         let tx = conn
-            .transaction()
-            .map_err(|e| format!("cannot start migration {}: {e}", v + 1))?;
-        tx.execute_batch(MIGRATIONS[v as usize])
-            .map_err(|e| format!("migration to version {} failed: {e}", v + 1))?;
-        tx.pragma_update(None, "user_version", v + 1)
-            .map_err(|e| format!("cannot record schema version {}: {e}", v + 1))?;
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| format!("cannot start a schema migration: {e}"))?;
+        let have = version(&tx).map_err(|e| format!("cannot read the schema version: {e}"))?;
+        if have > CURRENT {
+            return Err(format!(
+                "the database has schema version {have}, newer than this build understands ({CURRENT}); \
+                 use a newer allstar-nexus or another history.path"
+            ));
+        }
+        if have >= target {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[have as usize])
+            .map_err(|e| format!("migration to version {} failed: {e}", have + 1))?;
+        tx.pragma_update(None, "user_version", have + 1)
+            .map_err(|e| format!("cannot record schema version {}: {e}", have + 1))?;
         tx.commit()
-            .map_err(|e| format!("cannot commit migration {}: {e}", v + 1))?;
-        tracing::info!("[HISTORY] database schema migrated to version {}", v + 1);
+            .map_err(|e| format!("cannot commit migration {}: {e}", have + 1))?;
+        tracing::info!("[HISTORY] database schema migrated to version {}", have + 1);
     }
-    Ok(())
 }
 
 /// Brings the file up to date.

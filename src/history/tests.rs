@@ -82,6 +82,29 @@ fn wait_rows(h: &History, sql: &str, n: i64) {
 }
 
 #[test]
+fn two_processes_opening_a_new_file_at_once_both_end_at_the_current_schema() {
+    let path = temp_db("race");
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (path, start) = (path.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut c = Connection::open(&path).expect("open");
+                c.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                start.wait();
+                schema::migrate(&mut c)
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().expect("thread"), Ok(()));
+    }
+    let c = Connection::open(&path).expect("open");
+    assert_eq!(schema::version(&c).expect("version"), schema::CURRENT);
+}
+
+#[test]
 fn a_version_1_file_is_migrated_and_its_hourly_totals_backfilled() {
     let path = temp_db("migrate");
     {

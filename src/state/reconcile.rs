@@ -17,7 +17,7 @@ use super::change::{ChangeEvent, ChangeKind};
 use super::model::{LinkState, LinkedNode, Mode};
 use super::node::{Link, NodeState};
 use crate::astdb::AstDb;
-use crate::rpt::{ALink, SawStatLink, XStat};
+use crate::rpt::{ALink, SawStatLink, XStat, XStatLink};
 
 /// Builds changes for one node; collects them in order.
 pub struct Changes<'a> {
@@ -160,13 +160,36 @@ pub fn apply_keying(node: &mut NodeState, tx: bool, keyed: bool, seq: u64, ch: &
 /// local RX/TX state from the `Var:` lines.
 pub fn apply_xstat(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes) {
     node.removed.retain(|_, s| *s > p);
-    let now = ch.now_ms;
     let modes: Option<HashMap<&str, &ALink<&str>>> = x
         .alinks
         .as_ref()
         .map(|v| v.iter().map(|a| (a.name, a)).collect());
+    remove_missing_links(node, x, p, ch);
+    let mut ordered = Vec::with_capacity(x.links.len());
+    for xl in &x.links {
+        if node.removed.contains_key(xl.name) {
+            continue;
+        }
+        let alink = modes.as_ref().map(|m| m.get(xl.name).copied());
+        let name = match node.links.iter().position(|l| l.name == xl.name) {
+            Some(idx) => update_link(node, idx, xl, alink, p, ch),
+            None => add_link(node, xl, alink, p, ch),
+        };
+        ordered.push(name);
+    }
+    reorder(node, &ordered);
+    apply_network(node, x);
+    if let Some(rx) = x.rx_keyed.filter(|_| node.rx.touched_seq <= p) {
+        apply_keying(node, false, rx, p, ch);
+    }
+    if let Some(tx) = x.tx_keyed.filter(|_| node.tx.touched_seq <= p) {
+        apply_keying(node, true, tx, p, ch);
+    }
+}
+
+/// Links the poll no longer shows are disconnected, unless a newer event touched them.
+fn remove_missing_links(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes) {
     let in_poll: HashSet<&str> = x.links.iter().map(|l| l.name).collect();
-    // Removed by the poll, unless a newer event touched them.
     let mut i = 0;
     while i < node.links.len() {
         let l = &node.links[i];
@@ -176,79 +199,96 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes
             ch.disconnect(node, i);
         }
     }
-    let mut ordered = Vec::with_capacity(x.links.len());
-    for xl in &x.links {
-        if node.removed.contains_key(xl.name) {
-            continue;
+}
+
+/// The link's mode from RPT_ALINKS: `alink` is `None` when the reply had no ALINKS, and
+/// `Some(None)` for a link in XStat but not in ALINKS (a local-monitor link).
+fn xstat_mode(alink: Option<Option<&ALink<&str>>>) -> Option<Mode> {
+    match alink {
+        Some(Some(a)) => a.mode,
+        Some(None) => Some(Mode::L),
+        None => None,
+    }
+}
+
+/// An existing link brought up to the poll: IP, direction, reconnects, and (unless a
+/// newer event set them) mode and state; one `link_updated` naming what changed.
+fn update_link(
+    node: &mut NodeState,
+    idx: usize,
+    xl: &XStatLink<'_>,
+    alink: Option<Option<&ALink<&str>>>,
+    p: u64,
+    ch: &mut Changes,
+) -> String {
+    let mode = xstat_mode(alink);
+    let connected_at = ch.now_ms.saturating_sub(xl.connected_seconds * 1000);
+    let l = &mut node.links[idx];
+    let mut fields = Vec::new();
+    if l.ip.as_deref() != xl.ip {
+        l.ip = xl.ip.map(str::to_owned);
+        fields.push("ip");
+    }
+    if l.direction != xl.direction {
+        l.direction = xl.direction;
+        fields.push("direction");
+    }
+    if l.reconnects != xl.reconnects {
+        l.reconnects = xl.reconnects;
+        fields.push("reconnects");
+    }
+    if l.touched_seq <= p {
+        if mode.is_some() && l.mode != mode {
+            l.mode = mode;
+            fields.push("mode");
         }
-        let alink = modes.as_ref().map(|m| m.get(xl.name).copied());
-        // In XStat but not in RPT_ALINKS: a local-monitor link.
-        let mode = match alink {
-            Some(Some(a)) => a.mode,
-            Some(None) => Some(Mode::L),
-            None => None,
-        };
-        let connected_at = now.saturating_sub(xl.connected_seconds * 1000);
-        match node.links.iter().position(|l| l.name == xl.name) {
-            Some(idx) => {
-                let l = &mut node.links[idx];
-                let mut fields = Vec::new();
-                if l.ip.as_deref() != xl.ip {
-                    l.ip = xl.ip.map(str::to_owned);
-                    fields.push("ip");
-                }
-                if l.direction != xl.direction {
-                    l.direction = xl.direction;
-                    fields.push("direction");
-                }
-                if l.reconnects != xl.reconnects {
-                    l.reconnects = xl.reconnects;
-                    fields.push("reconnects");
-                }
-                if l.touched_seq <= p {
-                    if mode.is_some() && l.mode != mode {
-                        l.mode = mode;
-                        fields.push("mode");
-                    }
-                    if xl.state.is_some() && l.state != xl.state {
-                        l.state = xl.state;
-                        fields.push("state");
-                    }
-                }
-                // Connected time is corrected silently: it is a clock, not an event.
-                if l.connected_at_ms.abs_diff(connected_at) > 2000 {
-                    l.connected_at_ms = connected_at;
-                }
-                if !fields.is_empty() {
-                    let link = l.clone();
-                    ch.link(node, &link, ChangeKind::LinkUpdated).fields = fields;
-                }
-                ordered.push(node.links[idx].name.clone());
-            }
-            None => {
-                let mut l = Link::new(xl.name, now);
-                l.ip = xl.ip.map(str::to_owned);
-                l.direction = xl.direction;
-                l.reconnects = xl.reconnects;
-                l.state = xl.state;
-                l.mode = mode;
-                l.connected_at_ms = connected_at;
-                l.touched_seq = p;
-                ch.link(node, &l, ChangeKind::LinkConnected);
-                let keyed = matches!(alink, Some(Some(a)) if a.keyed);
-                node.links.push(l);
-                if keyed {
-                    let idx = node.links.len() - 1;
-                    node.links[idx].set_keyed(true, now);
-                    let l = node.links[idx].clone();
-                    ch.link_keying(node, &l, None);
-                }
-                ordered.push(xl.name.to_owned());
-            }
+        if xl.state.is_some() && l.state != xl.state {
+            l.state = xl.state;
+            fields.push("state");
         }
     }
-    reorder(node, &ordered);
-    // Copied only when the network changed (the reply's text is borrowed).
+    // Connected time is corrected silently: it is a clock, not an event.
+    if l.connected_at_ms.abs_diff(connected_at) > 2000 {
+        l.connected_at_ms = connected_at;
+    }
+    if !fields.is_empty() {
+        let link = l.clone();
+        ch.link(node, &link, ChangeKind::LinkUpdated).fields = fields;
+    }
+    node.links[idx].name.clone()
+}
+
+/// A link the model did not have: `link_connected`, then its keying if ALINKS says keyed.
+fn add_link(
+    node: &mut NodeState,
+    xl: &XStatLink<'_>,
+    alink: Option<Option<&ALink<&str>>>,
+    p: u64,
+    ch: &mut Changes,
+) -> String {
+    let now = ch.now_ms;
+    let mut l = Link::new(xl.name, now);
+    l.ip = xl.ip.map(str::to_owned);
+    l.direction = xl.direction;
+    l.reconnects = xl.reconnects;
+    l.state = xl.state;
+    l.mode = xstat_mode(alink);
+    l.connected_at_ms = now.saturating_sub(xl.connected_seconds * 1000);
+    l.touched_seq = p;
+    ch.link(node, &l, ChangeKind::LinkConnected);
+    let keyed = matches!(alink, Some(Some(a)) if a.keyed);
+    node.links.push(l);
+    if keyed {
+        let idx = node.links.len() - 1;
+        node.links[idx].set_keyed(true, now);
+        let l = node.links[idx].clone();
+        ch.link_keying(node, &l, None);
+    }
+    xl.name.to_owned()
+}
+
+/// LinkedNodes, copied only when the network changed (the reply's text is borrowed).
+fn apply_network(node: &mut NodeState, x: &XStat<'_>) {
     let same = node.linked_nodes.len() == x.linked_nodes.len()
         && x.linked_nodes
             .iter()
@@ -260,12 +300,6 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes
             .iter()
             .map(LinkedNode::to_owned_node)
             .collect();
-    }
-    if let Some(rx) = x.rx_keyed.filter(|_| node.rx.touched_seq <= p) {
-        apply_keying(node, false, rx, p, ch);
-    }
-    if let Some(tx) = x.tx_keyed.filter(|_| node.tx.touched_seq <= p) {
-        apply_keying(node, true, tx, p, ch);
     }
 }
 
