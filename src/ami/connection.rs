@@ -518,6 +518,85 @@ type Reader = FramedRead<tokio::io::ReadHalf<Box<dyn AmiStream>>, AmiCodec>;
 type Writer = FramedWrite<tokio::io::WriteHalf<Box<dyn AmiStream>>, AmiCodec>;
 
 /// A logged-in session's streams.
+/// One session's keepalive: a Ping after `interval` of silence, and a reset when a Ping
+/// or the first action written since the peer last spoke gets no frame back within
+/// `timeout` (that action is the probe a Ping would be, so no Ping is sent meanwhile).
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+    last_rx: Instant,
+    /// The Ping waiting for its reply: its ActionID and when it was written.
+    ping: Option<(String, Instant)>,
+    /// When the first action since the peer last spoke was written.
+    probe: Option<Instant>,
+}
+
+/// What the keepalive timer says when it fires.
+enum Tick {
+    /// A Ping or a probe went unanswered for `timeout`: the peer is gone.
+    Dead,
+    /// Silent for `interval` with nothing waiting: send a Ping.
+    Ping,
+    /// Nothing to do until then.
+    Wait(Instant),
+}
+
+impl Keepalive {
+    fn new(interval: Duration, timeout: Duration) -> Keepalive {
+        Keepalive {
+            interval,
+            timeout,
+            last_rx: Instant::now(),
+            ping: None,
+            probe: None,
+        }
+    }
+
+    /// A frame came: the peer is alive.
+    fn heard(&mut self) {
+        self.last_rx = Instant::now();
+        self.probe = None;
+    }
+
+    /// Whether `frame` is the reply to our Ping.
+    fn answers(&self, frame: &Frame) -> bool {
+        self.ping
+            .as_ref()
+            .is_some_and(|(id, _)| frame.action_id() == Some(id.as_str()))
+    }
+
+    /// An action was written; the deadline for an answer when it is the probe.
+    fn wrote(&mut self) -> Option<Instant> {
+        if self.probe.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        self.probe = Some(now);
+        Some(now + self.timeout)
+    }
+
+    fn tick(&self, now: Instant) -> Tick {
+        // The oldest unanswered write since the peer last spoke: a Ping or an action.
+        let oldest = match (&self.ping, self.probe) {
+            (Some((_, p)), Some(a)) => Some((*p).min(a)),
+            (Some((_, p)), None) => Some(*p),
+            (None, a) => a,
+        };
+        match oldest {
+            Some(sent) if now >= sent + self.timeout => Tick::Dead,
+            Some(sent) => Tick::Wait(sent + self.timeout),
+            None if now >= self.last_rx + self.interval => Tick::Ping,
+            None => Tick::Wait(self.last_rx + self.interval),
+        }
+    }
+
+    /// A Ping was written at `now`; the deadline for its reply.
+    fn pinged(&mut self, id: String, now: Instant) -> Instant {
+        self.ping = Some((id, now));
+        now + self.timeout
+    }
+}
+
 struct Session {
     reader: Reader,
     writer: Writer,
@@ -801,14 +880,11 @@ impl Supervisor {
     /// Runs a logged-in session until it fails; returns why.
     async fn serve(&mut self, mut session: Session) -> ConnectError {
         let mut book = Book::default();
-        let keepalive = self.parts.settings.keepalive_interval;
-        let ping_timeout = self.parts.settings.keepalive_timeout;
-        let mut last_rx = Instant::now();
-        let mut ping: Option<(String, Instant)> = None;
-        // When the first action since the peer last spoke was written: it is the probe a
-        // Ping would be, so no Ping is sent while it waits (and its silence resets too).
-        let mut probe: Option<Instant> = None;
-        let timer = tokio::time::sleep(keepalive);
+        let mut ka = Keepalive::new(
+            self.parts.settings.keepalive_interval,
+            self.parts.settings.keepalive_timeout,
+        );
+        let timer = tokio::time::sleep(ka.interval);
         tokio::pin!(timer);
         let shutdown = self.parts.shutdown.clone();
         let err = loop {
@@ -823,33 +899,29 @@ impl Supervisor {
                     Some(Err(e)) => break self.codec_error(e),
                     Some(Ok(Incoming::Banner(_))) => {}
                     Some(Ok(Incoming::Frame(frame))) => {
-                        last_rx = Instant::now();
-                        probe = None;
+                        ka.heard();
                         self.rx_seq += 1;
                         if frame.event().is_some() {
                             self.forward_event(frame);
-                        } else if ping.as_ref().is_some_and(|(id, _)| frame.action_id() == Some(id.as_str())) {
-                            ping = None;
-                            AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Ok }
-                                .emit(&self.parts.metrics);
+                        } else if ka.answers(&frame) {
+                            ka.ping = None;
+                            self.ping_done(ActionResult::Ok);
                         } else {
                             self.on_reply(&mut book, frame);
                         }
                     }
                 },
                 Some(cmd) = self.commands.recv() => {
-                    let Some(id) = cmd.action.get("ActionID").map(str::to_owned) else { continue };
-                    if let Err(e) = session.writer.send(&cmd.action).await {
-                        let _ = cmd.tx.send(Err(ActionError::Disconnected { server: self.name.to_string(), reason: e.to_string() }));
-                        break self.codec_error(e);
+                    match self.write_action(&mut session, &mut book, cmd).await {
+                        Err(e) => break e,
+                        Ok(false) => continue,
+                        Ok(true) => {}
                     }
-                    book.add(id, Pending { tx: cmd.tx, action: cmd.action.name().to_owned() });
-                    if probe.is_none() {
-                        // Its reply (or any frame) must come within the keepalive timeout.
-                        let now = Instant::now();
-                        probe = Some(now);
-                        if now + ping_timeout < timer.deadline() {
-                            timer.as_mut().reset(now + ping_timeout);
+                    // The first action since the peer last spoke is the probe: its reply
+                    // (or any frame) must come within the keepalive timeout.
+                    if let Some(deadline) = ka.wrote() {
+                        if deadline < timer.deadline() {
+                            timer.as_mut().reset(deadline);
                         }
                     }
                 },
@@ -857,46 +929,70 @@ impl Supervisor {
                     // Forget actions whose caller gave up (timed out).
                     book.forget_abandoned();
                     let now = Instant::now();
-                    // The oldest unanswered write since the peer last spoke: a Ping or an action.
-                    let oldest = match (&ping, probe) {
-                        (Some((_, p)), Some(a)) => Some((*p).min(a)),
-                        (Some((_, p)), None) => Some(*p),
-                        (None, a) => a,
-                    };
-                    if let Some(sent) = oldest {
-                        if now >= sent + ping_timeout {
-                            if ping.take().is_some() {
-                                AmiActionDone { server: &self.name, action: "Ping", result: ActionResult::Timeout }
-                                    .emit(&self.parts.metrics);
+                    match ka.tick(now) {
+                        Tick::Dead => {
+                            if ka.ping.take().is_some() {
+                                self.ping_done(ActionResult::Timeout);
                             }
-                            break ConnectError::KeepaliveTimeout(ping_timeout);
+                            break ConnectError::KeepaliveTimeout(ka.timeout);
                         }
-                        timer.as_mut().reset(sent + ping_timeout);
-                    } else if now >= last_rx + keepalive {
-                        let id = format!("nx-{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-                        if let Ok(action) = Action::new("Ping").and_then(|a| a.header("ActionID", &id)) {
-                            if let Err(e) = session.writer.send(&action).await {
-                                break self.codec_error(e);
+                        Tick::Wait(deadline) => timer.as_mut().reset(deadline),
+                        Tick::Ping => {
+                            let id = format!("nx-{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+                            if let Ok(action) = Action::new("Ping").and_then(|a| a.header("ActionID", &id)) {
+                                if let Err(e) = session.writer.send(&action).await {
+                                    break self.codec_error(e);
+                                }
                             }
+                            timer.as_mut().reset(ka.pinged(id, now));
                         }
-                        ping = Some((id, now));
-                        timer.as_mut().reset(now + ping_timeout);
-                    } else {
-                        timer.as_mut().reset(last_rx + keepalive);
                     }
                 }
             }
         };
-        if ping.is_some() {
-            AmiActionDone {
-                server: &self.name,
-                action: "Ping",
-                result: ActionResult::Disconnected,
-            }
-            .emit(&self.parts.metrics);
+        if ka.ping.is_some() {
+            self.ping_done(ActionResult::Disconnected);
         }
         self.fail_all(book, &err);
         err
+    }
+
+    /// Counts the keepalive Ping's outcome (`nexus_ami_actions_total{action="Ping"}`).
+    fn ping_done(&self, result: ActionResult) {
+        AmiActionDone {
+            server: &self.name,
+            action: "Ping",
+            result,
+        }
+        .emit(&self.parts.metrics);
+    }
+
+    /// Writes a caller's action and books it for its reply; a failed write fails the
+    /// caller and ends the session. An action without an `ActionID` is not sent (`false`).
+    async fn write_action(
+        &mut self,
+        session: &mut Session,
+        book: &mut Book,
+        cmd: Command,
+    ) -> Result<bool, ConnectError> {
+        let Some(id) = cmd.action.get("ActionID").map(str::to_owned) else {
+            return Ok(false);
+        };
+        if let Err(e) = session.writer.send(&cmd.action).await {
+            let _ = cmd.tx.send(Err(ActionError::Disconnected {
+                server: self.name.to_string(),
+                reason: e.to_string(),
+            }));
+            return Err(self.codec_error(e));
+        }
+        book.add(
+            id,
+            Pending {
+                tx: cmd.tx,
+                action: cmd.action.name().to_owned(),
+            },
+        );
+        Ok(true)
     }
 
     /// A reply: completes the action it belongs to, or is counted as a protocol error.
