@@ -106,9 +106,6 @@ struct FleetArgs {
     /// Node number of the first fleet node (the rest follow in order).
     #[arg(long, value_name = "NODE", default_value_t = 10_000)]
     first_node: u64,
-    /// Established links each fleet node starts with.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    links_per_node: usize,
     /// Write a daemon configuration watching the whole fleet (the chosen ports) here.
     #[arg(long, value_name = "PATH")]
     write_config: Option<PathBuf>,
@@ -233,7 +230,11 @@ async fn run_fleet(
         servers: args.servers.unwrap_or(1),
         nodes_per_server: args.nodes_per_server,
         first_node: args.first_node,
-        links_per_node: args.links_per_node,
+        // `--links-per-node` (the load knob, shared): fleet nodes start with 2 when unset.
+        links_per_node: match template.faults.load.links_per_node {
+            0 => 2,
+            n => n,
+        },
         listen,
         template,
     };
@@ -268,4 +269,32 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         config.listen
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency check: no two arguments of a command share a name (the
+    /// fleet and the load knobs once both declared `--links-per-node`).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn simulate_takes_the_load_and_fleet_knobs_together() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "allstar-nexus",
+            "simulate",
+            "--servers",
+            "3",
+            "--links-per-node",
+            "25",
+            "--link-keys-per-second",
+            "50",
+        ]);
+        assert!(cli.is_ok(), "{:?}", cli.err().map(|e| e.to_string()));
+    }
 }
