@@ -8,13 +8,14 @@
 //!   `nexus_ami_actions_total`, and a change whose event was lost shows within one poll.
 
 mod common;
+mod idle_rig;
 
 use std::time::Duration;
 
 use allstar_nexus::ami::Action;
 use allstar_nexus::config::AmiSettings;
 use allstar_nexus::poller::poll_once;
-use allstar_nexus::sim::{self, SimConfig, SimHandle, SimLink};
+use allstar_nexus::sim::{SimHandle, SimLink};
 use allstar_nexus::state::model::Direction;
 use common::{Outcome, settings, supervise_scripted, wait_connected};
 use tokio::time::Instant;
@@ -73,66 +74,14 @@ async fn polls_stand_in_for_pings_and_a_peer_silent_after_an_action_is_reset() {
     stop.cancel();
 }
 
-/// A plugin folder holding the bundled adaptive polling plugin.
-fn plugin_dir() -> std::path::PathBuf {
-    let dir = common::temp_dir("ami-load");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/adaptive_polling.lua");
-    std::fs::copy(&src, dir.join("adaptive_polling.lua")).expect("copy the plugin");
-    dir
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_idle_node_costs_at_most_two_actions_a_minute_and_a_lost_event_is_corrected_within_one_poll()
  {
     let nodes = ["1999", "2000"];
-    let sim = sim::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        SimConfig {
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .expect("simulator");
-    let plugins = plugin_dir();
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\n\
-         ami_password: {}\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: [{:?}]\n\
-         state_dir: {}\nnodes:\n  - node_id: 1999\n  - node_id: 2000\n",
-        sim.addr().port(),
-        common::SECRET,
-        plugins.display().to_string(),
-        common::temp_dir("ami-load-state").display()
-    );
-    let config = allstar_nexus::config::Config::parse(&yaml, "ami_load", None).expect("config");
-    let daemon = allstar_nexus::daemon::start(config, CancellationToken::new())
-        .await
-        .expect("daemon");
-    let src = std::fs::read(plugins.join("adaptive_polling.lua")).expect("plugin");
-    // The Lua host is a thread of its own: wait in real time (paused tokio time would
-    // jump past any timeout while it loads).
-    let loading = std::time::Instant::now();
-    while !daemon
-        .scripts
-        .wait_version("adaptive_polling.lua", &src, Duration::ZERO)
-        .await
-    {
-        assert!(
-            loading.elapsed() < Duration::from_secs(30),
-            "the plugin did not load"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-        tokio::task::yield_now().await;
-    }
-    // Connected and first polls done; then ten idle minutes.
+    let rig = idle_rig::start(&nodes, "", &idle_rig::temp_dir("ami-load")).await;
+    let (sim, daemon) = (&rig.sim, &rig.daemon);
     let state = daemon.app.state.clone();
-    while nodes
-        .iter()
-        .any(|n| state.node(n).is_none_or(|v| v.last_poll.is_none()))
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sim.clear_recorded();
+    // Ten idle minutes.
     tokio::time::sleep(Duration::from_secs(600)).await;
     let recorded = sim.recorded_actions();
     let per_node_minute = recorded.len() as f64 / nodes.len() as f64 / 10.0;
@@ -141,7 +90,7 @@ async fn an_idle_node_costs_at_most_two_actions_a_minute_and_a_lost_event_is_cor
         "{per_node_minute} actions per idle node per minute: {:?}",
         recorded.iter().map(|a| a.action()).collect::<Vec<_>>()
     );
-    assert_eq!(count(&sim, "Ping"), 0);
+    assert_eq!(count(sim, "Ping"), 0);
     // Every one of them counted, under its server and action.
     let counted = daemon
         .app
