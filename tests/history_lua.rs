@@ -65,7 +65,8 @@ async fn scripts_read_history_and_their_store_survives_a_restart() {
     let state = temp_dir("lua-state");
 
     let d = start(sim.addr().port(), &scripts, &state).await;
-    wait_until("first run", || alert(&d, "runs").is_some()).await;
+    // The script raises "runs" then "checks" on its own thread: wait for the second.
+    wait_until("first run", || alert(&d, "checks").is_some()).await;
     assert_eq!(alert(&d, "runs").as_deref(), Some("1 3.5"));
     assert_eq!(alert(&d, "checks").as_deref(), Some("false false"));
     wait_until("link seen", || {
