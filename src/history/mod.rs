@@ -12,9 +12,9 @@ pub mod query;
 pub mod schema;
 mod writer;
 
+use flume::{Sender, TrySendError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ pub(crate) enum Op {
 }
 
 struct Inner {
-    tx: SyncSender<Op>,
+    tx: Sender<Op>,
     reader: Mutex<Connection>,
     depth: Arc<AtomicI64>,
     metrics: Metrics,
@@ -140,7 +140,7 @@ impl History {
         let mut conn = connect(path, false).map_err(|e| fail("cannot open", &e))?;
         schema::migrate(&mut conn).map_err(|e| fail("cannot migrate", &e))?;
         let reader = connect(path, true).map_err(|e| fail("cannot open for reading", &e))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
+        let (tx, rx) = flume::bounded(cfg.queue.max(1));
         let depth = Arc::new(AtomicI64::new(0));
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let parts = writer::Parts {

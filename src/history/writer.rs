@@ -3,10 +3,10 @@
 //! (`meta.last_alive_ms`) is written with every batch and at least once a second, so rows
 //! a crash leaves open can be closed at the last moment the daemon was known alive.
 
+use flume::{Receiver, RecvTimeoutError, TryRecvError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -112,8 +112,8 @@ fn collect(p: &Parts, batch: &mut Vec<Op>, stopping: bool) -> bool {
         };
         let got = if wait.is_zero() {
             p.rx.try_recv().map_err(|e| match e {
-                std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             })
         } else {
             p.rx.recv_timeout(wait)
