@@ -64,13 +64,32 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Slots of the change broadcast: how far a subscriber (the history recorder, the scripts'
+/// feed, the bridges, a WebSocket pump) may fall behind the engine before it lags. tokio
+/// allocates and touches every slot up front (about 40 bytes each), so the ring is sized by
+/// what the engine can publish in one burst: 16 changes per configured node (a full XStat
+/// of every node at once), at least 4,096, at most 65,536; a daemon that takes nodes from
+/// brokers (`sources:`) cannot know its node count and gets the most.
+fn change_channel_capacity(config: &Config) -> usize {
+    const MIN: usize = 4_096;
+    const MAX: usize = 65_536;
+    if !config.bridges.sources.is_empty() {
+        return MAX;
+    }
+    let nodes: usize = config.servers.iter().map(|s| s.nodes.len()).sum();
+    nodes.saturating_mul(16).clamp(MIN, MAX)
+}
+
 /// Wires every part from `config`. AMI sessions start connecting; their news waits for
 /// [`Daemon::run`], which starts the engine after the scripts are loaded.
 pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let config = Arc::new(config);
     let stop = CancellationToken::new();
     let metrics = Metrics::new(config.metrics.per_link);
-    let store = StateStore::new(config.websocket.replay_buffer, 65_536);
+    let store = StateStore::new(
+        config.websocket.replay_buffer,
+        change_channel_capacity(&config),
+    );
     let (engine_tx, commands) = EngineSender::channel();
     watch_names(&config, engine_tx.clone(), stop.clone());
     let remote_tx = engine_tx.clone();
@@ -386,5 +405,28 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_nodes(n: usize) -> Config {
+        let mut yaml = String::from(
+            "ami_host: 127.0.0.1\nami_username: admin\nami_password: x\nastdb_path: /nonexistent\nnodes:\n",
+        );
+        for i in 0..n {
+            yaml.push_str(&format!("  - node_id: {}\n", 2000 + i));
+        }
+        Config::parse(&yaml, "test", None).expect("config")
+    }
+
+    #[test]
+    fn the_change_ring_is_sized_by_the_configured_nodes() {
+        // A Raspberry Pi with two nodes does not pay for a fleet's ring (2.6 MiB).
+        assert_eq!(change_channel_capacity(&config_with_nodes(2)), 4_096);
+        assert_eq!(change_channel_capacity(&config_with_nodes(1_000)), 16_000);
+        assert_eq!(change_channel_capacity(&config_with_nodes(5_000)), 65_536);
     }
 }
