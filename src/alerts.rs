@@ -224,7 +224,9 @@ pub struct AlertHub {
     history_cap: usize,
     repeat: Duration,
     webhooks: Arc<Vec<WebhookConfig>>,
-    http: reqwest::Client,
+    /// Made at the first delivery: building a TLS client (root certificates, crypto
+    /// provider) costs memory a daemon without webhooks never needs.
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
     metrics: Metrics,
     log_limit: Arc<LogLimiter>,
 }
@@ -249,7 +251,7 @@ impl AlertHub {
             history_cap: cfg.history.max(1),
             repeat: cfg.repeat_interval.0,
             webhooks: Arc::new(webhooks),
-            http: reqwest::Client::new(),
+            http: Arc::default(),
             metrics,
             log_limit: Arc::new(LogLimiter::new(LOG_EVERY, MAX_SOURCES)),
         }
@@ -399,7 +401,7 @@ impl AlertHub {
             let (hook, alert, http, metrics) = (
                 hook.clone(),
                 alert.clone(),
-                self.http.clone(),
+                self.http.get_or_init(reqwest::Client::new).clone(),
                 self.metrics.clone(),
             );
             handle.spawn(async move {
