@@ -2,6 +2,13 @@
 //!
 //! Order: the `NEXUS_GIT_REVISION` environment variable (packagers building from a tarball
 //! set it), else `git rev-parse --short=12 HEAD`, else `unknown`. Never fails the build.
+//!
+//! Release builds for glibc also pack the binary's relative relocations (`-z
+//! pack-relative-relocs`, DT_RELR): the dynamic loader reads the whole relocation table at
+//! every start, and packed it is a few KiB instead of 600 KiB of resident memory (issue 13,
+//! docs/performance.md). Only where it is safe: a native build on glibc 2.36 or newer (the
+//! loader that understands DT_RELR; older linkers ignore the flag). `NEXUS_NO_RELR=1` turns
+//! it off.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,9 +22,34 @@ fn main() {
         .or_else(git_revision)
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=NEXUS_GIT_REVISION={revision}");
+    if pack_relocations() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     for path in watch_paths() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
+}
+
+/// Whether to link the binaries with packed relative relocations (see the module doc).
+fn pack_relocations() -> bool {
+    println!("cargo:rerun-if-env-changed=NEXUS_NO_RELR");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    if !var("NEXUS_NO_RELR").is_empty()
+        || var("PROFILE") != "release"
+        || var("CARGO_CFG_TARGET_OS") != "linux"
+        || var("CARGO_CFG_TARGET_ENV") != "gnu"
+        || var("HOST") != var("TARGET")
+    {
+        return false;
+    }
+    // `ldd --version` prints e.g. "ldd (Debian GLIBC 2.36-9+deb12u14) 2.36" first.
+    let Ok(out) = Command::new("ldd").arg("--version").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.lines().next().and_then(|l| l.rsplit(' ').next());
+    let mut parts = version.unwrap_or("").split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(2)), Some(Some(minor))) if minor >= 36)
 }
 
 /// A revision may only be a short, printable token (it ends up in `--version`).
