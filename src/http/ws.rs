@@ -401,7 +401,11 @@ enum Stop {
 
 /// The socket and the writer's queue.
 struct Sink {
-    sock: Arc<OwnedWriteHalf>,
+    /// Keeps the socket open for `direct` (the write side is shut when the writer's
+    /// handle and this one are gone).
+    _sock: Arc<OwnedWriteHalf>,
+    /// The same socket, written with a plain non-blocking `send` (see [`Direct`]).
+    direct: Direct,
     queue: mpsc::Sender<Out>,
     /// Frames handed to the writer and not yet written out (queued or being written).
     pending: Arc<AtomicUsize>,
@@ -413,12 +417,48 @@ enum Push {
     Closed,
 }
 
+/// The client's socket as a plain `std` stream, for the fan-out's direct writes: one
+/// `send` on the descriptor, without tokio's readiness bookkeeping (three more cache
+/// lines per client per change; `docs/performance.md`). A write it cannot complete goes
+/// to the writer, which waits on tokio's readiness (stale at worst: tokio then tries,
+/// gets `WouldBlock` and waits for the next edge).
+struct Direct(std::mem::ManuallyDrop<std::net::TcpStream>);
+
+impl Direct {
+    /// A second handle of `sock`'s descriptor, never closed through itself: it is kept
+    /// beside an `Arc` of `sock` ([`Sink`]), which keeps the descriptor open.
+    fn new(sock: &OwnedWriteHalf) -> Direct {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = sock.as_ref().as_raw_fd();
+        // SAFETY: `fd` is an open TCP socket owned by the tokio stream behind `sock`. The
+        // `Direct` lives only inside a `Sink` next to an `Arc` of `sock`, so the
+        // descriptor stays open as long as it does, and `ManuallyDrop` never closes it.
+        Direct(std::mem::ManuallyDrop::new(unsafe {
+            std::net::TcpStream::from_raw_fd(fd)
+        }))
+    }
+
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        (&*self.0).write(buf)
+    }
+}
+
 impl Sink {
+    fn new(sock: Arc<OwnedWriteHalf>, queue: mpsc::Sender<Out>, pending: Arc<AtomicUsize>) -> Sink {
+        Sink {
+            direct: Direct::new(&sock),
+            _sock: sock,
+            queue,
+            pending,
+        }
+    }
+
     /// Sends a frame: straight to the socket when nothing is waiting for the writer and
     /// the socket takes it all (the usual case: no task hand-off), else through the queue.
     fn push(&self, frame: &Bytes) -> Push {
         if self.pending.load(Ordering::Acquire) == 0 {
-            match self.sock.try_write(frame) {
+            match self.direct.try_write(frame) {
                 Ok(n) if n == frame.len() => return Push::Queued,
                 // The rest goes first in the (empty) queue, so order is kept.
                 Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
@@ -962,11 +1002,7 @@ impl Client {
         let mut reader = tokio::spawn(read_loop(read_half, read_buf, max, from_tx, heard.clone()));
         let member = Arc::new(Member {
             flow: Mutex::new(Flow {
-                sink: Some(Sink {
-                    sock,
-                    queue: qtx,
-                    pending: pending.clone(),
-                }),
+                sink: Some(Sink::new(sock, qtx, pending.clone())),
                 last_seq: 0,
                 mode: Mode::Starting,
             }),
@@ -1834,11 +1870,11 @@ mod tests {
         let (qtx, qrx) = mpsc::channel(queue);
         let member = Arc::new(Member {
             flow: Mutex::new(Flow {
-                sink: Some(Sink {
-                    sock: Arc::new(write),
-                    queue: qtx,
-                    pending: Arc::new(AtomicUsize::new(0)),
-                }),
+                sink: Some(Sink::new(
+                    Arc::new(write),
+                    qtx,
+                    Arc::new(AtomicUsize::new(0)),
+                )),
                 last_seq: 0,
                 mode: Mode::Starting,
             }),
