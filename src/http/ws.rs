@@ -22,7 +22,9 @@
 //! ([`Flow`]), the shared frame is written straight to the socket (a non-blocking write)
 //! when nothing waits for the client's *writer* and the socket takes it whole; otherwise
 //! it goes into a bounded queue (`websocket.client_queue`) with `try_send`, which the
-//! writer drains into the socket. No client task wakes for a change. Each client also has
+//! writer drains into the socket (the queue and the writer task are made when a frame
+//! first has to wait: a client that keeps up has neither). No client task wakes for a
+//! change. Each client also has
 //! its own task (its snapshot or replay, alerts, control records, heartbeats, answers, its
 //! resyncs, the goodbye), which sleeps between those, and a *reader* that sleeps on the
 //! socket's readiness and reads what the client sends (pings, oversized messages, close).
@@ -401,14 +403,22 @@ enum Stop {
 
 /// The socket and the writer's queue.
 struct Sink {
-    /// Keeps the socket open for `direct` (the write side is shut when the writer's
-    /// handle and this one are gone).
-    _sock: Arc<OwnedWriteHalf>,
+    /// The socket (the write side is shut when the writer's handle and this one are
+    /// gone); it also keeps the descriptor open for `direct`.
+    sock: Arc<OwnedWriteHalf>,
     /// The same socket, written with a plain non-blocking `send` (see [`Direct`]).
     direct: Direct,
-    queue: mpsc::Sender<Out>,
+    /// The writer's queue and task: started when a frame first has to wait for the
+    /// socket (a client that keeps up never has one). Dropping the sink stops it.
+    writer: Option<(mpsc::Sender<Out>, JoinHandle<()>)>,
     /// Frames handed to the writer and not yet written out (queued or being written).
     pending: Arc<AtomicUsize>,
+    /// Notified by the writer each time it has written everything handed to it.
+    drained: Arc<Notify>,
+    /// Frames the queue holds (`websocket.client_queue`).
+    queue_len: usize,
+    /// A write that cannot complete within this ends the connection.
+    stall: Duration,
 }
 
 enum Push {
@@ -445,18 +455,42 @@ impl Direct {
 }
 
 impl Sink {
-    fn new(sock: Arc<OwnedWriteHalf>, queue: mpsc::Sender<Out>, pending: Arc<AtomicUsize>) -> Sink {
+    fn new(sock: OwnedWriteHalf, queue_len: usize, stall: Duration) -> Sink {
         Sink {
             direct: Direct::new(&sock),
-            _sock: sock,
-            queue,
-            pending,
+            sock: Arc::new(sock),
+            writer: None,
+            pending: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+            queue_len: queue_len.max(1),
+            stall,
         }
+    }
+
+    /// The writer's queue, the writer started if it is not yet.
+    fn queue(&mut self) -> &mpsc::Sender<Out> {
+        let (tx, _) = self.writer.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.queue_len);
+            let task = tokio::spawn(write_loop(
+                self.sock.clone(),
+                rx,
+                self.pending.clone(),
+                self.drained.clone(),
+                self.stall,
+            ));
+            (tx, task)
+        });
+        tx
+    }
+
+    /// The writer task, if any, to wait for it to finish what it was given.
+    fn take_writer(&mut self) -> Option<JoinHandle<()>> {
+        self.writer.take().map(|(_, task)| task)
     }
 
     /// Sends a frame: straight to the socket when nothing is waiting for the writer and
     /// the socket takes it all (the usual case: no task hand-off), else through the queue.
-    fn push(&self, frame: &Bytes) -> Push {
+    fn push(&mut self, frame: &Bytes) -> Push {
         if self.pending.load(Ordering::Acquire) == 0 {
             match self.direct.try_write(frame) {
                 Ok(n) if n == frame.len() => return Push::Queued,
@@ -470,9 +504,9 @@ impl Sink {
     }
 
     /// Hands a frame to the writer.
-    fn enqueue(&self, out: Out) -> Push {
+    fn enqueue(&mut self, out: Out) -> Push {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        let r = match self.queue.try_send(out) {
+        let r = match self.queue().try_send(out) {
             Ok(()) => return Push::Queued,
             Err(TrySendError::Full(_)) => Push::Full,
             Err(TrySendError::Closed(_)) => Push::Closed,
@@ -482,9 +516,17 @@ impl Sink {
     }
 }
 
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.writer {
+            task.abort();
+        }
+    }
+}
+
 impl Flow {
-    fn push(&self, frame: &Bytes) -> Push {
-        match &self.sink {
+    fn push(&mut self, frame: &Bytes) -> Push {
+        match &mut self.sink {
             Some(sink) => sink.push(frame),
             None => Push::Closed,
         }
@@ -984,25 +1026,16 @@ impl Client {
             lease,
         } = conn;
         let (read_half, write_half) = stream.into_split();
-        let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
-        let drained = Arc::new(Notify::new());
         let stall = (heartbeat * 2).max(MIN_STALL);
-        let sock = Arc::new(write_half);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let mut writer = tokio::spawn(write_loop(
-            sock.clone(),
-            qrx,
-            pending.clone(),
-            drained.clone(),
-            stall,
-        ));
+        let sink = Sink::new(write_half, cfg.client_queue, stall);
+        let (pending, drained) = (sink.pending.clone(), sink.drained.clone());
         let (from_tx, from_client) = mpsc::channel(4);
         let heard = Arc::new(AtomicBool::new(true));
         let max = cfg.max_message_bytes.max(125);
         let mut reader = tokio::spawn(read_loop(read_half, read_buf, max, from_tx, heard.clone()));
         let member = Arc::new(Member {
             flow: Mutex::new(Flow {
-                sink: Some(Sink::new(sock, qtx, pending.clone())),
+                sink: Some(sink),
                 last_seq: 0,
                 mode: Mode::Starting,
             }),
@@ -1031,9 +1064,7 @@ impl Client {
         let exit = client
             .pump(req.resume, heartbeat, silence_limit, from_client, &heard)
             .await;
-        client
-            .end(exit, silence_limit, &mut writer, &mut reader)
-            .await;
+        client.end(exit, silence_limit, &mut reader).await;
         reader.abort();
         drop(lease);
         drop(slot);
@@ -1042,13 +1073,7 @@ impl Client {
 
     /// Ends the connection as `exit` says: a close frame (then the client's own close,
     /// within [`CLOSE_WAIT`]), or at once. The fan-out lets go of the client first.
-    async fn end(
-        self,
-        exit: Exit,
-        silence_limit: u128,
-        writer: &mut JoinHandle<()>,
-        reader: &mut JoinHandle<()>,
-    ) {
+    async fn end(self, exit: Exit, silence_limit: u128, reader: &mut JoinHandle<()>) {
         let sink = {
             let mut flow = self.member.lock();
             flow.mode = Mode::Stopped(Stop::Gone);
@@ -1066,21 +1091,26 @@ impl Client {
                 self.count_resync("dropped");
             }
             Exit::Close(code, reason) => {
+                let Some(mut sink) = sink else { return };
                 let close = Out::Close(wsframe::close(code, &reason));
-                if let Some(Push::Queued) = sink.as_ref().map(|s| s.enqueue(close)) {
-                    // The writer's is then the last handle of the socket: the write side
-                    // is shut when it is done.
-                    drop(sink);
-                    // The close frame out, then the client's own close (end of input).
-                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        let _ = (&mut *writer).await;
-                        let _ = (&mut *reader).await;
-                    })
-                    .await;
-                }
+                let Push::Queued = sink.enqueue(close) else {
+                    return;
+                };
+                let Some(mut writer) = sink.take_writer() else {
+                    return;
+                };
+                // The writer's is then the last handle of the socket: the write side is
+                // shut when it is done.
+                drop(sink);
+                // The close frame out, then the client's own close (end of input).
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    let _ = (&mut writer).await;
+                    let _ = (&mut *reader).await;
+                })
+                .await;
+                writer.abort();
             }
         }
-        writer.abort();
     }
 
     /// Serves the client (all but the changes, which the fan-out sends) until it goes or
@@ -1210,7 +1240,7 @@ impl Client {
     /// queue: it waits for the writer (this client only), within the stall limit.
     async fn replay(&self, missed: &[Arc<Published>]) -> Result<(), Exit> {
         let epoch = self.ctx.app.state.epoch();
-        let Some(queue) = self.member.lock().sink.as_ref().map(|s| s.queue.clone()) else {
+        let Some(queue) = self.member.lock().sink.as_mut().map(|s| s.queue().clone()) else {
             return Err(Exit::Gone);
         };
         let send_all = async {
@@ -1854,11 +1884,11 @@ mod tests {
     }
 
     /// A member writing to one end of a loopback connection (queue of `queue` frames);
-    /// the other end, and the writer's queue, for the test to read.
+    /// the other end for the test to read.
     async fn member_on_socket(
         queue: usize,
         selection: Option<Arc<Selection>>,
-    ) -> (Arc<Member>, tokio::net::TcpStream, mpsc::Receiver<Out>) {
+    ) -> (Arc<Member>, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1867,14 +1897,9 @@ mod tests {
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (server, _) = accepted.expect("accept");
         let (_read, write) = server.into_split();
-        let (qtx, qrx) = mpsc::channel(queue);
         let member = Arc::new(Member {
             flow: Mutex::new(Flow {
-                sink: Some(Sink::new(
-                    Arc::new(write),
-                    qtx,
-                    Arc::new(AtomicUsize::new(0)),
-                )),
+                sink: Some(Sink::new(write, queue, Duration::from_secs(60))),
                 last_seq: 0,
                 mode: Mode::Starting,
             }),
@@ -1882,7 +1907,7 @@ mod tests {
             selection,
             news: Notify::new(),
         });
-        (member, client.expect("connect"), qrx)
+        (member, client.expect("connect"))
     }
 
     /// The seqs of the event frames readable on `sock` now (waits briefly for `n`).
@@ -1930,7 +1955,7 @@ mod tests {
     #[tokio::test]
     async fn the_fan_out_sends_what_was_published_during_the_snapshot_first() {
         let cache = FrameCache::default();
-        let (m, mut sock, _queue) = member_on_socket(8, None).await;
+        let (m, mut sock) = member_on_socket(8, None).await;
         // Passed by while starting.
         assert!(offer(&m, &cache, &small(1, "2000")));
         // Snapshot at 1, its subscription holding 2 and 3; the fan-out's next change is 4.
@@ -1951,6 +1976,10 @@ mod tests {
             matches!(m.lock().mode, Mode::Live(None)),
             "subscription dropped"
         );
+        assert!(
+            m.lock().sink.as_ref().is_some_and(|s| s.writer.is_none()),
+            "a client that keeps up has no writer task"
+        );
         // Stopped: the fan-out lets go.
         m.stop(Stop::Gone);
         assert!(!offer(&m, &cache, &small(6, "2000")));
@@ -1963,7 +1992,7 @@ mod tests {
             .expect("valid")
             .map(Arc::new);
         let cache = FrameCache::default();
-        let (m, mut sock, _queue) = member_on_socket(8, sel).await;
+        let (m, mut sock) = member_on_socket(8, sel).await;
         m.lock().mode = Mode::Live(None);
         for (seq, node) in [(1, "2000"), (2, "2001"), (3, "2000")] {
             assert!(offer(&m, &cache, &small(seq, node)));
@@ -1975,7 +2004,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_turns_the_client_to_a_resync_and_tells_its_task() {
         let cache = FrameCache::default();
-        let (m, _sock, _queue) = member_on_socket(2, None).await;
+        let (m, _sock) = member_on_socket(2, None).await;
         m.lock().mode = Mode::Live(None);
         let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "hub", None);
         ev.error = Some("x".repeat(256 * 1024));
@@ -1989,6 +2018,7 @@ mod tests {
             assert!(offer(&m, &cache, &Published::new(e)));
         }
         assert!(matches!(m.lock().mode, Mode::Resyncing));
+        assert!(m.lock().sink.as_ref().is_some_and(|s| s.writer.is_some()));
         tokio::time::timeout(Duration::from_secs(1), m.news.notified())
             .await
             .expect("the client's task is told");
@@ -2001,7 +2031,7 @@ mod tests {
     #[tokio::test]
     async fn a_lagged_catch_up_subscription_resyncs_the_client() {
         let cache = FrameCache::default();
-        let (m, _sock, _queue) = member_on_socket(8, None).await;
+        let (m, _sock) = member_on_socket(8, None).await;
         let (tx, rx) = broadcast::channel(2);
         for seq in 2..=6 {
             tx.send(small(seq, "2000")).expect("send");
