@@ -305,7 +305,7 @@ async fn fan_out(ctx: Arc<Ctx>, shard: usize) {
         take_in(here, &mut members);
         match r {
             Ok(p) => {
-                deliver(&ctx, &mut members, &p);
+                deliver(&ctx, &mut members, &p).await;
                 done = p.event.seq;
             }
             Err(RecvError::Lagged(_)) => {
@@ -315,7 +315,7 @@ async fn fan_out(ctx: Arc<Ctx>, shard: usize) {
                 match replay {
                     Replay::Changes(missed) => {
                         for p in &missed {
-                            deliver(&ctx, &mut members, p);
+                            deliver(&ctx, &mut members, p).await;
                             done = p.event.seq;
                         }
                     }
@@ -344,11 +344,14 @@ fn take_in(shard: &Shard, members: &mut Vec<Arc<Member>>) {
 }
 
 /// One change to every client of a fan-out task; stopped clients are let go.
-fn deliver(ctx: &Ctx, members: &mut Vec<Arc<Member>>, p: &Arc<Published>) {
+async fn deliver(ctx: &Ctx, members: &mut Vec<Arc<Member>>, p: &Arc<Published>) {
     let epoch = ctx.app.state.epoch();
     let frames = ctx.hub.frames.event(p, epoch);
     let mut i = 0;
     while i < members.len() {
+        // The worker's other tasks (the engine, requests) get their turn during a big
+        // fan-out: tokio's cooperative budget yields every 128 clients.
+        tokio::task::coop::consume_budget().await;
         if members[i].offer(&ctx.hub.frames, p, &frames, epoch) {
             i += 1;
         } else {
