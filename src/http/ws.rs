@@ -1242,6 +1242,9 @@ impl Client {
     /// Queues the missed changes this client follows. A long replay may exceed the
     /// queue: it waits for the writer (this client only), within the stall limit.
     async fn replay(&self, missed: &[Arc<Published>]) -> Result<(), Exit> {
+        if !missed.iter().any(|p| self.member.follows(&p.event)) {
+            return Ok(()); // no writer needed
+        }
         let epoch = self.ctx.app.state.epoch();
         let Some(queue) = self.member.lock().sink.as_mut().map(|s| s.queue().clone()) else {
             return Err(Exit::Gone);
