@@ -316,3 +316,39 @@ async fn frames_stay_in_order_when_the_socket_fills_and_drains() {
     assert_eq!(resyncs, 0, "no resync was needed");
     d.shutdown.cancel();
 }
+
+/// Clients connecting while changes are being published (the fan-out takes them in at
+/// any point of the stream) each get every change after their snapshot: no gap, no
+/// repeat, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_joining_during_a_stream_of_changes_miss_nothing() {
+    let d = daemon().await;
+    let engine = d.engine.clone();
+    let publisher = tokio::spawn(async move {
+        let mut last = 0;
+        for _ in 0..400 {
+            last = engine
+                .publish(ChangeEvent::new(ChangeKind::TxKeyed, "hub", Some("2000")))
+                .await
+                .expect("the engine publishes")
+                .event
+                .seq;
+            tokio::task::yield_now().await;
+        }
+        last
+    });
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        let mut ws = connect(&d, "").await.expect("handshake");
+        let snap = next_json(&mut ws).await;
+        assert_eq!(snap["type"], "snapshot", "{snap}");
+        clients.push((snap["seq"].as_u64().expect("seq"), ws));
+    }
+    let last = publisher.await.expect("publisher");
+    for (from, mut ws) in clients {
+        let want: Vec<u64> = (from + 1..=last).collect();
+        let got = seqs(&mut ws, want.len()).await;
+        assert_eq!(got, want, "after a snapshot at {from}");
+    }
+    d.shutdown.cancel();
+}

@@ -17,17 +17,24 @@
 //! hidden share a second, masked variant), and a client's reader holds only the bytes of
 //! the frame it is reading.
 //!
-//! Fan-out: each client has three tasks. Its *pump* reads the store's broadcast, alerts
-//! and the heartbeat timer, and writes each frame straight to the socket (a non-blocking
-//! write) when nothing waits for the writer and the socket takes it whole; otherwise it
-//! moves the frame into a bounded queue (`websocket.client_queue`) with `try_send`, which
-//! its *writer* drains into the socket; its *reader* reads what the client sends (pings,
-//! oversized messages, close). Order is kept: nothing is written directly while anything
-//! handed to the writer is unwritten. A socket that stops draining therefore only fills
-//! its own queue. When the
-//! queue is full (or the broadcast reports the pump lagged) the client is resynced: the
-//! pump stops queuing, waits for the writer to empty the queue, then queues a fresh
-//! snapshot (`reason: "resync"`). If the queue does not drain within two heartbeat
+//! Fan-out: a few fan-out tasks ([`FANOUT_SHARDS`]) each take every change from the
+//! store once and offer it to their share of the clients: under the client's lock
+//! ([`Flow`]), the shared frame is written straight to the socket (a non-blocking write)
+//! when nothing waits for the client's *writer* and the socket takes it whole; otherwise
+//! it goes into a bounded queue (`websocket.client_queue`) with `try_send`, which the
+//! writer drains into the socket (the queue and the writer task are made when a frame
+//! first has to wait: a client that keeps up has neither). No client task wakes for a
+//! change. Each client also has
+//! its own task (its snapshot or replay, alerts, control records, heartbeats, answers, its
+//! resyncs, the goodbye), which sleeps between those, and a *reader* that sleeps on the
+//! socket's readiness and reads what the client sends (pings, oversized messages, close).
+//! Order is kept: every frame is written under the client's lock, and nothing is written
+//! directly while anything handed to the writer is unwritten. A socket that stops
+//! draining therefore only fills its own queue. When the queue is full the client is
+//! resynced: the fan-out passes it by, its task waits for the writer to empty the queue,
+//! then sends a fresh snapshot (`reason: "resync"`), after which the fan-out serves it
+//! again (the changes published while the snapshot was made are sent from the
+//! subscription taken with it). If the queue does not drain within two heartbeat
 //! intervals the client is dropped. Nothing here ever waits on another client.
 
 use std::collections::{HashMap, HashSet};
@@ -41,7 +48,7 @@ use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -92,13 +99,17 @@ const MAX_SELECTION_BYTES: usize = 16 * 1024;
 /// Event frames kept for reuse: the last this many changes (by `seq`).
 const CACHE_SLOTS: usize = 64;
 
+/// Fan-out tasks (each serves a share of the clients; started with the first client).
+const FANOUT_SHARDS: usize = 2;
+
 /// The WebSocket clients: a count for the cap and the gauge, a tracker so shutdown can
-/// wait for their goodbyes, and the frames every client shares.
+/// wait for their goodbyes, the frames every client shares and the fan-out.
 #[derive(Default)]
 pub(crate) struct Hub {
     clients: AtomicUsize,
     pub tracker: TaskTracker,
     frames: FrameCache,
+    fanout: FanOut,
 }
 
 impl Hub {
@@ -157,16 +168,15 @@ impl EventFrames {
         }
     }
 
-    fn get(&self, p: &Published, epoch: &str, mask: bool) -> Bytes {
+    fn get(&self, p: &Published, epoch: &str, mask: bool) -> &Bytes {
         if !mask {
-            return self.plain.clone();
+            return &self.plain;
         }
         self.masked
             .get_or_init(|| match masked_event_json(&p.event) {
                 Some(json) => wsframe::text(&event_frame(p.event.seq, epoch, &json)),
                 None => self.plain.clone(),
             })
-            .clone()
     }
 }
 
@@ -187,8 +197,13 @@ impl Default for FrameCache {
 impl FrameCache {
     /// The `event` frame of `p` for a plain or a masked reader.
     fn frame(&self, p: &Published, epoch: &str, mask: bool) -> Bytes {
+        self.event(p, epoch).get(p, epoch, mask).clone()
+    }
+
+    /// Both frames of `p` (the masked one made when first asked for).
+    fn event(&self, p: &Published, epoch: &str) -> Arc<EventFrames> {
         let seq = p.event.seq;
-        let frames = {
+        {
             let mut slot = self.slots[(seq % CACHE_SLOTS as u64) as usize]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -202,8 +217,7 @@ impl FrameCache {
                     f
                 }
             }
-        };
-        frames.get(p, epoch, mask)
+        }
     }
 }
 
@@ -217,6 +231,420 @@ fn masked_event_json(ev: &ChangeEvent) -> Option<String> {
         l.ip = Some(masked);
     }
     serde_json::to_string(&ev).ok()
+}
+
+// --- the fan-out -----------------------------------------------------------------------
+
+/// The fan-out tasks and the clients waiting to be taken in by one.
+#[derive(Default)]
+struct FanOut {
+    shards: [Shard; FANOUT_SHARDS],
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Clients handed to this shard's task, not yet taken in.
+    joining: Mutex<Vec<Arc<Member>>>,
+    /// Tells the task a client joined or left.
+    wake: Notify,
+    started: AtomicBool,
+}
+
+impl FanOut {
+    /// Hands a client to a fan-out task (started now if it is the first); returns the
+    /// shard, to tell it when the client leaves.
+    fn join(&self, ctx: &Arc<Ctx>, member: Arc<Member>) -> usize {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % FANOUT_SHARDS;
+        let shard = &self.shards[i];
+        shard
+            .joining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(member);
+        if !shard.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(fan_out(ctx.clone(), i));
+        }
+        shard.wake.notify_one();
+        i
+    }
+
+    /// A client of shard `i` stopped: its task lets go of it now, not at the next change.
+    fn left(&self, i: usize) {
+        self.shards[i].wake.notify_one();
+    }
+}
+
+/// One fan-out task: takes every change from the store once and offers it to each of
+/// its clients (a non-blocking write to a quiet client's socket). It ends with the
+/// server. A lag of its own subscription is repaired from the replay buffer; past the
+/// buffer, its clients are resynced.
+async fn fan_out(ctx: Arc<Ctx>, shard: usize) {
+    let store = &ctx.app.state;
+    let here = &ctx.hub.fanout.shards[shard];
+    let mut members: Vec<Arc<Member>> = Vec::new();
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // The last change dealt with (a lag is repaired from there).
+    let mut done = store.seq();
+    let (replay, mut rx) = store.replay_since(done);
+    if let Replay::Changes(missed) = replay {
+        done = missed.last().map_or(done, |p| p.event.seq);
+    }
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
+            _ = here.wake.notified() => {
+                take_in(here, &mut members);
+                members.retain(|m| !m.lock().stopped());
+                continue;
+            }
+            r = rx.recv() => r,
+        };
+        take_in(here, &mut members);
+        match r {
+            Ok(p) => {
+                deliver(&ctx, &mut members, &p).await;
+                done = p.event.seq;
+            }
+            Err(RecvError::Lagged(_)) => {
+                let floor = store.seq();
+                let (replay, fresh) = store.replay_since(done);
+                rx = fresh;
+                match replay {
+                    Replay::Changes(missed) => {
+                        for p in &missed {
+                            deliver(&ctx, &mut members, p).await;
+                            done = p.event.seq;
+                        }
+                    }
+                    Replay::TooOld => {
+                        for m in &members {
+                            m.fell_behind();
+                        }
+                        done = floor;
+                    }
+                }
+            }
+            Err(RecvError::Closed) => {
+                for m in &members {
+                    m.stop(Stop::GoingAway);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Moves the clients that joined into the task's own list.
+fn take_in(shard: &Shard, members: &mut Vec<Arc<Member>>) {
+    let mut joining = shard.joining.lock().unwrap_or_else(PoisonError::into_inner);
+    members.append(&mut joining);
+}
+
+/// One change to every client of a fan-out task; stopped clients are let go.
+async fn deliver(ctx: &Ctx, members: &mut Vec<Arc<Member>>, p: &Arc<Published>) {
+    let epoch = ctx.app.state.epoch();
+    let frames = ctx.hub.frames.event(p, epoch);
+    let mut i = 0;
+    while i < members.len() {
+        // The worker's other tasks (the engine, requests) get their turn during a big
+        // fan-out: tokio's cooperative budget yields every 128 clients.
+        tokio::task::coop::consume_budget().await;
+        if members[i].offer(&ctx.hub.frames, p, &frames, epoch) {
+            i += 1;
+        } else {
+            members.swap_remove(i);
+        }
+    }
+}
+
+/// A client as the fan-out sees it.
+struct Member {
+    flow: Mutex<Flow>,
+    /// Link IPs hidden from this reader.
+    mask: bool,
+    selection: Option<Arc<Selection>>,
+    /// Wakes the client's own task when the fan-out changed its mode (a resync to do, the
+    /// socket gone, the stream ended).
+    news: Notify,
+}
+
+/// A client's write side. Every frame for the client is written under this lock (by the
+/// fan-out or by the client's task), so they keep one order.
+struct Flow {
+    /// The socket and the writer's queue; `None` once the client's task let go of them.
+    sink: Option<Sink>,
+    /// Seq of the last change (or snapshot) the client is up to: sent, or left out by
+    /// its selection.
+    last_seq: u64,
+    mode: Mode,
+}
+
+enum Mode {
+    /// The snapshot or replay is not out yet: the fan-out passes this client by.
+    Starting,
+    /// Gets every change after `last_seq`. The subscription is the one taken with the
+    /// snapshot (or replay): the fan-out sends what it holds before the next change it
+    /// offers (the changes published while the snapshot was being made), then drops it.
+    Live(Option<broadcast::Receiver<Arc<Published>>>),
+    /// Fell behind: nothing is sent until the writer has drained and a fresh snapshot is
+    /// out.
+    Resyncing,
+    Stopped(Stop),
+}
+
+/// Why the fan-out stopped serving a client.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// The socket failed, or the client's task ended.
+    Gone,
+    /// The change stream ended (the server is going away).
+    GoingAway,
+}
+
+/// The socket and the writer's queue.
+struct Sink {
+    /// The socket (the write side is shut when the writer's handle and this one are
+    /// gone); it also keeps the descriptor open for `direct`.
+    sock: Arc<OwnedWriteHalf>,
+    /// The same socket, written with a plain non-blocking `send` (see [`Direct`]).
+    direct: Direct,
+    /// The writer's queue and task: started when a frame first has to wait for the
+    /// socket (a client that keeps up never has one). Dropping the sink stops it.
+    writer: Option<(mpsc::Sender<Out>, JoinHandle<()>)>,
+    /// Frames handed to the writer and not yet written out (queued or being written).
+    pending: Arc<AtomicUsize>,
+    /// Notified by the writer each time it has written everything handed to it.
+    drained: Arc<Notify>,
+    /// Frames the queue holds (`websocket.client_queue`).
+    queue_len: usize,
+    /// A write that cannot complete within this ends the connection.
+    stall: Duration,
+}
+
+enum Push {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// The client's socket as a plain `std` stream, for the fan-out's direct writes: one
+/// `send` on the descriptor, without tokio's readiness bookkeeping (three more cache
+/// lines per client per change; `docs/performance.md`). A write it cannot complete goes
+/// to the writer, which waits on tokio's readiness (stale at worst: tokio then tries,
+/// gets `WouldBlock` and waits for the next edge).
+struct Direct(std::mem::ManuallyDrop<std::net::TcpStream>);
+
+impl Direct {
+    /// A second handle of `sock`'s descriptor, never closed through itself: it is kept
+    /// beside an `Arc` of `sock` ([`Sink`]), which keeps the descriptor open.
+    fn new(sock: &OwnedWriteHalf) -> Direct {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = sock.as_ref().as_raw_fd();
+        // SAFETY: `fd` is an open TCP socket owned by the tokio stream behind `sock`. The
+        // `Direct` lives only inside a `Sink` next to an `Arc` of `sock`, so the
+        // descriptor stays open as long as it does, and `ManuallyDrop` never closes it.
+        Direct(std::mem::ManuallyDrop::new(unsafe {
+            std::net::TcpStream::from_raw_fd(fd)
+        }))
+    }
+
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        (&*self.0).write(buf)
+    }
+}
+
+impl Sink {
+    fn new(sock: OwnedWriteHalf, queue_len: usize, stall: Duration) -> Sink {
+        Sink {
+            direct: Direct::new(&sock),
+            sock: Arc::new(sock),
+            writer: None,
+            pending: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+            queue_len: queue_len.max(1),
+            stall,
+        }
+    }
+
+    /// The writer's queue, the writer started if it is not yet.
+    fn queue(&mut self) -> &mpsc::Sender<Out> {
+        let (tx, _) = self.writer.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.queue_len);
+            let task = tokio::spawn(write_loop(
+                self.sock.clone(),
+                rx,
+                self.pending.clone(),
+                self.drained.clone(),
+                self.stall,
+            ));
+            (tx, task)
+        });
+        tx
+    }
+
+    /// The writer task, if any, to wait for it to finish what it was given.
+    fn take_writer(&mut self) -> Option<JoinHandle<()>> {
+        self.writer.take().map(|(_, task)| task)
+    }
+
+    /// Sends a frame: straight to the socket when nothing is waiting for the writer and
+    /// the socket takes it all (the usual case: no task hand-off), else through the queue.
+    fn push(&mut self, frame: &Bytes) -> Push {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            match self.direct.try_write(frame) {
+                Ok(n) if n == frame.len() => return Push::Queued,
+                // The rest goes first in the (empty) queue, so order is kept.
+                Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Push::Closed,
+            }
+        }
+        self.enqueue(Out::Frame(frame.clone()))
+    }
+
+    /// Hands a frame to the writer.
+    fn enqueue(&mut self, out: Out) -> Push {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let r = match self.queue().try_send(out) {
+            Ok(()) => return Push::Queued,
+            Err(TrySendError::Full(_)) => Push::Full,
+            Err(TrySendError::Closed(_)) => Push::Closed,
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.writer {
+            task.abort();
+        }
+    }
+}
+
+impl Flow {
+    fn push(&mut self, frame: &Bytes) -> Push {
+        match &mut self.sink {
+            Some(sink) => sink.push(frame),
+            None => Push::Closed,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        matches!(self.mode, Mode::Stopped(_))
+    }
+
+    /// Sends one change (or records it as left out by the selection); `false` once
+    /// the client is no longer live (it fell behind, or its socket failed).
+    fn send(&mut self, m: &Member, p: &Published, frames: &EventFrames, epoch: &str) -> bool {
+        if !m.follows(&p.event) {
+            self.last_seq = p.event.seq;
+            return true;
+        }
+        match self.push(frames.get(p, epoch, m.mask)) {
+            Push::Queued => {
+                self.last_seq = p.event.seq;
+                true
+            }
+            Push::Full => {
+                self.mode = Mode::Resyncing;
+                false
+            }
+            Push::Closed => {
+                self.mode = Mode::Stopped(Stop::Gone);
+                false
+            }
+        }
+    }
+}
+
+impl Member {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn follows(&self, ev: &ChangeEvent) -> bool {
+        self.selection.as_ref().is_none_or(|s| s.event(ev))
+    }
+
+    /// Offers a change (the fan-out); `false` when the client has stopped.
+    fn offer(&self, cache: &FrameCache, p: &Published, frames: &EventFrames, epoch: &str) -> bool {
+        let mut flow = self.lock();
+        let catch_up = match &mut flow.mode {
+            Mode::Live(c) => c.take(),
+            Mode::Stopped(_) => return false,
+            Mode::Starting | Mode::Resyncing => return true,
+        };
+        if p.event.seq <= flow.last_seq {
+            // Already in its snapshot: the subscription's changes are all later still.
+            flow.mode = Mode::Live(catch_up);
+            return true;
+        }
+        if let Some(rx) = catch_up {
+            if !self.catch_up(&mut flow, rx, cache, p.event.seq, epoch) {
+                drop(flow);
+                self.news.notify_one();
+                return true;
+            }
+        }
+        if !flow.send(self, p, frames, epoch) {
+            drop(flow);
+            self.news.notify_one();
+        }
+        true
+    }
+
+    /// Sends what `rx` holds before `seq`: the changes published between the client's
+    /// snapshot and the change being offered. `false` when the client is no longer live.
+    fn catch_up(
+        &self,
+        flow: &mut Flow,
+        mut rx: broadcast::Receiver<Arc<Published>>,
+        cache: &FrameCache,
+        seq: u64,
+        epoch: &str,
+    ) -> bool {
+        loop {
+            match rx.try_recv() {
+                Ok(q) if q.event.seq < seq => {
+                    if q.event.seq > flow.last_seq
+                        && !flow.send(self, &q, &cache.event(&q, epoch), epoch)
+                    {
+                        return false;
+                    }
+                }
+                Err(TryRecvError::Lagged(_)) => {
+                    flow.mode = Mode::Resyncing;
+                    return false;
+                }
+                Ok(_) | Err(TryRecvError::Empty | TryRecvError::Closed) => return true,
+            }
+        }
+    }
+
+    /// Starts a resync of a live client (the fan-out lost changes it cannot replay).
+    fn fell_behind(&self) {
+        let mut flow = self.lock();
+        if matches!(flow.mode, Mode::Live(_)) {
+            flow.mode = Mode::Resyncing;
+            drop(flow);
+            self.news.notify_one();
+        }
+    }
+
+    fn stop(&self, why: Stop) {
+        let mut flow = self.lock();
+        if !flow.stopped() {
+            flow.mode = Mode::Stopped(why);
+            drop(flow);
+            self.news.notify_one();
+        }
+    }
 }
 
 // --- the handshake ---------------------------------------------------------------------
@@ -569,36 +997,26 @@ enum Exit {
     Drop,
 }
 
-// --- the pump --------------------------------------------------------------------------
+// --- the client's own task ---------------------------------------------------------------
 
-/// One client's pump.
+/// One client's own task: its first messages, then everything but the changes (alerts,
+/// control records, heartbeats, answers to the client, resyncs, the goodbye).
 struct Client {
     ctx: Arc<Ctx>,
-    queue: mpsc::Sender<Out>,
-    /// The socket, written directly while nothing waits in the queue.
-    sock: Arc<OwnedWriteHalf>,
-    /// Frames handed to the writer and not yet written out (queued or being written).
+    /// What the fan-out serves; every frame is written through its lock.
+    member: Arc<Member>,
+    /// The fan-out shard serving this client.
+    shard: usize,
+    /// Frames handed to the writer and not yet written out.
     pending: Arc<AtomicUsize>,
     /// Notified by the writer each time it has written everything handed to it.
     drained: Arc<Notify>,
-    /// Seq of the last change (or snapshot) the client is up to: sent, or left out by
-    /// its selection.
-    last_seq: u64,
     /// Waiting for the queue to drain before a resync snapshot, until this deadline.
     resync_by: Option<Instant>,
     stall: Duration,
-    /// Link IPs hidden from this reader. (Messages for some roles only, such as a
-    /// `control` stream for admins, are decided from the reader's access here too.)
-    mask: bool,
-    /// Gets the `control` messages (an admin reader).
+    /// Gets the `control` messages (an admin reader). (Messages for some roles only are
+    /// decided from the reader's access here; link IPs are masked by the member's `mask`.)
     admin: bool,
-    selection: Option<Arc<Selection>>,
-}
-
-enum Push {
-    Queued,
-    Full,
-    Closed,
 }
 
 impl Client {
@@ -611,34 +1029,33 @@ impl Client {
             lease,
         } = conn;
         let (read_half, write_half) = stream.into_split();
-        let (qtx, qrx) = mpsc::channel(cfg.client_queue.max(1));
-        let drained = Arc::new(Notify::new());
         let stall = (heartbeat * 2).max(MIN_STALL);
-        let sock = Arc::new(write_half);
-        let pending = Arc::new(AtomicUsize::new(0));
-        let mut writer = tokio::spawn(write_loop(
-            sock.clone(),
-            qrx,
-            pending.clone(),
-            drained.clone(),
-            stall,
-        ));
+        let sink = Sink::new(write_half, cfg.client_queue, stall);
+        let (pending, drained) = (sink.pending.clone(), sink.drained.clone());
         let (from_tx, from_client) = mpsc::channel(4);
         let heard = Arc::new(AtomicBool::new(true));
         let max = cfg.max_message_bytes.max(125);
         let mut reader = tokio::spawn(read_loop(read_half, read_buf, max, from_tx, heard.clone()));
+        let member = Arc::new(Member {
+            flow: Mutex::new(Flow {
+                sink: Some(sink),
+                last_seq: 0,
+                mode: Mode::Starting,
+            }),
+            mask: req.mask,
+            selection: req.selection,
+            news: Notify::new(),
+        });
+        let shard = ctx.hub.fanout.join(&ctx, member.clone());
         let mut client = Client {
             ctx: ctx.clone(),
-            queue: qtx,
-            sock,
+            member,
+            shard,
             pending,
             drained,
-            last_seq: 0,
             resync_by: None,
             stall,
-            mask: req.mask,
             admin: req.admin,
-            selection: req.selection,
         };
         tracing::debug!(
             "[WS] client connected (since {:?}); {} connected",
@@ -650,9 +1067,7 @@ impl Client {
         let exit = client
             .pump(req.resume, heartbeat, silence_limit, from_client, &heard)
             .await;
-        client
-            .end(exit, silence_limit, &mut writer, &mut reader)
-            .await;
+        client.end(exit, silence_limit, &mut reader).await;
         reader.abort();
         drop(lease);
         drop(slot);
@@ -660,14 +1075,14 @@ impl Client {
     }
 
     /// Ends the connection as `exit` says: a close frame (then the client's own close,
-    /// within [`CLOSE_WAIT`]), or at once.
-    async fn end(
-        self,
-        exit: Exit,
-        silence_limit: u128,
-        writer: &mut JoinHandle<()>,
-        reader: &mut JoinHandle<()>,
-    ) {
+    /// within [`CLOSE_WAIT`]), or at once. The fan-out lets go of the client first.
+    async fn end(self, exit: Exit, silence_limit: u128, reader: &mut JoinHandle<()>) {
+        let sink = {
+            let mut flow = self.member.lock();
+            flow.mode = Mode::Stopped(Stop::Gone);
+            flow.sink.take()
+        };
+        self.ctx.hub.fanout.left(self.shard);
         match exit {
             Exit::Gone => {}
             Exit::Drop => {
@@ -679,24 +1094,30 @@ impl Client {
                 self.count_resync("dropped");
             }
             Exit::Close(code, reason) => {
+                let Some(mut sink) = sink else { return };
                 let close = Out::Close(wsframe::close(code, &reason));
-                if let Push::Queued = self.enqueue(close) {
-                    // The writer's is then the last handle of the socket: the write side
-                    // is shut when it is done.
-                    drop(self);
-                    // The close frame out, then the client's own close (end of input).
-                    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                        let _ = (&mut *writer).await;
-                        let _ = (&mut *reader).await;
-                    })
-                    .await;
-                }
+                let Push::Queued = sink.enqueue(close) else {
+                    return;
+                };
+                let Some(mut writer) = sink.take_writer() else {
+                    return;
+                };
+                // The writer's is then the last handle of the socket: the write side is
+                // shut when it is done.
+                drop(sink);
+                // The close frame out, then the client's own close (end of input).
+                let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                    let _ = (&mut writer).await;
+                    let _ = (&mut *reader).await;
+                })
+                .await;
+                writer.abort();
             }
         }
-        writer.abort();
     }
 
-    /// Moves frames to the writer until the client goes or must go.
+    /// Serves the client (all but the changes, which the fan-out sends) until it goes or
+    /// must go.
     async fn pump(
         &mut self,
         resume: Option<Resume>,
@@ -714,16 +1135,12 @@ impl Client {
         // Held across iterations: its registration is made once.
         let shutdown = ctx.shutdown.cancelled();
         tokio::pin!(shutdown);
-        let going_away = || Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into());
-        let rx = tokio::select! {
+        tokio::select! {
             _ = &mut shutdown => return going_away(),
-            r = self.start(resume) => match r {
-                Ok(rx) => rx,
-                Err(exit) => return exit,
+            r = self.start(resume) => if let Err(exit) = r {
+                return exit;
             },
-        };
-        let changes = change_stream(rx);
-        tokio::pin!(changes);
+        }
         let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut alerts_open = true;
@@ -745,17 +1162,12 @@ impl Client {
                 biased;
                 _ = &mut shutdown => Err(going_away()),
                 m = from_client.recv() => self.on_client(m, max_message),
+                _ = self.member.news.notified() => self.on_news(),
                 _ = self.drained.notified(), if resyncing => {
-                    if let Some(rx) = self.try_finish_resync() {
-                        changes.set(change_stream(rx));
-                    }
+                    self.try_finish_resync();
                     Ok(())
                 }
                 _ = &mut stall_timer, if resyncing => Err(Exit::Drop),
-                r = changes.next(), if !resyncing => match r {
-                    Some(r) => self.on_change(r),
-                    None => Err(Exit::Gone),
-                },
                 a = alerts.next(), if alerts_open => self.on_alert_news(a, resyncing, &mut alerts_open),
                 Some(c) = controls.next() => match c {
                     Ok(entry) if !resyncing => self.on_control(&entry),
@@ -768,9 +1180,7 @@ impl Client {
             };
             // A resync that can complete at once (queue already empty).
             if step.is_ok() && self.resync_by.is_some() && self.queue_empty() {
-                if let Some(rx) = self.try_finish_resync() {
-                    changes.set(change_stream(rx));
-                }
+                self.try_finish_resync();
             }
             if let Err(exit) = step {
                 return exit;
@@ -778,51 +1188,70 @@ impl Client {
         }
     }
 
-    /// The first messages: a snapshot, or the replay after `since`. Returns the change
-    /// subscription that continues right after them.
-    async fn start(
-        &mut self,
-        resume: Option<Resume>,
-    ) -> Result<broadcast::Receiver<Arc<Published>>, Exit> {
+    /// The first messages: a snapshot, or the replay after `since`; then the client is
+    /// live for the fan-out, from right after them.
+    async fn start(&mut self, resume: Option<Resume>) -> Result<(), Exit> {
         let store = &self.ctx.app.state;
         let Some(Resume { since, epoch }) = resume else {
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            self.queue_snapshot(seq, nodes, "connect")?;
-            return Ok(rx);
+            return self.go_live(seq, nodes, rx, "connect");
         };
         if epoch.as_deref().is_some_and(|e| e != store.epoch()) {
             // `since` counts another run's changes: never replay ours against it.
             self.count_resync("epoch_changed");
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            self.queue_snapshot(seq, nodes, "epoch_changed")?;
-            return Ok(rx);
+            return self.go_live(seq, nodes, rx, "epoch_changed");
         }
         match store.replay_since(since) {
             (Replay::Changes(missed), rx) => {
-                self.last_seq = since;
                 self.replay(&missed).await?;
-                if let Some(last) = missed.last() {
-                    self.last_seq = last.event.seq;
-                }
-                Ok(rx)
+                let mut flow = self.member.lock();
+                flow.last_seq = missed.last().map_or(since, |p| p.event.seq);
+                flow.mode = Mode::Live(Some(rx));
+                Ok(())
             }
             (Replay::TooOld, _) => {
                 self.count_resync("replay_miss");
                 let (seq, nodes, rx) = store.subscribe_with_snapshot();
-                self.queue_snapshot(seq, nodes, "replay_miss")?;
-                Ok(rx)
+                self.go_live(seq, nodes, rx, "replay_miss")
             }
+        }
+    }
+
+    /// Sends a snapshot taken with `rx`, and hands the client to the fan-out from there.
+    fn go_live(
+        &mut self,
+        seq: u64,
+        nodes: Vec<NodeView>,
+        rx: broadcast::Receiver<Arc<Published>>,
+        reason: &'static str,
+    ) -> Result<(), Exit> {
+        let frame = self.snapshot(seq, nodes, reason);
+        let mut flow = self.member.lock();
+        match flow.push(&frame) {
+            Push::Queued => {
+                flow.last_seq = seq;
+                flow.mode = Mode::Live(Some(rx));
+                Ok(())
+            }
+            Push::Full => Err(Exit::Drop),
+            Push::Closed => Err(Exit::Gone),
         }
     }
 
     /// Queues the missed changes this client follows. A long replay may exceed the
     /// queue: it waits for the writer (this client only), within the stall limit.
     async fn replay(&self, missed: &[Arc<Published>]) -> Result<(), Exit> {
+        if !missed.iter().any(|p| self.member.follows(&p.event)) {
+            return Ok(()); // no writer needed
+        }
         let epoch = self.ctx.app.state.epoch();
-        let queue = self.queue.clone();
+        let Some(queue) = self.member.lock().sink.as_mut().map(|s| s.queue().clone()) else {
+            return Err(Exit::Gone);
+        };
         let send_all = async {
-            for p in missed.iter().filter(|p| self.follows(&p.event)) {
-                let frame = self.ctx.hub.frames.frame(p, epoch, self.mask);
+            for p in missed.iter().filter(|p| self.member.follows(&p.event)) {
+                let frame = self.ctx.hub.frames.frame(p, epoch, self.member.mask);
                 self.pending.fetch_add(1, Ordering::AcqRel);
                 if queue.send(Out::Frame(frame)).await.is_err() {
                     self.pending.fetch_sub(1, Ordering::AcqRel);
@@ -846,13 +1275,9 @@ impl Client {
             .inc();
     }
 
-    fn follows(&self, ev: &ChangeEvent) -> bool {
-        self.selection.as_ref().is_none_or(|s| s.event(ev))
-    }
-
     /// A snapshot frame of the nodes this client follows, masked if it must be.
     fn snapshot(&self, seq: u64, mut nodes: Vec<NodeView>, reason: &'static str) -> Bytes {
-        if let Some(sel) = &self.selection {
+        if let Some(sel) = &self.member.selection {
             nodes.retain(|n| sel.node(&n.node_id));
         }
         let text = snapshot_frame(seq, self.ctx.app.state.epoch(), &nodes, reason);
@@ -860,97 +1285,57 @@ impl Client {
     }
 
     fn for_reader(&self, text: String) -> String {
-        if self.mask { masked_text(text) } else { text }
-    }
-
-    fn queue_snapshot(
-        &mut self,
-        seq: u64,
-        nodes: Vec<NodeView>,
-        reason: &'static str,
-    ) -> Result<(), Exit> {
-        match self.push(self.snapshot(seq, nodes, reason)) {
-            Push::Queued => {
-                self.last_seq = seq;
-                Ok(())
-            }
-            Push::Full => Err(Exit::Drop),
-            Push::Closed => Err(Exit::Gone),
+        if self.member.mask {
+            masked_text(text)
+        } else {
+            text
         }
     }
 
-    /// Sends a frame: straight to the socket when nothing is waiting for the writer and
-    /// the socket takes it all (the usual case: no task hand-off), else through the queue.
-    fn push(&self, frame: Bytes) -> Push {
-        if self.pending.load(Ordering::Acquire) == 0 {
-            match self.sock.try_write(&frame) {
-                Ok(n) if n == frame.len() => return Push::Queued,
-                // The rest goes first in the (empty) queue, so order is kept.
-                Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Push::Closed,
-            }
+    /// Sends a message of the client's own, made from the client's stream position
+    /// (`None`: nothing to send) while it is live; a full queue starts a resync.
+    fn send_own(&mut self, make: impl FnOnce(u64) -> Option<Bytes>) -> Result<(), Exit> {
+        let mut flow = self.member.lock();
+        if !matches!(flow.mode, Mode::Live(_)) {
+            // Resyncing (the snapshot will follow), or stopped (the news says why).
+            return Ok(());
         }
-        self.enqueue(Out::Frame(frame))
-    }
-
-    /// Hands a frame to the writer.
-    fn enqueue(&self, out: Out) -> Push {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        let r = match self.queue.try_send(out) {
-            Ok(()) => return Push::Queued,
-            Err(TrySendError::Full(_)) => Push::Full,
-            Err(TrySendError::Closed(_)) => Push::Closed,
+        let Some(frame) = make(flow.last_seq) else {
+            return Ok(());
         };
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        r
-    }
-
-    /// Queues a frame; a full queue starts a resync.
-    fn push_or_resync(&mut self, frame: Bytes) -> Result<(), Exit> {
-        match self.push(frame) {
+        match flow.push(&frame) {
             Push::Queued => Ok(()),
             Push::Full => {
-                self.begin_resync();
+                flow.mode = Mode::Resyncing;
+                drop(flow);
+                self.note_resync();
                 Ok(())
             }
-            Push::Closed => Err(Exit::Gone),
+            Push::Closed => {
+                flow.mode = Mode::Stopped(Stop::Gone);
+                Err(Exit::Gone)
+            }
         }
     }
 
-    fn on_change(&mut self, r: Result<Arc<Published>, RecvError>) -> Result<(), Exit> {
-        match r {
-            Ok(p) => {
-                if p.event.seq <= self.last_seq {
-                    return Ok(()); // already covered by the snapshot or replay
-                }
-                if !self.follows(&p.event) {
-                    self.last_seq = p.event.seq;
-                    return Ok(());
-                }
-                let frame = self
-                    .ctx
-                    .hub
-                    .frames
-                    .frame(&p, self.ctx.app.state.epoch(), self.mask);
-                match self.push(frame) {
-                    Push::Queued => {
-                        self.last_seq = p.event.seq;
-                        Ok(())
-                    }
-                    Push::Full => {
-                        self.begin_resync();
-                        Ok(())
-                    }
-                    Push::Closed => Err(Exit::Gone),
-                }
-            }
-            Err(RecvError::Lagged(_)) => {
-                self.begin_resync();
+    /// A control frame (ping, pong) whatever the mode; one lost is no matter.
+    fn send_control(&self, frame: &Bytes) {
+        let _ = self.member.lock().push(frame);
+    }
+
+    /// What the fan-out changed: a resync to do, or the end.
+    fn on_news(&mut self) -> Result<(), Exit> {
+        let mode = match self.member.lock().mode {
+            Mode::Stopped(why) => Some(why),
+            Mode::Resyncing => None,
+            Mode::Starting | Mode::Live(_) => return Ok(()),
+        };
+        match mode {
+            Some(Stop::Gone) => Err(Exit::Gone),
+            Some(Stop::GoingAway) => Err(going_away()),
+            None => {
+                self.note_resync();
                 Ok(())
-            }
-            Err(RecvError::Closed) => {
-                Err(Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into()))
             }
         }
     }
@@ -974,53 +1359,67 @@ impl Client {
     }
 
     fn on_alert(&mut self, alert: &Alert) -> Result<(), Exit> {
-        if self.selection.as_ref().is_some_and(|s| !s.alert(alert)) {
+        if self
+            .member
+            .selection
+            .as_ref()
+            .is_some_and(|s| !s.alert(alert))
+        {
             return Ok(());
         }
-        let Ok(text) = serde_json::to_string(&AlertMsg {
-            kind: "alert",
-            seq: self.last_seq,
-            epoch: self.ctx.app.state.epoch(),
-            alert,
-        }) else {
-            return Ok(());
-        };
-        let frame = wsframe::text(&self.for_reader(text));
-        self.push_or_resync(frame)
+        let ctx = self.ctx.clone();
+        let mask = self.member.mask;
+        self.send_own(|seq| {
+            let text = serde_json::to_string(&AlertMsg {
+                kind: "alert",
+                seq,
+                epoch: ctx.app.state.epoch(),
+                alert,
+            })
+            .ok()?;
+            let text = if mask { masked_text(text) } else { text };
+            Some(wsframe::text(&text))
+        })
     }
 
     fn on_control(&mut self, entry: &AuditEntry) -> Result<(), Exit> {
-        let Ok(text) = serde_json::to_string(&ControlMsg {
-            kind: "control",
-            seq: self.last_seq,
-            epoch: self.ctx.app.state.epoch(),
-            entry,
-        }) else {
-            return Ok(());
-        };
-        let frame = wsframe::text(&text);
-        self.push_or_resync(frame)
+        let ctx = self.ctx.clone();
+        self.send_own(|seq| {
+            let text = serde_json::to_string(&ControlMsg {
+                kind: "control",
+                seq,
+                epoch: ctx.app.state.epoch(),
+                entry,
+            })
+            .ok()?;
+            Some(wsframe::text(&text))
+        })
     }
 
     fn on_heartbeat(&mut self) -> Result<(), Exit> {
-        let frame = simple_frame("heartbeat", self.last_seq, self.ctx.app.state.epoch());
         // A protocol ping too: every WebSocket stack answers it, so a client that stopped
         // reading falls silent.
-        let _ = self.push(wsframe::ping());
-        self.push_or_resync(wsframe::text(&frame))
+        self.send_control(&wsframe::ping());
+        let ctx = self.ctx.clone();
+        self.send_own(|seq| {
+            let frame = simple_frame("heartbeat", seq, ctx.app.state.epoch());
+            Some(wsframe::text(&frame))
+        })
     }
 
     fn on_client(&mut self, msg: Option<FromClient>, max: usize) -> Result<(), Exit> {
         match msg {
-            Some(FromClient::Ping) if self.resync_by.is_none() => {
-                let frame = simple_frame("pong", self.last_seq, self.ctx.app.state.epoch());
-                self.push_or_resync(wsframe::text(&frame))
+            Some(FromClient::Ping) => {
+                let ctx = self.ctx.clone();
+                self.send_own(|seq| {
+                    let frame = simple_frame("pong", seq, ctx.app.state.epoch());
+                    Some(wsframe::text(&frame))
+                })
             }
-            Some(FromClient::Ping) => Ok(()),
             Some(FromClient::ProtocolPing(payload)) => {
                 // Answered like any WebSocket stack does; a client pinging faster than it
                 // reads loses pongs, nothing else.
-                let _ = self.push(wsframe::pong(&payload));
+                self.send_control(&wsframe::pong(&payload));
                 Ok(())
             }
             Some(FromClient::TooBig) => Err(Exit::Close(
@@ -1036,12 +1435,14 @@ impl Client {
         }
     }
 
-    fn begin_resync(&mut self) {
+    /// The client fell behind (found by the fan-out or here): counted once, and the
+    /// queue gets until the deadline to drain.
+    fn note_resync(&mut self) {
         if self.resync_by.is_none() {
             self.count_resync("slow");
             tracing::debug!(
                 "[WS] client fell behind at seq {}: resyncing",
-                self.last_seq
+                self.member.lock().last_seq
             );
             self.resync_by = Some(Instant::now() + self.stall);
         }
@@ -1052,20 +1453,36 @@ impl Client {
         self.pending.load(Ordering::Acquire) == 0
     }
 
-    /// Once the queue is empty: a fresh snapshot and subscription.
-    fn try_finish_resync(&mut self) -> Option<broadcast::Receiver<Arc<Published>>> {
+    /// Once the queue is empty: a fresh snapshot, and the client is live again from it.
+    fn try_finish_resync(&mut self) {
         if self.resync_by.is_none() || !self.queue_empty() {
-            return None;
+            return;
         }
         let (seq, nodes, rx) = self.ctx.app.state.subscribe_with_snapshot();
-        if let Push::Queued = self.push(self.snapshot(seq, nodes, "resync")) {
-            self.last_seq = seq;
-            self.resync_by = None;
-            Some(rx)
-        } else {
-            None
+        let frame = self.snapshot(seq, nodes, "resync");
+        let mut flow = self.member.lock();
+        if !matches!(flow.mode, Mode::Resyncing) {
+            return; // stopped meanwhile: the news says why
+        }
+        match flow.push(&frame) {
+            Push::Queued => {
+                flow.last_seq = seq;
+                flow.mode = Mode::Live(Some(rx));
+                self.resync_by = None;
+            }
+            Push::Full => {}
+            Push::Closed => {
+                flow.mode = Mode::Stopped(Stop::Gone);
+                drop(flow);
+                self.member.news.notify_one();
+            }
         }
     }
+}
+
+/// The goodbye when the server shuts down.
+fn going_away() -> Exit {
+    Exit::Close(CLOSE_GOING_AWAY, "server shutting down".into())
 }
 
 /// The code to answer a client's close frame with: its own, unless it may not be sent.
@@ -1181,17 +1598,7 @@ fn on_frame(frame: Frame, to_pump: &mpsc::Sender<FromClient>) -> Option<FromClie
     }
 }
 
-/// The change subscription as a stream whose pending `recv` survives `select!` rounds.
-fn change_stream(
-    rx: broadcast::Receiver<Arc<Published>>,
-) -> impl futures_util::Stream<Item = Result<Arc<Published>, RecvError>> {
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        let r = rx.recv().await;
-        Some((r, rx))
-    })
-}
-
-/// The alert subscription, likewise.
+/// The alert subscription as a stream whose pending `recv` survives `select!` rounds.
 fn alert_stream(
     rx: broadcast::Receiver<Arc<Alert>>,
 ) -> impl futures_util::Stream<Item = Result<Arc<Alert>, RecvError>> {
@@ -1480,6 +1887,168 @@ mod tests {
         assert!(sel.alert(&alert(Some("2000"))));
         assert!(!sel.alert(&alert(Some("3000"))));
         assert!(sel.alert(&alert(None)));
+    }
+
+    /// A member writing to one end of a loopback connection (queue of `queue` frames);
+    /// the other end for the test to read.
+    async fn member_on_socket(
+        queue: usize,
+        selection: Option<Arc<Selection>>,
+    ) -> (Arc<Member>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server, _) = accepted.expect("accept");
+        let (_read, write) = server.into_split();
+        let member = Arc::new(Member {
+            flow: Mutex::new(Flow {
+                sink: Some(Sink::new(write, queue, Duration::from_secs(60))),
+                last_seq: 0,
+                mode: Mode::Starting,
+            }),
+            mask: false,
+            selection,
+            news: Notify::new(),
+        });
+        (member, client.expect("connect"))
+    }
+
+    /// The seqs of the event frames readable on `sock` now (waits briefly for `n`).
+    async fn event_seqs(sock: &mut tokio::net::TcpStream, n: usize) -> Vec<u64> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while got.len() < n {
+            let mut chunk = [0u8; 4096];
+            let k = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut chunk))
+                .await
+                .expect("frames within 5 s")
+                .expect("read");
+            assert!(k > 0, "closed");
+            buf.extend_from_slice(&chunk[..k]);
+            // Unmasked server frames of up to 64 KiB.
+            while buf.len() >= 4 {
+                let (at, len) = match buf[1] {
+                    126 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                    n => (2, usize::from(n)),
+                };
+                if buf.len() < at + len {
+                    break;
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(&buf[at..at + len]).expect("a JSON text frame");
+                got.push(v["seq"].as_u64().expect("seq"));
+                buf.drain(..at + len);
+            }
+        }
+        got
+    }
+
+    fn small(seq: u64, node: &str) -> Arc<Published> {
+        let mut ev = ChangeEvent::new(ChangeKind::TxKeyed, "hub", Some(node));
+        ev.seq = seq;
+        Published::new(ev)
+    }
+
+    /// Offers `p` as the fan-out does.
+    fn offer(m: &Member, cache: &FrameCache, p: &Arc<Published>) -> bool {
+        m.offer(cache, p, &cache.event(p, "e1"), "e1")
+    }
+
+    #[tokio::test]
+    async fn the_fan_out_sends_what_was_published_during_the_snapshot_first() {
+        let cache = FrameCache::default();
+        let (m, mut sock) = member_on_socket(8, None).await;
+        // Passed by while starting.
+        assert!(offer(&m, &cache, &small(1, "2000")));
+        // Snapshot at 1, its subscription holding 2 and 3; the fan-out's next change is 4.
+        let (tx, rx) = broadcast::channel(16);
+        for seq in 2..=4 {
+            tx.send(small(seq, "2000")).expect("send");
+        }
+        {
+            let mut flow = m.lock();
+            flow.last_seq = 1;
+            flow.mode = Mode::Live(Some(rx));
+        }
+        assert!(offer(&m, &cache, &small(4, "2000")));
+        assert!(offer(&m, &cache, &small(4, "2000")), "a repeat is skipped");
+        assert!(offer(&m, &cache, &small(5, "2000")));
+        assert_eq!(event_seqs(&mut sock, 4).await, [2, 3, 4, 5]);
+        assert!(
+            matches!(m.lock().mode, Mode::Live(None)),
+            "subscription dropped"
+        );
+        assert!(
+            m.lock().sink.as_ref().is_some_and(|s| s.writer.is_none()),
+            "a client that keeps up has no writer task"
+        );
+        // Stopped: the fan-out lets go.
+        m.stop(Stop::Gone);
+        assert!(!offer(&m, &cache, &small(6, "2000")));
+    }
+
+    #[tokio::test]
+    async fn changes_left_out_by_the_selection_still_move_the_cursor() {
+        let cfg = fleet();
+        let sel = Selection::from_query(&query(&[("nodes", "2001")]), &cfg)
+            .expect("valid")
+            .map(Arc::new);
+        let cache = FrameCache::default();
+        let (m, mut sock) = member_on_socket(8, sel).await;
+        m.lock().mode = Mode::Live(None);
+        for (seq, node) in [(1, "2000"), (2, "2001"), (3, "2000")] {
+            assert!(offer(&m, &cache, &small(seq, node)));
+        }
+        assert_eq!(event_seqs(&mut sock, 1).await, [2]);
+        assert_eq!(m.lock().last_seq, 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_turns_the_client_to_a_resync_and_tells_its_task() {
+        let cache = FrameCache::default();
+        let (m, _sock) = member_on_socket(2, None).await;
+        m.lock().mode = Mode::Live(None);
+        let mut ev = ChangeEvent::new(ChangeKind::AmiDisconnected, "hub", None);
+        ev.error = Some("x".repeat(256 * 1024));
+        // The socket's buffers fill (nobody reads), then the queue of 2.
+        let mut seq = 0;
+        while matches!(m.lock().mode, Mode::Live(_)) {
+            seq += 1;
+            assert!(seq < 1000, "never fell behind");
+            let mut e = ev.clone();
+            e.seq = seq;
+            assert!(offer(&m, &cache, &Published::new(e)));
+        }
+        assert!(matches!(m.lock().mode, Mode::Resyncing));
+        assert!(m.lock().sink.as_ref().is_some_and(|s| s.writer.is_some()));
+        tokio::time::timeout(Duration::from_secs(1), m.news.notified())
+            .await
+            .expect("the client's task is told");
+        // Passed by until its task has sent a fresh snapshot.
+        let last = m.lock().last_seq;
+        assert!(offer(&m, &cache, &small(seq + 1, "2000")));
+        assert_eq!(m.lock().last_seq, last);
+    }
+
+    #[tokio::test]
+    async fn a_lagged_catch_up_subscription_resyncs_the_client() {
+        let cache = FrameCache::default();
+        let (m, _sock) = member_on_socket(8, None).await;
+        let (tx, rx) = broadcast::channel(2);
+        for seq in 2..=6 {
+            tx.send(small(seq, "2000")).expect("send");
+        }
+        {
+            let mut flow = m.lock();
+            flow.last_seq = 1;
+            flow.mode = Mode::Live(Some(rx));
+        }
+        assert!(offer(&m, &cache, &small(7, "2000")));
+        assert!(matches!(m.lock().mode, Mode::Resyncing));
     }
 
     #[test]
