@@ -105,6 +105,13 @@ fn model() -> StateStore {
     today.insert(("1999".to_owned(), "2100".to_owned()), (7, 12.5));
     today.insert(("2000".to_owned(), "2100".to_owned()), (1, 0.1));
     store.set_link_today(today);
+    // A node taken from a broker carries its origin.
+    store.update(|m, _| {
+        let mut remote = crate::state::node::NodeState::new("3000", "remote", Duration::ZERO);
+        remote.origin = Some("daemon \"b\"".into());
+        remote.last_poll_ms = Some(1_700_000_000_123);
+        m.nodes.insert("3000".into(), remote);
+    });
     store
 }
 
@@ -135,7 +142,9 @@ fn the_one_pass_encoding_is_byte_identical_to_serialising_the_views() {
     );
     let v: serde_json::Value = serde_json::from_slice(&fast).expect("valid JSON");
     let nodes = v.as_array().expect("an array");
-    assert_eq!(nodes.len(), 4);
+    assert_eq!(nodes.len(), 5);
+    assert_eq!(nodes[4]["origin"], "daemon \"b\"");
+    assert!(nodes[0].get("origin").is_none());
     let link = &nodes[0]["links"][0];
     assert_eq!(link["node"], "2100");
     assert_eq!(link["keyed"], true);
