@@ -12,14 +12,13 @@
 //! compare the two encodings byte for byte. Times that advance (connected seconds,
 //! seconds since a key) are computed at one `now` for the whole snapshot, as before.
 
-use std::io::{self, Write};
+use std::io;
 
 use serde::Serialize;
 
 use super::node::{Link, NodeState, rfc3339};
 use super::store::{StateStore, TodayCounts};
 use crate::astdb::AstDb;
-use crate::rpt::types::format_elapsed;
 
 impl StateStore {
     /// Writes `head(seq)`, then the JSON array of every node's view in node-id order,
@@ -51,12 +50,48 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> io::Result<()> {
     serde_json::to_writer(&mut *out, v).map_err(io::Error::from)
 }
 
-/// An `Option<u64>`: the number or `null`.
-fn opt_u64(out: &mut Vec<u8>, v: Option<u64>) -> io::Result<()> {
-    match v {
-        Some(v) => write!(out, "{v}"),
-        None => out.write_all(b"null"),
+/// A whole number in decimal (what serde_json writes; without `fmt`'s machinery).
+fn num(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
     }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn boolean(out: &mut Vec<u8>, v: bool) {
+    out.extend_from_slice(if v { b"true" } else { b"false" });
+}
+
+/// An `Option<u64>`: the number or `null`.
+fn opt_num(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => num(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `format_elapsed(secs)` as a JSON string (`"HH:MM:SS"`: nothing to escape).
+fn elapsed(out: &mut Vec<u8>, secs: u64) {
+    let two = |out: &mut Vec<u8>, v: u64| {
+        if v < 10 {
+            out.push(b'0');
+        }
+        num(out, v);
+    };
+    out.push(b'"');
+    two(out, secs / 3600);
+    out.push(b':');
+    two(out, (secs / 60) % 60);
+    out.push(b':');
+    two(out, secs % 60);
+    out.push(b'"');
 }
 
 /// One node, as `serde_json` writes `NodeState::view` (with today's totals).
@@ -67,39 +102,40 @@ fn write_node(
     db: &AstDb,
     today: &TodayCounts,
 ) -> io::Result<()> {
-    out.write_all(b"{\"node_id\":")?;
+    out.extend_from_slice(b"{\"node_id\":");
     json(out, &n.node_id)?;
-    out.write_all(b",\"server\":")?;
+    out.extend_from_slice(b",\"server\":");
     json(out, &n.server)?;
-    write!(
-        out,
-        ",\"rx_keyed\":{},\"tx_keyed\":{},\"links\":[",
-        n.rx.keyed, n.tx.keyed
-    )?;
+    out.extend_from_slice(b",\"rx_keyed\":");
+    boolean(out, n.rx.keyed);
+    out.extend_from_slice(b",\"tx_keyed\":");
+    boolean(out, n.tx.keyed);
+    out.extend_from_slice(b",\"links\":[");
     for (i, l) in n.links.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_link(out, &n.node_id, l, now, db, today)?;
     }
-    out.write_all(b"],\"linked_nodes\":")?;
+    out.extend_from_slice(b"],\"linked_nodes\":");
     json(out, &n.linked_nodes)?;
-    out.write_all(b",\"poll_interval_seconds\":")?;
+    out.extend_from_slice(b",\"poll_interval_seconds\":");
     json(out, &n.poll_interval.as_secs_f64())?;
-    out.write_all(b",\"last_poll\":")?;
+    out.extend_from_slice(b",\"last_poll\":");
     match n.last_poll_ms {
         Some(ms) => json(out, &rfc3339(ms))?,
-        None => out.write_all(b"null")?,
+        None => out.extend_from_slice(b"null"),
     }
-    write!(
-        out,
-        ",\"stale\":{},\"tx_keyups\":{},\"tx_seconds_total\":",
-        n.stale, n.tx.keyups
-    )?;
+    out.extend_from_slice(b",\"stale\":");
+    boolean(out, n.stale);
+    out.extend_from_slice(b",\"tx_keyups\":");
+    num(out, n.tx.keyups);
+    out.extend_from_slice(b",\"tx_seconds_total\":");
     json(out, &n.tx.total_now(now))?;
-    write!(out, ",\"rx_keyups\":{}", n.rx.keyups)?;
+    out.extend_from_slice(b",\"rx_keyups\":");
+    num(out, n.rx.keyups);
     if let Some(origin) = &n.origin {
-        out.write_all(b",\"origin\":")?;
+        out.extend_from_slice(b",\"origin\":");
         json(out, origin)?;
     }
     out.push(b'}');
@@ -116,28 +152,30 @@ fn write_link(
     today: &TodayCounts,
 ) -> io::Result<()> {
     let secs = l.connected_seconds(now);
-    out.write_all(b"{\"node\":")?;
+    out.extend_from_slice(b"{\"node\":");
     json(out, &l.name)?;
-    out.write_all(b",\"kind\":")?;
+    out.extend_from_slice(b",\"kind\":");
     json(out, &l.kind)?;
-    out.write_all(b",\"ip\":")?;
+    out.extend_from_slice(b",\"ip\":");
     json(out, &l.ip)?;
-    out.write_all(b",\"direction\":")?;
+    out.extend_from_slice(b",\"direction\":");
     json(out, &l.direction)?;
-    // HH:MM:SS: digits and colons only, nothing to escape.
-    write!(
-        out,
-        ",\"elapsed\":\"{}\",\"connected_seconds\":{secs},\"mode\":",
-        format_elapsed(secs)
-    )?;
+    out.extend_from_slice(b",\"elapsed\":");
+    elapsed(out, secs);
+    out.extend_from_slice(b",\"connected_seconds\":");
+    num(out, secs);
+    out.extend_from_slice(b",\"mode\":");
     json(out, &l.mode)?;
-    out.write_all(b",\"state\":")?;
+    out.extend_from_slice(b",\"state\":");
     json(out, &l.state)?;
-    write!(out, ",\"keyed\":{},\"last_keyed_seconds\":", l.keyed)?;
-    opt_u64(out, l.last_keyed_seconds(now))?;
-    out.write_all(b",\"last_unkeyed_seconds\":")?;
-    opt_u64(out, l.last_unkeyed_seconds(now))?;
-    write!(out, ",\"reconnects\":{}", l.reconnects)?;
+    out.extend_from_slice(b",\"keyed\":");
+    boolean(out, l.keyed);
+    out.extend_from_slice(b",\"last_keyed_seconds\":");
+    opt_num(out, l.last_keyed_seconds(now));
+    out.extend_from_slice(b",\"last_unkeyed_seconds\":");
+    opt_num(out, l.last_unkeyed_seconds(now));
+    out.extend_from_slice(b",\"reconnects\":");
+    num(out, u64::from(l.reconnects));
     if let Some(e) = db.get(&l.name) {
         for (key, v) in [
             (&b",\"callsign\":"[..], &e.callsign),
@@ -145,12 +183,14 @@ fn write_link(
             (b",\"location\":", &e.location),
         ] {
             if !v.is_empty() {
-                out.write_all(key)?;
+                out.extend_from_slice(key);
                 json(out, v)?;
             }
         }
     }
-    write!(out, ",\"keyups\":{},\"keyed_seconds_total\":", l.keyups)?;
+    out.extend_from_slice(b",\"keyups\":");
+    num(out, l.keyups);
+    out.extend_from_slice(b",\"keyed_seconds_total\":");
     json(out, &l.keyed_seconds_total(now))?;
     let (k, s) = if today.is_empty() {
         (0, 0.0)
@@ -160,7 +200,9 @@ fn write_link(
             .copied()
             .unwrap_or((0, 0.0))
     };
-    write!(out, ",\"keyups_today\":{k},\"talk_seconds_today\":")?;
+    out.extend_from_slice(b",\"keyups_today\":");
+    num(out, k);
+    out.extend_from_slice(b",\"talk_seconds_today\":");
     json(out, &s)?;
     out.push(b'}');
     Ok(())
