@@ -15,7 +15,6 @@
 //! `inc`, `inc_by`, `get`, `observe`, `remove_label_values`), so call sites do not change.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -45,13 +44,33 @@ impl<V> std::ops::Deref for Child<V> {
     }
 }
 
+/// The children map's keys are hashes already.
+#[derive(Default, Clone, Copy)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Children<V> = HashMap<u64, Arc<Child<V>>, std::hash::BuildHasherDefault<IdentityHasher>>;
+
 struct Inner<V: Value> {
     desc: Desc,
     config: V::Config,
     /// Label indices in the order the crate exposes them (sorted by label name).
     order: Box<[usize]>,
     /// By the hash of the label values; a collision moves on to the next free hash.
-    children: RwLock<HashMap<u64, Arc<Child<V>>>>,
+    children: RwLock<Children<V>>,
 }
 
 /// A family of series with the same name and label names (the crate's `*Vec`).
@@ -63,12 +82,17 @@ impl<V: Value> Clone for Family<V> {
     }
 }
 
+/// FNV-1a of the label values (as the crate hashes them; SipHash made an update 50 %
+/// slower). Collisions are told apart by the values themselves.
 fn hash_of<S: AsRef<str>>(values: &[S]) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for v in values {
-        v.as_ref().hash(&mut h);
+        for b in v.as_ref().bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
     }
-    h.finish()
+    h
 }
 
 fn same<S: AsRef<str>>(labels: &[Box<str>], values: &[S]) -> bool {
@@ -95,7 +119,7 @@ impl<V: Value> Family<V> {
             desc,
             config,
             order: order.into(),
-            children: RwLock::new(HashMap::new()),
+            children: RwLock::new(Children::default()),
         })))
     }
 
