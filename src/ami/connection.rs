@@ -313,7 +313,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct AmiHandle {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
+    /// Boxed: the queue's first block (32 slots) is allocated up front for every server.
+    commands: mpsc::Sender<Box<Command>>,
 }
 
 impl AmiHandle {
@@ -403,7 +404,7 @@ impl AmiHandle {
             server: self.shared.server.clone(),
         };
         self.commands
-            .send(Command { action, tx })
+            .send(Box::new(Command { action, tx }))
             .await
             .map_err(|_| not_connected())?;
         let reply = match tokio::time::timeout(timeout, rx).await {
@@ -511,7 +512,7 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
 struct Supervisor {
     parts: SupervisorParts,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Box<Command>>,
     name: Arc<str>,
     rx_seq: u64,
 }
@@ -610,7 +611,7 @@ impl Supervisor {
     fn new(
         parts: SupervisorParts,
         shared: Arc<Shared>,
-        commands: mpsc::Receiver<Command>,
+        commands: mpsc::Receiver<Box<Command>>,
     ) -> Supervisor {
         let name: Arc<str> = Arc::from(parts.server.name.as_str());
         Supervisor {
@@ -916,7 +917,7 @@ impl Supervisor {
                     }
                 },
                 Some(cmd) = self.commands.recv() => {
-                    match self.write_action(&mut session, &mut book, cmd).await {
+                    match self.write_action(&mut session, &mut book, *cmd).await {
                         Err(e) => break e,
                         Ok(false) => continue,
                         Ok(true) => {}
