@@ -11,14 +11,28 @@
 //! `cargo bench --bench fleet`. Knobs (environment): `FLEET_SERVERS` (1000),
 //! `FLEET_NODES` (5 per server), `FLEET_PLUGINS=1` (run the bundled Lua plugins),
 //! `FLEET_IDLE_SECS` (30), `FLEET_ACTIVE_SECS` (60), `FLEET_DOWN_SECS` (5).
+//!
+//! First, in process: the CPU time of building the `/api/nodes` body for the fleet's
+//! nodes (synthetic, through real polls), the way it was built before (every view, then
+//! serialised) and in one pass (`StateStore::encode_nodes`). `FLEET_BODY_ONLY=1` stops
+//! after that.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use allstar_nexus::ami::{Frame, Reply};
+use allstar_nexus::metrics::Metrics;
+use allstar_nexus::poller::PollResult;
 use allstar_nexus::sim::fleet::{DaemonConfigOptions, Fleet, FleetActivity, FleetConfig};
+use allstar_nexus::state::StateStore;
+use allstar_nexus::state::engine::{Engine, NodeSpec};
 use tokio_util::sync::CancellationToken;
+
+// As the daemon: the body micro-benchmark allocates as it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -225,6 +239,142 @@ async fn restart(fleet: &Fleet, http: &reqwest::Client, base: &str, down: u64) {
     println!("  per second (attempts/accepted): {}", shape.join(" "));
 }
 
+/// CPU seconds of the calling thread.
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec for the call to fill.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// A model of `n` nodes like the fleet's: two established links each (one keyed), their
+/// `LinkedNodes`, built through real XStat/SawStat polls.
+fn synthetic_model(n: usize) -> (StateStore, Engine) {
+    let store = StateStore::new(4096, 1024);
+    let mut engine = Engine::new(store.clone(), Metrics::default(), true);
+    let specs: Vec<NodeSpec> = (0..n)
+        .map(|i| NodeSpec {
+            node_id: (10_000 + i).to_string(),
+            server: format!("fleet-{}", i / 5),
+            poll_interval: Duration::from_secs(30),
+        })
+        .collect();
+    engine.add_nodes(&specs);
+    for (i, spec) in specs.iter().enumerate() {
+        let links = [(400_000 + i * 2, "OUT"), (400_001 + i * 2, "IN")];
+        let mut x: Vec<(String, String)> = vec![
+            ("Response".into(), "Success".into()),
+            ("Node".into(), spec.node_id.clone()),
+        ];
+        let mut s = x.clone();
+        for (j, (name, dir)) in links.iter().enumerate() {
+            let ip = format!("203.0.113.{}", (i + j) % 250 + 2);
+            let conn = format!(
+                "{name:<10}{ip:<20}{:<12}{dir:<11}{:<20}{:<20}",
+                0, "01:02:03", "ESTABLISHED"
+            );
+            x.push(("Conn".into(), conn));
+            s.push(("Conn".into(), format!("{name} {} 12 -1", j)));
+        }
+        x.push((
+            "LinkedNodes".into(),
+            format!("T{}, T{}, T{}", links[0].0, links[1].0, 500_000 + i),
+        ));
+        x.push((
+            "Var".into(),
+            format!("RPT_ALINKS=2,{}TK,{}TU", links[0].0, links[1].0),
+        ));
+        x.push(("Var".into(), "RPT_TXKEYED=0".into()));
+        x.push(("Var".into(), "RPT_RXKEYED=0".into()));
+        engine.on_poll(PollResult {
+            node: spec.node_id.clone(),
+            server: spec.server.clone(),
+            xstat: Ok(Reply {
+                frame: Frame::from_headers(&x),
+                rx_seq: i as u64 * 2 + 1,
+            }),
+            sawstat: Ok(Reply {
+                frame: Frame::from_headers(&s),
+                rx_seq: i as u64 * 2 + 2,
+            }),
+            duration: Duration::ZERO,
+        });
+    }
+    (store, engine)
+}
+
+/// CPU time of building the `/api/nodes` body for `n` nodes: before (views, then
+/// serde_json::to_vec, as `warp::reply::json` does) and in one pass (what the route does).
+fn body_benchmark(n: usize) {
+    #[derive(serde::Serialize)]
+    struct Nodes<'a> {
+        seq: u64,
+        epoch: &'a str,
+        nodes: Vec<allstar_nexus::state::NodeView>,
+    }
+    let (store, _engine) = synthetic_model(n);
+    let rounds = 60;
+    let mut size = 0;
+    let mut views_ms = Vec::new();
+    let mut before_ms = Vec::new();
+    let mut after_ms = Vec::new();
+    let mut hint = 0;
+    for _ in 0..rounds {
+        let t = thread_cpu();
+        let (seq, nodes, _rx) = store.subscribe_with_snapshot();
+        let built = thread_cpu();
+        let body = serde_json::to_vec(&Nodes {
+            seq,
+            epoch: store.epoch(),
+            nodes,
+        })
+        .expect("encodes");
+        before_ms.push((thread_cpu() - t) * 1e3);
+        views_ms.push((built - t) * 1e3);
+        size = body.len();
+        drop(body);
+
+        let t = thread_cpu();
+        let mut out = Vec::with_capacity(hint + hint / 16 + 256);
+        store
+            .encode_nodes(&mut out, |out, seq| {
+                out.extend_from_slice(format!("{{\"seq\":{seq},\"epoch\":").as_bytes());
+                let _ = serde_json::to_writer(&mut *out, store.epoch());
+                out.extend_from_slice(b",\"nodes\":");
+            })
+            .expect("encodes");
+        out.push(b'}');
+        after_ms.push((thread_cpu() - t) * 1e3);
+        hint = out.len();
+        // Keyed links' seconds grow between the two builds: a few digits more or less.
+        assert!(out.len().abs_diff(size) < size / 100, "same body");
+    }
+    for v in [&mut views_ms, &mut before_ms, &mut after_ms] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    println!(
+        "/api/nodes body, {n} nodes, {} KiB ({} B a node), CPU per build over {rounds} builds:",
+        size / 1024,
+        size / n.max(1)
+    );
+    println!(
+        "  before (views under the lock, then to_vec): p50 {:.2} ms, p95 {:.2} ms (views alone, under the lock: p50 {:.2} ms)",
+        pct(&before_ms, 0.5),
+        pct(&before_ms, 0.95),
+        pct(&views_ms, 0.5)
+    );
+    println!(
+        "  one pass (all under the lock): p50 {:.2} ms, p95 {:.2} ms",
+        pct(&after_ms, 0.5),
+        pct(&after_ms, 0.95)
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument that is not ours means skip.
     if std::env::args()
@@ -239,6 +389,10 @@ fn main() {
     let idle_secs: u64 = env_num("FLEET_IDLE_SECS", 30);
     let active_secs: u64 = env_num("FLEET_ACTIVE_SECS", 60);
     let down: u64 = env_num("FLEET_DOWN_SECS", 5);
+    body_benchmark(servers * nodes);
+    if env_num("FLEET_BODY_ONLY", 0) == 1 {
+        return;
+    }
     let nofile = raise_nofile();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -5,14 +5,33 @@
 //! the WebSocket hub, the Lua host); a scrape only encodes what is already in memory and
 //! never asks Asterisk anything.
 
+mod compact;
+
+use std::sync::Arc;
+
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// Every series, registered in one [`Registry`]. Cheap to clone (handles are shared).
+// Labelled families are stored compactly (`compact`: a fleet's 100,000 series); the
+// exposition is the prometheus crate's.
+pub use compact::{CounterVec, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec};
+
+/// Every series, registered in one [`Registry`]. Cheap to clone: one pointer to the
+/// shared [`Catalogue`] (a fleet's 6,000 pollers and sessions each hold one; a copy of every
+/// handle cost 0.5 KiB each).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Catalogue>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Catalogue;
+    fn deref(&self) -> &Catalogue {
+        &self.0
+    }
+}
+
+/// The handles of every series (through [`Metrics`]).
+pub struct Catalogue {
     registry: Registry,
     /// Whether per-link series are exported (config `metrics.per_link`).
     pub per_link: bool,
@@ -153,11 +172,11 @@ macro_rules! series {
 }
 
 series! {
-    IntGaugeVec => |d| IntGaugeVec::new(d.opts(), d.labels);
-    IntCounterVec => |d| IntCounterVec::new(d.opts(), d.labels);
-    GaugeVec => |d| GaugeVec::new(d.opts(), d.labels);
-    CounterVec => |d| CounterVec::new(d.opts(), d.labels);
-    HistogramVec => |d| HistogramVec::new(d.histogram_opts(), d.labels);
+    IntGaugeVec => |d| IntGaugeVec::new(d.name, d.help, d.labels);
+    IntCounterVec => |d| IntCounterVec::new(d.name, d.help, d.labels);
+    GaugeVec => |d| GaugeVec::new(d.name, d.help, d.labels);
+    CounterVec => |d| CounterVec::new(d.name, d.help, d.labels);
+    HistogramVec => |d| HistogramVec::new(d.name, d.help, d.labels, d.buckets);
     Histogram => |d| Histogram::with_opts(d.histogram_opts());
     IntGauge => |d| IntGauge::with_opts(d.opts());
     IntCounter => |d| IntCounter::with_opts(d.opts());
@@ -470,7 +489,7 @@ impl Metrics {
     /// Builds and registers the whole catalogue (the definitions above, in order).
     pub fn new(per_link: bool) -> Metrics {
         let r = Registry::new();
-        let m = Metrics {
+        let m = Catalogue {
             per_link,
             ami_up: reg(&r, &AMI_UP),
             ami_reconnect_attempts: reg(&r, &AMI_RECONNECT_ATTEMPTS),
@@ -530,7 +549,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        m
+        Metrics(Arc::new(m))
     }
 
     /// The Prometheus text exposition of every series.

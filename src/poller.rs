@@ -11,12 +11,10 @@
 
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tracing::Instrument;
-
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::{Action, ActionError, AmiHandle, Reply};
@@ -40,34 +38,63 @@ pub struct PollResult {
 /// Controls one node's poller. Cheap to clone.
 #[derive(Clone)]
 pub struct PollerHandle {
-    interval: Arc<watch::Sender<Duration>>,
-    now: Arc<Notify>,
+    shared: Arc<Shared>,
+}
+
+/// What a poller and its handles share: one small allocation per node (a fleet has
+/// thousands; a `watch` channel for the interval alone took 450 bytes).
+struct Shared {
+    /// The interval, in milliseconds.
+    interval_ms: AtomicU64,
+    /// Wakes the poller when the interval changed (a stored permit if it is busy).
+    interval_changed: Notify,
+    now: Notify,
     /// A poll has been asked for and not started yet.
-    pending: Arc<AtomicBool>,
+    pending: AtomicBool,
 }
 
 impl PollerHandle {
+    fn new(interval: Duration) -> PollerHandle {
+        let handle = PollerHandle {
+            shared: Arc::new(Shared {
+                interval_ms: AtomicU64::new(0),
+                interval_changed: Notify::new(),
+                now: Notify::new(),
+                pending: AtomicBool::new(false),
+            }),
+        };
+        handle.store_interval(interval);
+        handle
+    }
+
+    fn store_interval(&self, d: Duration) -> Duration {
+        let d = d.clamp(MIN_INTERVAL, MAX_INTERVAL);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.shared.interval_ms.store(ms, Ordering::SeqCst);
+        d
+    }
+
     /// The current interval.
     pub fn interval(&self) -> Duration {
-        *self.interval.borrow()
+        Duration::from_millis(self.shared.interval_ms.load(Ordering::SeqCst))
     }
 
     /// Changes the interval (clamped to 1 s … 1 h); takes effect from the current wait.
     pub fn set_interval(&self, d: Duration) -> Duration {
-        let d = d.clamp(MIN_INTERVAL, MAX_INTERVAL);
-        self.interval.send_replace(d);
+        let d = self.store_interval(d);
+        self.shared.interval_changed.notify_one();
         d
     }
 
     /// Polls as soon as possible. Requests made before the poll starts are one request.
     pub fn poll_now(&self) {
-        self.pending.store(true, Ordering::SeqCst);
-        self.now.notify_one();
+        self.shared.pending.store(true, Ordering::SeqCst);
+        self.shared.now.notify_one();
     }
 
     /// Whether a poll is asked for and not yet started (a new request would coalesce).
     pub fn poll_pending(&self) -> bool {
-        self.pending.load(Ordering::SeqCst)
+        self.shared.pending.load(Ordering::SeqCst)
     }
 }
 
@@ -83,29 +110,24 @@ pub struct PollerParts {
     pub shutdown: CancellationToken,
 }
 
-/// Starts the poller task for one node.
+/// Starts the poller task for one node. Its log lines carry `node` and `server` fields
+/// (no span per poller: a fleet has thousands).
 pub fn spawn(parts: PollerParts) -> PollerHandle {
-    let (tx, rx) = watch::channel(parts.interval.clamp(MIN_INTERVAL, MAX_INTERVAL));
-    let handle = PollerHandle {
-        interval: Arc::new(tx),
-        now: Arc::new(Notify::new()),
-        pending: Arc::new(AtomicBool::new(false)),
-    };
+    let handle = PollerHandle::new(parts.interval);
     parts
         .metrics
         .poll_interval
         .with_label_values(&[&parts.node])
         .set(parts.interval.as_secs_f64());
-    let span = tracing::info_span!("poller", node = %parts.node, server = %parts.ami.server());
-    tokio::spawn(run(parts, rx, handle.clone()).instrument(span));
+    tokio::spawn(run(parts, handle.clone()));
     handle
 }
 
-async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, handle: PollerHandle) {
-    let now = handle.now.clone();
+async fn run(parts: PollerParts, handle: PollerHandle) {
+    let shared = &handle.shared;
     let mut status = parts.ami.watch_status();
     let mut was_connected = status.borrow().connected;
-    let mut next = tokio::time::Instant::now() + *interval.borrow();
+    let mut next = tokio::time::Instant::now() + handle.interval();
     // A session that is already up when we start deserves a first poll at once.
     let mut due = was_connected && parts.automatic;
     loop {
@@ -114,10 +136,9 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, handle
                 _ = parts.shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next), if parts.automatic => due = true,
                 // A stale wake-up (the request was served by a poll already) is ignored.
-                _ = now.notified() => due = handle.pending.load(Ordering::SeqCst),
-                changed = interval.changed() => {
-                    if changed.is_err() { return; }
-                    let d = *interval.borrow_and_update();
+                _ = shared.now.notified() => due = handle.poll_pending(),
+                _ = shared.interval_changed.notified() => {
+                    let d = handle.interval();
                     parts.metrics.poll_interval.with_label_values(&[&parts.node]).set(d.as_secs_f64());
                     // Shorter interval: do not wait out the old, longer one.
                     next = next.min(tokio::time::Instant::now() + d);
@@ -133,18 +154,30 @@ async fn run(parts: PollerParts, mut interval: watch::Receiver<Duration>, handle
             continue;
         }
         due = false;
-        handle.pending.store(false, Ordering::SeqCst);
-        next = tokio::time::Instant::now() + *interval.borrow();
+        shared.pending.store(false, Ordering::SeqCst);
+        next = tokio::time::Instant::now() + handle.interval();
         if !parts.ami.is_connected() {
-            PollSkipped { node: &parts.node }.emit(&parts.metrics);
+            PollSkipped {
+                node: &parts.node,
+                server: parts.ami.server(),
+            }
+            .emit(&parts.metrics);
             continue;
         }
-        let result = poll_once(&parts.node, &parts.ami).await;
-        PollCompleted { result: &result }.emit(&parts.metrics);
-        if parts.results.send(result).await.is_err() {
+        // Boxed: the poll's futures (two actions with their timeouts, the hand-off to the
+        // engine) exist only while a poll runs, not in every waiting poller of a fleet.
+        if !Box::pin(poll_and_report(&parts)).await {
             return;
         }
     }
+}
+
+/// Polls, counts the poll, and hands the result to the engine; false when the engine is
+/// gone.
+async fn poll_and_report(parts: &PollerParts) -> bool {
+    let result = poll_once(&parts.node, &parts.ami).await;
+    PollCompleted { result: &result }.emit(&parts.metrics);
+    parts.results.send(result).await.is_ok()
 }
 
 /// One warning per node every 30 s for failed polls.
@@ -154,6 +187,7 @@ static POLL_LOG: LazyLock<LogLimiter> =
 /// A poll was due while the server was disconnected.
 struct PollSkipped<'a> {
     node: &'a str,
+    server: &'a str,
 }
 
 impl InternalEvent for PollSkipped<'_> {
@@ -162,7 +196,7 @@ impl InternalEvent for PollSkipped<'_> {
             .polls
             .with_label_values(&[self.node, "skipped"])
             .inc();
-        tracing::info!(node = %self.node, "[POLLING] Skipping poll for node {} (AMI not connected, waiting for reconnection...)", self.node);
+        tracing::info!(node = %self.node, server = %self.server, "[POLLING] Skipping poll for node {} (AMI not connected, waiting for reconnection...)", self.node);
     }
 }
 
@@ -185,11 +219,11 @@ impl InternalEvent for PollCompleted<'_> {
             .observe(r.duration.as_secs_f64());
         match r.xstat.as_ref().and(r.sawstat.as_ref()) {
             Ok(_) => {
-                tracing::debug!(node = %r.node, "[POLLING] polled node {} in {:?}", r.node, r.duration)
+                tracing::debug!(node = %r.node, server = %r.server, "[POLLING] polled node {} in {:?}", r.node, r.duration)
             }
             Err(e) => {
                 if let LogDecision::Write { suppressed } = POLL_LOG.allow(&r.node) {
-                    tracing::warn!(node = %r.node, "[POLLING] poll of node {} failed: {e} ({suppressed} more failures not logged)", r.node);
+                    tracing::warn!(node = %r.node, server = %r.server, "[POLLING] poll of node {} failed: {e} ({suppressed} more failures not logged)", r.node);
                 }
             }
         }

@@ -15,6 +15,8 @@
 //! arriving in small pieces are never rescanned. A frame larger than `max_frame_bytes` is
 //! an error (the connection is reset and the error counted), never unbounded memory.
 
+use std::sync::LazyLock;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -298,10 +300,14 @@ pub struct AmiCodec {
     /// Resume point of the search in the current frame: bytes before it were scanned.
     scan: usize,
     kind: Kind,
-    /// Searchers built once (building one per call costs more than a small frame's scan).
-    blank_line: memchr::memmem::Finder<'static>,
-    end_command: memchr::memmem::Finder<'static>,
 }
+
+/// Searchers built once per process (building one per call costs more than a small
+/// frame's scan; one per codec cost 576 bytes in each of a fleet's sessions).
+static BLANK_LINE: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+static END_COMMAND_FINDER: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(END_COMMAND));
 
 impl AmiCodec {
     /// A codec for the client side of a session (reads a banner first).
@@ -325,8 +331,6 @@ impl AmiCodec {
             lf_lines: false,
             scan: 0,
             kind: Kind::Unknown,
-            blank_line: memchr::memmem::Finder::new(b"\r\n\r\n"),
-            end_command: memchr::memmem::Finder::new(END_COMMAND),
         }
     }
 
@@ -388,7 +392,7 @@ impl AmiCodec {
 
     /// A plain frame: everything up to the first empty line.
     fn decode_plain(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
-        let Some(rel) = self.blank_line.find(&buf[self.scan..]) else {
+        let Some(rel) = BLANK_LINE.find(&buf[self.scan..]) else {
             self.scan = buf.len().saturating_sub(3);
             return self.incomplete(buf);
         };
@@ -409,7 +413,7 @@ impl AmiCodec {
 
     /// A legacy Follows frame: header lines, raw text, `--END COMMAND--`, blank line.
     fn decode_follows(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
-        let Some(rel) = self.end_command.find(&buf[self.scan..]) else {
+        let Some(rel) = END_COMMAND_FINDER.find(&buf[self.scan..]) else {
             // Keep a marker's worth of overlap so a marker cut between reads is found.
             self.scan = buf.len().saturating_sub(END_COMMAND.len());
             return self.incomplete(buf);

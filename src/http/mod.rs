@@ -203,6 +203,18 @@ pub(crate) fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response
     res
 }
 
+/// [`json_reply`] for a body already encoded as JSON (same headers).
+pub(crate) fn json_bytes_reply(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut res = warp::reply::with_status(
+        warp::reply::with_header(body, header::CONTENT_TYPE, "application/json"),
+        status,
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting,
 /// says goodbye to WebSocket clients (close 1001), lets in-flight requests finish and
 /// returns — within [`SHUTDOWN_GRACE`] (5 s).

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,9 +18,10 @@ use warp::{Filter, Rejection};
 
 use super::errors::{clip, error_reply};
 use super::server::ConnInfo;
-use super::{Ctx, json_reply, openapi, origin};
+use super::{Ctx, json_bytes_reply, json_reply, openapi, origin};
 use crate::ami::ConnectionStatus;
 use crate::control::ControlError;
+use crate::state::StateStore;
 use crate::state::change::now_ms;
 use crate::state::node::rfc3339;
 
@@ -243,7 +245,11 @@ fn health(ctx: &Ctx) -> Response {
             }
         })
         .collect();
-    let nodes = ctx.app.state.nodes();
+    // Counted under the read lock: no view of every node (5,000 on a fleet) is made.
+    let (node_count, stale_nodes) = {
+        let m = ctx.app.state.read();
+        (m.nodes.len(), m.nodes.values().filter(|n| n.stale).count())
+    };
     let down: Vec<&ServerHealth> = servers.iter().filter(|s| !s.connected).collect();
     let summary = if !ctx.app.config.ami_enabled {
         "AMI is disabled in the configuration (ami_enabled: false): there is no live node data"
@@ -252,7 +258,7 @@ fn health(ctx: &Ctx) -> Response {
         format!(
             "all {} AMI server(s) connected; watching {} node(s)",
             servers.len(),
-            nodes.len()
+            node_count
         )
     } else {
         let list: Vec<String> = down
@@ -281,8 +287,8 @@ fn health(ctx: &Ctx) -> Response {
         uptime_seconds: now.saturating_sub(ctx.app.started_ms) / 1000,
         started: rfc3339(ctx.app.started_ms),
         ami_enabled: ctx.app.config.ami_enabled,
-        stale_nodes: nodes.iter().filter(|n| n.stale).count(),
-        nodes: nodes.len(),
+        stale_nodes,
+        nodes: node_count,
         servers,
         websocket_clients: ctx.hub.clients(),
         last_seq: ctx.app.state.seq(),
@@ -291,18 +297,44 @@ fn health(ctx: &Ctx) -> Response {
     json_reply(StatusCode::OK, &body)
 }
 
+/// `GET /api/nodes` body of the last request: the next one reserves this much (and a
+/// little more) at once instead of growing a multi-MiB buffer by doubling.
+static NODES_BODY_HINT: AtomicUsize = AtomicUsize::new(0);
+
 fn nodes(ctx: &Ctx) -> Response {
-    #[derive(Serialize)]
-    struct Nodes<'a> {
-        /// The snapshot's sequence number: `/ws?since=seq&epoch=epoch` continues from here.
-        seq: u64,
-        epoch: &'a str,
-        nodes: Vec<crate::state::NodeView>,
+    match nodes_body(&ctx.app.state, NODES_BODY_HINT.load(Ordering::Relaxed)) {
+        Ok(body) => {
+            NODES_BODY_HINT.store(body.len(), Ordering::Relaxed);
+            json_bytes_reply(StatusCode::OK, body)
+        }
+        Err(e) => error_reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the node list could not be encoded: {e}"),
+        ),
     }
-    // Taken under one lock so that `seq` and `nodes` agree.
-    let (seq, nodes, _rx) = ctx.app.state.subscribe_with_snapshot();
-    let epoch = ctx.app.state.epoch();
-    json_reply(StatusCode::OK, &Nodes { seq, epoch, nodes })
+}
+
+/// The body of `GET /api/nodes`: `{"seq":…,"epoch":"…","nodes":[…]}`, byte for byte
+/// what serialising `{seq, epoch, nodes: Vec<NodeView>}` gives (docs/api.md), written in
+/// one pass under one read lock so that `seq` and `nodes` agree (`state::snapshot`).
+fn nodes_body(state: &StateStore, hint: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(hint + hint / 16 + 256);
+    let epoch = state.epoch();
+    let mut head_err = None;
+    state.encode_nodes(&mut out, |out, seq| {
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"epoch\":");
+        if let Err(e) = serde_json::to_writer(&mut *out, epoch) {
+            head_err = Some(e);
+        }
+        out.extend_from_slice(b",\"nodes\":");
+    })?;
+    if let Some(e) = head_err {
+        return Err(e.into());
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Whether the node is in the configuration.
@@ -471,5 +503,73 @@ mod tests {
         let wait = l.check(a).expect_err("fourth refused");
         assert!((1..=20).contains(&wait), "{wait}");
         assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
+    }
+
+    /// The body as it was built before the one-pass encoding: a `Vec<NodeView>` under
+    /// the lock, then serialised.
+    fn nodes_body_by_views(state: &StateStore) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Nodes<'a> {
+            seq: u64,
+            epoch: &'a str,
+            nodes: Vec<crate::state::NodeView>,
+        }
+        let (seq, nodes, _rx) = state.subscribe_with_snapshot();
+        let epoch = state.epoch();
+        serde_json::to_vec(&Nodes { seq, epoch, nodes }).expect("encodes")
+    }
+
+    #[test]
+    fn the_nodes_body_is_byte_identical_to_serialising_the_views() {
+        use crate::ami::{AmiEvent, Frame};
+        use crate::state::engine::{Engine, NodeSpec};
+        let state = StateStore::new(16, 16);
+        let mut e = Engine::new(state.clone(), crate::metrics::Metrics::default(), true);
+        let ids = ["1999", "2000", "2001"];
+        let specs: Vec<NodeSpec> = ids
+            .iter()
+            .map(|n| NodeSpec {
+                node_id: (*n).into(),
+                server: "s".into(),
+                poll_interval: std::time::Duration::from_secs(30),
+            })
+            .collect();
+        e.add_nodes(&specs);
+        for (i, n) in ids.iter().take(2).enumerate() {
+            e.on_ami(AmiEvent::Event {
+                server: Arc::from("s"),
+                frame: Frame::from_headers(&[
+                    ("Event", "RPT_ALINKS".to_owned()),
+                    ("Node", (*n).to_owned()),
+                    ("EventValue", "2,2100TK,2101TU".to_owned()),
+                ]),
+                rx_seq: i as u64 + 1,
+                received: Instant::now(),
+            });
+        }
+        assert!(state.seq() > 0);
+        // Views hold whole seconds: try again if the two fell on either side of one.
+        let (fast, slow) = (0..5)
+            .map(|_| {
+                let fast = nodes_body(&state, 0).expect("encodes");
+                (fast, nodes_body_by_views(&state))
+            })
+            .find(|(a, b)| a == b)
+            .unwrap_or_else(|| {
+                let fast = nodes_body(&state, 0).expect("encodes");
+                (fast, nodes_body_by_views(&state))
+            });
+        assert_eq!(
+            String::from_utf8_lossy(&fast),
+            String::from_utf8_lossy(&slow)
+        );
+        // The size hint only changes the capacity.
+        assert_eq!(
+            nodes_body(&state, fast.len()).map(|b| b.len()).ok(),
+            Some(fast.len())
+        );
+        let v: serde_json::Value = serde_json::from_slice(&fast).expect("valid JSON");
+        assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3));
+        assert_eq!(v["epoch"], state.epoch());
     }
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod model;
 pub mod node;
 pub mod reconcile;
+pub mod snapshot;
 pub mod store;
 
 pub use change::{ChangeEvent, ChangeKind, Published};

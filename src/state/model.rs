@@ -52,7 +52,9 @@ pub struct LinkView {
     pub talk_seconds_today: f64,
 }
 
-/// A local node, as the API shows it.
+/// A local node, as the API shows it. `GET /api/nodes` writes the same fields straight
+/// from the engine's state (`state::snapshot`, tested byte for byte against this type's
+/// serialisation): a field added here is added there too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub node_id: String,

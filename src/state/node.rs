@@ -59,8 +59,7 @@ impl Link {
 
     /// The API view at `now`, with names from the node database.
     pub fn view(&self, now_ms: u64, db: &AstDb) -> LinkView {
-        let secs = now_ms.saturating_sub(self.connected_at_ms) / 1000;
-        let ago = |t: Option<u64>| t.map(|t| now_ms.saturating_sub(t) / 1000);
+        let secs = self.connected_seconds(now_ms);
         let entry = db.get(&self.name);
         LinkView {
             node: self.name.clone(),
@@ -72,12 +71,8 @@ impl Link {
             mode: self.mode,
             state: self.state,
             keyed: self.keyed,
-            last_keyed_seconds: if self.keyed {
-                Some(0)
-            } else {
-                ago(self.last_key_ms)
-            },
-            last_unkeyed_seconds: ago(self.last_unkey_ms),
+            last_keyed_seconds: self.last_keyed_seconds(now_ms),
+            last_unkeyed_seconds: self.last_unkeyed_seconds(now_ms),
             reconnects: self.reconnects,
             callsign: entry.map(|e| e.callsign.clone()).filter(|s| !s.is_empty()),
             description: entry
@@ -85,15 +80,39 @@ impl Link {
                 .filter(|s| !s.is_empty()),
             location: entry.map(|e| e.location.clone()).filter(|s| !s.is_empty()),
             keyups: self.keyups,
-            keyed_seconds_total: self.keyed_total_s
-                + if self.keyed {
-                    now_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0
-                } else {
-                    0.0
-                },
+            keyed_seconds_total: self.keyed_seconds_total(now_ms),
             keyups_today: 0,
             talk_seconds_today: 0.0,
         }
+    }
+
+    /// `connected_seconds` of the view at `now`.
+    pub fn connected_seconds(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.connected_at_ms) / 1000
+    }
+
+    /// `last_keyed_seconds` of the view at `now` (0 while keyed).
+    pub fn last_keyed_seconds(&self, now_ms: u64) -> Option<u64> {
+        if self.keyed {
+            Some(0)
+        } else {
+            self.last_key_ms.map(|t| now_ms.saturating_sub(t) / 1000)
+        }
+    }
+
+    /// `last_unkeyed_seconds` of the view at `now`.
+    pub fn last_unkeyed_seconds(&self, now_ms: u64) -> Option<u64> {
+        self.last_unkey_ms.map(|t| now_ms.saturating_sub(t) / 1000)
+    }
+
+    /// `keyed_seconds_total` of the view at `now` (the current key counts so far).
+    pub fn keyed_seconds_total(&self, now_ms: u64) -> f64 {
+        self.keyed_total_s
+            + if self.keyed {
+                now_ms.saturating_sub(self.keyed_since_ms) as f64 / 1000.0
+            } else {
+                0.0
+            }
     }
 
     /// Sets the keyed flag at `at_ms`: `None` when nothing changed, `Some(None)` on a key,
@@ -147,7 +166,8 @@ impl Keying {
         }
     }
 
-    fn total_now(&self, now_ms: u64) -> f64 {
+    /// Seconds keyed since start at `now` (the current key counts so far).
+    pub fn total_now(&self, now_ms: u64) -> f64 {
         self.total_s
             + if self.keyed {
                 now_ms.saturating_sub(self.since_ms) as f64 / 1000.0

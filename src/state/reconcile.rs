@@ -165,6 +165,10 @@ pub fn apply_xstat(node: &mut NodeState, x: &XStat<'_>, p: u64, ch: &mut Changes
         .as_ref()
         .map(|v| v.iter().map(|a| (a.name, a)).collect());
     remove_missing_links(node, x, p, ch);
+    // Room for exactly the links of the poll (a first push would make room for 4: on a
+    // fleet of 2-link nodes, half of every node's link list unused).
+    node.links
+        .reserve_exact(x.links.len().saturating_sub(node.links.len()));
     let mut ordered = Vec::with_capacity(x.links.len());
     for xl in &x.links {
         if node.removed.contains_key(xl.name) {

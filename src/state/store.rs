@@ -241,3 +241,10 @@ impl StateStore {
         f(&mut m, &self.tx)
     }
 }
+
+impl StateStore {
+    /// Today's per-link totals as last installed (`state::snapshot` encodes with them).
+    pub(crate) fn today_counts(&self) -> Arc<TodayCounts> {
+        self.today.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

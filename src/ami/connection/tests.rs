@@ -331,7 +331,7 @@ mod supervised {
         let stop = CancellationToken::new();
         let (h, _m, _rx) = start(peer(Some(long.clone()), &refused), &stop);
         let st = h.subscribe_status().recv().await.expect("status");
-        let err = st.last_error.unwrap_or_default();
+        let err = st.last_error.clone().unwrap_or_default();
         assert!(
             err.len() < 400 && err.contains("[clipped: 100000 bytes in all]"),
             "{err}"
