@@ -48,7 +48,10 @@ fn pack_relocations() -> bool {
     };
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.lines().next().and_then(|l| l.rsplit(' ').next());
-    let mut parts = version.unwrap_or("").split('.').map(|p| p.parse::<u32>().ok());
+    let mut parts = version
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse::<u32>().ok());
     matches!((parts.next(), parts.next()), (Some(Some(2)), Some(Some(minor))) if minor >= 36)
 }
 
