@@ -115,6 +115,10 @@
         if (on) S.keyedSince.set(k, at); else S.keyedSince.delete(k);
         break;
       }
+      case "node_updated":
+        if (!n) return;
+        if ((ev.fields || []).includes("stale")) n.stale = false;
+        break;
       case "ami_connected": case "ami_disconnected":
         for (const m of S.nodes.values()) if (m.server === ev.server) m.stale = ev.kind === "ami_disconnected";
         if (ev.kind === "ami_disconnected") S.amiDown.set(ev.server, downText(ev.server, ev.error));

@@ -321,6 +321,8 @@ fn apply_change(tx: &Transaction<'_>, ev: &ChangeEvent, memo: &mut Memo) -> rusq
         K::LinkConnected => link_connected(tx, ev, node, memo)?,
         K::LinkUpdated => link_updated(tx, ev, node)?,
         K::LinkDisconnected => link_disconnected(tx, ev, node, memo)?,
+        // Nothing to keep: the AMI session rows already say when a node was current.
+        K::NodeUpdated => {}
         K::AmiConnected => {
             memo.reconnected.insert(ev.server.clone(), ev.time_ms);
             tx.prepare_cached(

@@ -34,6 +34,9 @@ pub enum ChangeKind {
     TxKeyed,
     /// The node's transmitter unkeyed (`duration_seconds`).
     TxUnkeyed,
+    /// A node's own state changed (`fields` says which; today `stale`: the first poll
+    /// after a session came up made the node current again).
+    NodeUpdated,
     /// An AMI session to a server was established (login verified).
     AmiConnected,
     /// An AMI session was lost (`error` says why, in plain words).
@@ -42,7 +45,7 @@ pub enum ChangeKind {
 
 impl ChangeKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ChangeKind; 11] = [
+    pub const ALL: [ChangeKind; 12] = [
         ChangeKind::LinkConnected,
         ChangeKind::LinkDisconnected,
         ChangeKind::LinkUpdated,
@@ -52,6 +55,7 @@ impl ChangeKind {
         ChangeKind::RxUnkeyed,
         ChangeKind::TxKeyed,
         ChangeKind::TxUnkeyed,
+        ChangeKind::NodeUpdated,
         ChangeKind::AmiConnected,
         ChangeKind::AmiDisconnected,
     ];
@@ -68,6 +72,7 @@ impl ChangeKind {
             ChangeKind::RxUnkeyed => "rx_unkeyed",
             ChangeKind::TxKeyed => "tx_keyed",
             ChangeKind::TxUnkeyed => "tx_unkeyed",
+            ChangeKind::NodeUpdated => "node_updated",
             ChangeKind::AmiConnected => "ami_connected",
             ChangeKind::AmiDisconnected => "ami_disconnected",
         }
@@ -109,7 +114,7 @@ pub struct ChangeEvent {
     /// For `ami_disconnected`: the reason, in plain words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// For `link_updated`: the names of the fields that changed.
+    /// For `link_updated` and `node_updated`: the names of the fields that changed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<&'static str>,
 }

@@ -345,6 +345,13 @@ impl Engine {
                 reconcile::apply_sawstat(node, s, *seq, &mut ch);
             }
             let (n_links, stale) = (node.links.len(), node.stale);
+            if was_stale && !stale {
+                // Said even when the poll changed nothing else (a node without links):
+                // a subscriber holding the node as stale learns it is current.
+                let mut ev = ChangeEvent::new(ChangeKind::NodeUpdated, &p.server, Some(&p.node));
+                ev.fields = vec!["stale"];
+                ch.out.push(ev);
+            }
             publish_all(m, tx, &metrics, ch.out);
             metrics
                 .node_links
@@ -731,6 +738,35 @@ mod tests {
             Some(false),
             "the model itself is not changed"
         );
+    }
+
+    #[test]
+    fn the_first_poll_of_a_node_without_links_says_it_is_current() {
+        let (mut e, store, _) = engine();
+        let mut rx = store.subscribe();
+        let reply = |rx_seq| {
+            Ok(crate::ami::Reply {
+                frame: Frame::from_headers(&[("Response", "Success"), ("Node", "1999")]),
+                rx_seq,
+            })
+        };
+        let poll = |seq| PollResult {
+            node: "1999".into(),
+            server: "s".into(),
+            xstat: reply(seq),
+            sawstat: reply(seq + 1),
+            duration: Duration::ZERO,
+        };
+        assert_eq!(store.node("1999").map(|n| n.stale), Some(true));
+        e.on_poll(poll(1));
+        assert_eq!(store.node("1999").map(|n| n.stale), Some(false));
+        let got = rx.try_recv().expect("a change, though no link changed");
+        assert_eq!(got.event.kind, ChangeKind::NodeUpdated);
+        assert_eq!(got.event.node.as_deref(), Some("1999"));
+        assert_eq!(got.event.fields, vec!["stale"]);
+        // A second poll of a current node changes nothing and says nothing.
+        e.on_poll(poll(3));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
