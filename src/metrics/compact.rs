@@ -225,19 +225,6 @@ impl IntCounterValue {
     }
 }
 
-impl Value for IntCounterValue {
-    type Config = ();
-    const TYPE: MetricType = MetricType::COUNTER;
-    fn new(_: &()) -> Self {
-        Self::default()
-    }
-    fn expose(&self, _: &(), m: &mut proto::Metric) {
-        let mut c = proto::Counter::default();
-        c.set_value(self.get() as f64);
-        m.set_counter(c);
-    }
-}
-
 /// An integer gauge (`IntGauge`).
 #[derive(Default)]
 pub struct IntGaugeValue(AtomicI64);
@@ -260,19 +247,6 @@ impl IntGaugeValue {
     }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
-    }
-}
-
-impl Value for IntGaugeValue {
-    type Config = ();
-    const TYPE: MetricType = MetricType::GAUGE;
-    fn new(_: &()) -> Self {
-        Self::default()
-    }
-    fn expose(&self, _: &(), m: &mut proto::Metric) {
-        let mut g = proto::Gauge::default();
-        g.set_value(self.get() as f64);
-        m.set_gauge(g);
     }
 }
 
@@ -312,19 +286,6 @@ impl GaugeValue {
     }
 }
 
-impl Value for GaugeValue {
-    type Config = ();
-    const TYPE: MetricType = MetricType::GAUGE;
-    fn new(_: &()) -> Self {
-        Self::default()
-    }
-    fn expose(&self, _: &(), m: &mut proto::Metric) {
-        let mut g = proto::Gauge::default();
-        g.set_value(self.get());
-        m.set_gauge(g);
-    }
-}
-
 /// A floating-point counter (`Counter`).
 #[derive(Default)]
 pub struct CounterValue(AtomicF64);
@@ -344,18 +305,29 @@ impl CounterValue {
     }
 }
 
-impl Value for CounterValue {
-    type Config = ();
-    const TYPE: MetricType = MetricType::COUNTER;
-    fn new(_: &()) -> Self {
-        Self::default()
-    }
-    fn expose(&self, _: &(), m: &mut proto::Metric) {
-        let mut c = proto::Counter::default();
-        c.set_value(self.get());
-        m.set_counter(c);
-    }
+/// `Value` for a plain number: exposed as a counter or a gauge of its `get()` as `f64`.
+macro_rules! plain_value {
+    ($name:ident, $kind:ident, $proto:ident, $set:ident) => {
+        impl Value for $name {
+            type Config = ();
+            const TYPE: MetricType = MetricType::$kind;
+            fn new(_: &()) -> Self {
+                Self::default()
+            }
+            fn expose(&self, _: &(), m: &mut proto::Metric) {
+                let mut v = proto::$proto::default();
+                #[allow(clippy::cast_precision_loss, clippy::unnecessary_cast)]
+                v.set_value(self.get() as f64);
+                m.$set(v);
+            }
+        }
+    };
 }
+
+plain_value!(IntCounterValue, COUNTER, Counter, set_counter);
+plain_value!(IntGaugeValue, GAUGE, Gauge, set_gauge);
+plain_value!(GaugeValue, GAUGE, Gauge, set_gauge);
+plain_value!(CounterValue, COUNTER, Counter, set_counter);
 
 /// Bucket counts (not cumulative; the last slot counts values above every bound), sum
 /// and count, changed together so a scrape never sees them disagree.
