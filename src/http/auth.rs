@@ -3,7 +3,7 @@
 //! and IP masking of REST answers for anonymous and `read` callers.
 //!
 //! WebSocket and metrics masking hook in elsewhere: the WebSocket fan-out decides per
-//! client with [`read_access`]`(..).mask` (the http engineer's per-client `masked` flag);
+//! client with [`read_access`]`(..).mask` (the WebSocket client's `masked` flag);
 //! metrics carry no link IP labels.
 
 use std::net::SocketAddr;
