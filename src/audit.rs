@@ -289,10 +289,11 @@ impl FileLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(n: u64, who: &str, result: &str) -> AuditEntry {
+    /// An entry for tests (also the history store's audit tests).
+    pub(crate) fn entry(n: u64, who: &str, result: &str) -> AuditEntry {
         AuditEntry {
             time_ms: n,
             identity: who.into(),

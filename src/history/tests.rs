@@ -353,18 +353,8 @@ fn audit_rows_of_a_version_2_file_read_back_after_migration() {
 
 mod audit_store {
     use super::*;
-    use crate::audit::{AuditEntry, AuditLog, AuditQuery, AuditStore, FILE_NAME};
-
-    fn entry(n: u64, who: &str, result: &str) -> AuditEntry {
-        AuditEntry {
-            time_ms: n,
-            identity: who.into(),
-            action: "connect".into(),
-            node: Some("1999".into()),
-            result: result.into(),
-            ..AuditEntry::default()
-        }
-    }
+    use crate::audit::tests::entry;
+    use crate::audit::{AuditLog, AuditQuery, AuditStore, FILE_NAME};
 
     fn all(limit: usize) -> AuditQuery {
         AuditQuery {
