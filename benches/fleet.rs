@@ -163,22 +163,16 @@ async fn cpu_over(pid: u32, secs: u64) -> f64 {
 }
 
 async fn report_http(http: &reqwest::Client, base: &str, label: &str) {
-    let (nodes, size) = latency(http, &format!("{base}/api/nodes"), 20).await;
-    println!(
-        "  /api/nodes ({label}): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {} KiB",
-        pct(&nodes, 0.5),
-        pct(&nodes, 0.95),
-        pct(&nodes, 1.0),
-        size / 1024
-    );
-    let (metrics, size) = latency(http, &format!("{base}/metrics"), 10).await;
-    println!(
-        "  /metrics ({label}): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {} KiB",
-        pct(&metrics, 0.5),
-        pct(&metrics, 0.95),
-        pct(&metrics, 1.0),
-        size / 1024
-    );
+    for (path, requests) in [("/api/nodes", 20), ("/metrics", 10)] {
+        let (times, size) = latency(http, &format!("{base}{path}"), requests).await;
+        println!(
+            "  {path} ({label}): p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {} KiB",
+            pct(&times, 0.5),
+            pct(&times, 0.95),
+            pct(&times, 1.0),
+            size / 1024
+        );
+    }
 }
 
 /// Every server logged in again: seconds it took and the most attempts in one second
