@@ -19,22 +19,8 @@ fn link(name: &str) -> LinkView {
         node: name.into(),
         kind: LinkKind::of(name),
         ip: Some("10.0.0.1".into()),
-        direction: None,
         elapsed: "00:00:00".into(),
-        connected_seconds: 0,
-        mode: None,
-        state: None,
-        keyed: false,
-        last_keyed_seconds: None,
-        last_unkeyed_seconds: None,
-        reconnects: 0,
-        callsign: None,
-        description: None,
-        location: None,
-        keyups: 0,
-        keyed_seconds_total: 0.0,
-        keyups_today: 0,
-        talk_seconds_today: 0.0,
+        ..LinkView::default()
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use allstar_nexus::config::Config;
 use allstar_nexus::script::ScriptHost;
-use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView, Published};
+use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkView, Published};
 use tokio_util::sync::CancellationToken;
 
 const TRIVIAL: &str = "n = 0\nnexus.on('link_keyed', function(e) n = n + 1 end)\n";
@@ -78,24 +78,16 @@ fn link_keyed(seq: u64) -> ChangeEvent {
     e.seq = seq;
     e.link = Some(LinkView {
         node: format!("{}", 2000 + seq % 50),
-        kind: LinkKind::Allstar,
         ip: Some("192.0.2.10".into()),
-        direction: None,
         elapsed: "00:01:00".into(),
         connected_seconds: 60,
-        mode: None,
-        state: None,
         keyed: true,
         last_keyed_seconds: Some(0),
         last_unkeyed_seconds: Some(3),
-        reconnects: 0,
         callsign: Some("W1AW".into()),
-        description: None,
-        location: None,
         keyups: seq,
         keyed_seconds_total: 12.5,
-        keyups_today: 0,
-        talk_seconds_today: 0.0,
+        ..LinkView::default()
     });
     e
 }

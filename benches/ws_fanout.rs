@@ -19,9 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use allstar_nexus::config::Config;
-use allstar_nexus::state::{
-    ChangeEvent, ChangeKind, Direction, LinkKind, LinkState, LinkView, Mode,
-};
+use allstar_nexus::state::{ChangeEvent, ChangeKind, Direction, LinkState, LinkView, Mode};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +140,6 @@ fn link_keyed() -> ChangeEvent {
     let mut ev = ChangeEvent::new(ChangeKind::LinkKeyed, "default", Some("1999"));
     ev.link = Some(LinkView {
         node: "2000".into(),
-        kind: LinkKind::Allstar,
         ip: Some("192.0.2.44".into()),
         direction: Some(Direction::Out),
         elapsed: "01:02:03".into(),
@@ -152,14 +149,12 @@ fn link_keyed() -> ChangeEvent {
         keyed: true,
         last_keyed_seconds: Some(0),
         last_unkeyed_seconds: Some(12),
-        reconnects: 0,
         callsign: Some("W1AW".into()),
         description: Some("ARRL HQ repeater".into()),
         location: Some("Newington, CT".into()),
         keyups: 42,
         keyed_seconds_total: 311.5,
-        keyups_today: 0,
-        talk_seconds_today: 0.0,
+        ..LinkView::default()
     });
     ev
 }

@@ -25,23 +25,8 @@ fn link(name: &str) -> LinkView {
     LinkView {
         node: name.into(),
         kind: LinkKind::of(name),
-        ip: None,
-        direction: None,
         elapsed: "00:00:00".into(),
-        connected_seconds: 0,
-        mode: None,
-        state: None,
-        keyed: false,
-        last_keyed_seconds: None,
-        last_unkeyed_seconds: None,
-        reconnects: 0,
-        callsign: None,
-        description: None,
-        location: None,
-        keyups: 0,
-        keyed_seconds_total: 0.0,
-        keyups_today: 0,
-        talk_seconds_today: 0.0,
+        ..LinkView::default()
     }
 }
 

@@ -1692,31 +1692,19 @@ async fn write_all(sock: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ChangeKind, LinkKind, LinkView};
+    use crate::state::{ChangeKind, LinkView};
 
     fn keyed(seq: u64, node: &str, ip: Option<&str>) -> Arc<Published> {
         let mut ev = ChangeEvent::new(ChangeKind::LinkKeyed, "hub", Some(node));
         ev.seq = seq;
         ev.link = Some(LinkView {
             node: "2000".into(),
-            kind: LinkKind::Allstar,
             ip: ip.map(str::to_owned),
-            direction: None,
             elapsed: "00:00:01".into(),
             connected_seconds: 1,
-            mode: None,
-            state: None,
             keyed: true,
-            last_keyed_seconds: None,
-            last_unkeyed_seconds: None,
-            reconnects: 0,
-            callsign: None,
-            description: None,
-            location: None,
             keyups: 1,
-            keyed_seconds_total: 0.0,
-            keyups_today: 0,
-            talk_seconds_today: 0.0,
+            ..LinkView::default()
         });
         Published::new(ev)
     }

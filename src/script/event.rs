@@ -211,8 +211,7 @@ mod tests {
             location: Some("CT".into()),
             keyups: 7,
             keyed_seconds_total: 12.25,
-            keyups_today: 0,
-            talk_seconds_today: 0.0,
+            ..LinkView::default()
         });
         e
     }
