@@ -138,6 +138,12 @@ impl T {
     }
 
     async fn audit(&self, query: &str) -> Vec<Value> {
+        let v = self.audit_page(query).await;
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// One page of `GET /api/audit` as an admin (entries and `next_cursor`).
+    async fn audit_page(&self, query: &str) -> Value {
         let (s, v, _) = self
             .send(
                 reqwest::Method::GET,
@@ -147,7 +153,7 @@ impl T {
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        v["entries"].as_array().cloned().unwrap_or_default()
+        v
     }
 }
 
@@ -965,15 +971,7 @@ async fn refusals_and_logins_are_in_the_history_store_before_the_answer() {
     let mut ids = Vec::new();
     let mut query = "?limit=3".to_owned();
     loop {
-        let (s, v, _) = t
-            .send(
-                reqwest::Method::GET,
-                &format!("/api/audit{query}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        let v = t.audit_page(&query).await;
         let mut page: Vec<i64> = v["entries"]
             .as_array()
             .expect("entries")
