@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::history::History;
 use crate::metrics::Metrics;
-use crate::poller::{self, PollResult, PollerHandle, PollerParts};
+use crate::poller::{self, PollResult, PollerHandle, ServerPollerParts};
 use crate::script::{self, ScriptHost};
 use crate::state::StateStore;
 use crate::state::engine::{
@@ -203,17 +203,18 @@ fn spawn_sessions(
             metrics.clone(),
             stop.clone(),
         );
-        for n in &s.nodes {
-            let poller = poller::spawn(PollerParts {
-                node: n.node_id.clone(),
-                interval: n.poll_interval,
-                ami: ami.clone(),
-                results: poll_tx.clone(),
-                metrics: metrics.clone(),
-                automatic,
-                shutdown: stop.clone(),
-            });
-            w.pollers.insert(n.node_id.clone(), poller);
+        let handles = poller::spawn_server(ServerPollerParts {
+            nodes: (s.nodes.iter())
+                .map(|n| (n.node_id.clone(), n.poll_interval))
+                .collect(),
+            ami: ami.clone(),
+            results: poll_tx.clone(),
+            metrics: metrics.clone(),
+            automatic,
+            shutdown: stop.clone(),
+        });
+        for (n, handle) in s.nodes.iter().zip(handles) {
+            w.pollers.insert(n.node_id.clone(), handle);
         }
         w.servers.insert(s.name.clone(), ami);
     }

@@ -570,3 +570,82 @@ async fn poll_now_is_a_flag_not_a_queue() {
     );
     shutdown.cancel();
 }
+
+/// One task polls all of a server's nodes, each on its own schedule: two intervals side by
+/// side, a changed interval taking effect at once, a resync of every node after a
+/// reconnect, and skipped polls while the server is down (paused time).
+#[tokio::test(start_paused = true)]
+async fn a_servers_nodes_keep_their_own_schedules() {
+    use allstar_nexus::metrics::Metrics;
+    use allstar_nexus::poller::{self, PollResult, ServerPollerParts};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    let shutdown = CancellationToken::new();
+    // One session, then every attempt is refused: the server stays down after a drop.
+    let (ami, attempts, sim, _events) = supervise_scripted(
+        vec![Outcome::Sim, Outcome::Sim, Outcome::Refuse],
+        settings(),
+        &shutdown,
+    );
+    wait_connected(&ami, true).await;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let metrics = Metrics::default();
+    let handles = poller::spawn_server(ServerPollerParts {
+        nodes: vec![
+            ("1999".into(), Duration::from_secs(10)),
+            ("2000".into(), Duration::from_secs(25)),
+        ],
+        ami: ami.clone(),
+        results: tx,
+        metrics: metrics.clone(),
+        automatic: true,
+        shutdown: shutdown.clone(),
+    });
+    let count = |rx: &mut mpsc::Receiver<PollResult>| {
+        let (mut a, mut b) = (0, 0);
+        while let Ok(r) = rx.try_recv() {
+            match r.node.as_str() {
+                "1999" => a += 1,
+                "2000" => b += 1,
+                other => panic!("a poll of {other}"),
+            }
+        }
+        (a, b)
+    };
+
+    // At once, then every 10 s and every 25 s: t = 0..100 s.
+    tokio::time::sleep(Duration::from_millis(100_500)).await;
+    let (a, b) = count(&mut rx);
+    assert!((10..=11).contains(&a), "1999 every 10 s: {a} polls");
+    assert!((4..=5).contains(&b), "2000 every 25 s: {b} polls");
+
+    // 2000's interval goes to 2 s: it does not wait out its 25 s.
+    handles[1].set_interval(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let (a, b) = count(&mut rx);
+    assert!(a <= 1, "1999 unchanged: {a} polls in 5.5 s");
+    assert!(b >= 2, "2000 every 2 s: {b} polls in 5.5 s");
+
+    // A reconnect: every node is polled at once, whatever its schedule.
+    // (The session was stable, so the supervisor reconnects at once.)
+    sim.drop_sessions();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(attempts.lock().expect("lock").len(), 2, "one reconnect");
+    assert!(ami.is_connected());
+    let (a, b) = count(&mut rx);
+    assert!(
+        a >= 1 && b >= 1,
+        "both nodes resync after a reconnect: {a}, {b}"
+    );
+
+    // Down for good: polls come due and are skipped, none reaches the engine.
+    sim.drop_sessions();
+    wait_connected(&ami, false).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(count(&mut rx), (0, 0), "no polls while down");
+    let skipped = |node: &str| metrics.polls.with_label_values(&[node, "skipped"]).get();
+    assert!((2..=4).contains(&skipped("1999")), "{}", skipped("1999"));
+    assert!(skipped("2000") >= 13, "{}", skipped("2000"));
+    shutdown.cancel();
+}
