@@ -270,12 +270,17 @@ pub struct MetricsConfig {
     pub per_link: bool,
 }
 
+/// The WebSocket replay buffer's default size limit (`websocket.replay_buffer_bytes`).
+pub const DEFAULT_REPLAY_BYTES: usize = 2 * 1024 * 1024;
+
 /// `websocket:` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     pub max_clients: usize,
     pub replay_buffer: usize,
+    /// The replay buffer's size limit, besides its count (`replay_buffer`).
+    pub replay_buffer_bytes: usize,
     pub client_queue: usize,
     pub heartbeat: Dur,
     pub max_message_bytes: usize,
@@ -289,6 +294,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             max_clients: 1024,
             replay_buffer: 4096,
+            replay_buffer_bytes: DEFAULT_REPLAY_BYTES,
             client_queue: 512,
             heartbeat: Dur(Duration::from_secs(15)),
             max_message_bytes: 4096,
@@ -956,6 +962,12 @@ impl Resolver<'_> {
         let ws = &f.websocket;
         self.num_in("max_clients", ws.max_clients, 1, 100_000)?;
         self.num_in("replay_buffer", ws.replay_buffer, 1, 1_000_000)?;
+        self.num_in(
+            "replay_buffer_bytes",
+            ws.replay_buffer_bytes,
+            64 * 1024,
+            1024 * 1024 * 1024,
+        )?;
         self.num_in("client_queue", ws.client_queue, 1, 100_000)?;
         self.num_in(
             "max_message_bytes",

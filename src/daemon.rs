@@ -90,6 +90,7 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
         config.websocket.replay_buffer,
         change_channel_capacity(&config),
     );
+    store.limit_replay_bytes(config.websocket.replay_buffer_bytes);
     let (engine_tx, commands) = EngineSender::channel();
     watch_names(&config, engine_tx.clone(), stop.clone());
     let remote_tx = engine_tx.clone();

@@ -29,6 +29,18 @@ pub(crate) struct Model {
     pub seq: u64,
     replay: VecDeque<Arc<Published>>,
     replay_cap: usize,
+    /// What the replay buffer holds, estimated ([`replay_cost`]), and its limit.
+    replay_bytes: usize,
+    replay_max_bytes: usize,
+}
+
+/// The replay buffer's default size limit (config `websocket.replay_buffer_bytes`).
+pub use crate::config::DEFAULT_REPLAY_BYTES;
+
+/// What one change held by the replay buffer costs: its JSON, about as much again for the
+/// event's own strings, and the fixed parts.
+fn replay_cost(p: &Published) -> usize {
+    2 * p.json.len() + std::mem::size_of::<Published>() + 16
 }
 
 /// Per-link totals for today, kept by the history store: (node, link) → (keyups, seconds).
@@ -79,6 +91,8 @@ impl StateStore {
             seq: 0,
             replay: VecDeque::with_capacity(replay_cap.min(65_536)),
             replay_cap: replay_cap.max(1),
+            replay_bytes: 0,
+            replay_max_bytes: DEFAULT_REPLAY_BYTES,
         };
         StateStore {
             inner: Arc::new(RwLock::new(model)),
@@ -86,6 +100,14 @@ impl StateStore {
             epoch: new_epoch(),
             today: Arc::default(),
         }
+    }
+
+    /// Limits the replay buffer to about `bytes` (besides its count, `replay_cap`): a fleet's
+    /// changes are large, and a resuming client beyond the buffer gets a snapshot anyway.
+    pub fn limit_replay_bytes(&self, bytes: usize) {
+        let mut m = self.write();
+        m.replay_max_bytes = bytes.max(1);
+        m.trim_replay();
     }
 
     /// Installs today's per-link totals (the history writer refreshes them).
@@ -221,12 +243,23 @@ impl Model {
         self.seq += 1;
         event.seq = self.seq;
         let p = Published::new(event);
-        if self.replay.len() >= self.replay_cap {
-            self.replay.pop_front();
-        }
+        self.replay_bytes += replay_cost(&p);
         self.replay.push_back(p.clone());
+        self.trim_replay();
         let _ = tx.send(p.clone());
         p
+    }
+
+    /// Drops the oldest changes until the replay buffer is within its count and size (the
+    /// newest change always stays).
+    fn trim_replay(&mut self) {
+        while self.replay.len() > 1
+            && (self.replay.len() > self.replay_cap || self.replay_bytes > self.replay_max_bytes)
+        {
+            if let Some(old) = self.replay.pop_front() {
+                self.replay_bytes = self.replay_bytes.saturating_sub(replay_cost(&old));
+            }
+        }
     }
 }
 
@@ -246,5 +279,48 @@ impl StateStore {
     /// Today's per-link totals as last installed (`state::snapshot` encodes with them).
     pub(crate) fn today_counts(&self) -> Arc<TodayCounts> {
         self.today.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ChangeKind;
+
+    fn publish(store: &StateStore, n: usize) {
+        for _ in 0..n {
+            let event = ChangeEvent::new(ChangeKind::TxKeyed, "main", Some("1999"));
+            store.update(|m, tx| m.publish(tx, event));
+        }
+    }
+
+    fn replayable(store: &StateStore) -> usize {
+        match store.replay_since(0).0 {
+            Replay::Changes(c) => c.len(),
+            Replay::TooOld => store.read().replay.len(),
+        }
+    }
+
+    #[test]
+    fn the_replay_buffer_keeps_the_newest_changes_within_its_count_and_size() {
+        let store = StateStore::new(100, 1024);
+        publish(&store, 150);
+        assert_eq!(replayable(&store), 100, "the count limit");
+
+        // A size limit of about 20 changes: the oldest go, the newest stay in order.
+        let cost = replay_cost(&store.read().replay[0]);
+        store.limit_replay_bytes(20 * cost + cost / 2);
+        assert_eq!(replayable(&store), 20);
+        publish(&store, 30);
+        let m = store.read();
+        assert_eq!(m.replay.len(), 20);
+        assert_eq!(m.replay.back().map(|p| p.event.seq), Some(180));
+        let sum: usize = m.replay.iter().map(|p| replay_cost(p)).sum();
+        assert_eq!(m.replay_bytes, sum, "the running size follows");
+        drop(m);
+
+        // A client 10 changes behind resumes; one 30 behind gets a snapshot.
+        assert!(matches!(store.replay_since(170).0, Replay::Changes(c) if c.len() == 10));
+        assert!(matches!(store.replay_since(150).0, Replay::TooOld));
     }
 }
