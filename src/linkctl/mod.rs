@@ -75,6 +75,7 @@ pub struct Outcome {
     pub target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<LinkMode>,
+    /// Connect: as asked. Disconnect: `true` when `ilink 11` was sent (a permanent link).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permanent: Option<bool>,
     /// The link as `/api/nodes` shows it, when it exists after the command.
