@@ -1,6 +1,7 @@
 -- deny_list.lua — example: disconnect listed nodes as soon as they connect, and raise an
--- alert. Fill in DENY; with the list empty this script does nothing. Disconnects are
--- verified and audited as "script:deny_list.lua".
+-- alert. Fill in DENY (node number = reason); with the list empty this script does
+-- nothing. Disconnects are verified and audited as "script:deny_list.lua". Link control
+-- must be enabled (an api_tokens or users entry), for scripts too.
 
 local DENY = {
   -- ["2999"] = "keeps kerchunking the hub",

@@ -4,15 +4,20 @@
 //! validation ([`command`]), the per-identity rate limit, idempotence (a link already in
 //! the asked state sends nothing), one `Action: Command` on the node's AMI session, then
 //! verification against the engine's own view (polls are requested until the link shows
-//! in the asked mode, or is gone, within `control.verify_timeout`). Every attempt, refused
+//! in the asked mode, or is gone, within `control.verify_timeout`). A disconnect sends
+//! `ilink 11` for a link this daemon made permanent ([`permanent`], kept across restarts),
+//! and `ilink 1` otherwise; app_rpt ignores `ilink 1` on a permanent link, so when a poll
+//! at least a second after it still shows the link, `ilink 11` follows (a link made
+//! permanent by another tool). Every attempt, refused
 //! or not, is written to the audit log before the answer is returned, counted in
 //! `nexus_control_actions_total{action,result}`, and announced to admin WebSocket clients
 //! ([`LinkControl::subscribe_controls`], the `control` message).
 
 pub mod command;
+pub mod permanent;
 pub mod ratelimit;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +34,7 @@ use crate::state::StateStore;
 use crate::state::model::{LinkView, NodeView};
 use crate::state::node::rfc3339;
 pub use command::{LinkAction, LinkCommand, LinkMode, RawRequest};
+use permanent::PermanentLinks;
 use ratelimit::RateLimiter;
 
 /// Who is asking, and from where (for the audit).
@@ -69,6 +75,7 @@ pub struct Outcome {
     pub target: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<LinkMode>,
+    /// Connect: as asked. Disconnect: `true` when `ilink 11` was sent (a permanent link).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permanent: Option<bool>,
     /// The link as `/api/nodes` shows it, when it exists after the command.
@@ -128,14 +135,25 @@ struct Inner {
     /// Each finished control attempt's audit entry, for admin WebSocket clients.
     controls: tokio::sync::broadcast::Sender<Arc<AuditEntry>>,
     verify_timeout: Duration,
-    /// Links this daemon made permanent (disconnected with ilink 11).
-    permanent: Mutex<BTreeSet<(String, String)>>,
+    /// Links this daemon made permanent (disconnected with ilink 11), kept on disk.
+    permanent: PermanentLinks,
     /// One command at a time per node, so checks and verification do not interleave.
     node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// How long between polls while waiting for a result.
+/// How long between polls while waiting for a result; also how long after `ilink 1` a
+/// poll must be before a link it still shows counts as left up (app_rpt drops a link
+/// asynchronously, so the poll right after the command may still show it).
 const REPOLL: Duration = Duration::from_secs(1);
+
+/// Which disconnect commands went out.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    /// `ilink 11` was sent (the link is known or found to be permanent).
+    ilink_11: bool,
+    /// It followed an `ilink 1` that left the link up.
+    fallback: bool,
+}
 /// Control announcements a slow admin WebSocket client may fall behind by (it misses the
 /// older ones; the audit log keeps them all).
 const CONTROL_BACKLOG: usize = 64;
@@ -165,7 +183,7 @@ impl LinkControl {
                 limiter: RateLimiter::new(c.control.rate_limit_per_minute),
                 controls: tokio::sync::broadcast::channel(CONTROL_BACKLOG).0,
                 verify_timeout: c.control.verify_timeout.0,
-                permanent: Mutex::new(BTreeSet::new()),
+                permanent: PermanentLinks::load(&c.state_dir),
                 node_locks: Mutex::new(HashMap::new()),
                 app,
             }),
@@ -280,6 +298,10 @@ impl LinkControl {
                     e.mode = Some(m.as_str().to_owned());
                     e.permanent = Some(*permanent);
                 }
+                if let LinkCommand::Disconnect { .. } = &cmd {
+                    // `true`: the link was permanent and ilink 11 was sent.
+                    e.permanent = o.permanent;
+                }
             }
             Err(r) => {
                 e.result = r.result().to_owned();
@@ -309,7 +331,7 @@ impl LinkControl {
     /// Every check before anything is sent: role, syntax, node, rate limit.
     fn admit(&self, actor: &Actor, req: &RawRequest) -> Result<LinkCommand, Refusal> {
         let id = &actor.identity;
-        if !self.enabled() && !matches!(id.via, crate::auth::Via::Script) {
+        if !self.enabled() {
             return Err(Refusal::new(403, DISABLED));
         }
         if id.role.is_none() {
@@ -372,60 +394,92 @@ impl LinkControl {
     }
 
     fn is_permanent(&self, node: &str, target: &str) -> bool {
-        self.inner
-            .permanent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&(node.to_owned(), target.to_owned()))
+        self.inner.permanent.contains(node, target)
     }
 
-    fn remember(&self, cmd: &LinkCommand) {
-        let mut p = self
-            .inner
-            .permanent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match cmd {
-            LinkCommand::Connect {
-                node,
-                target,
-                permanent,
-                ..
-            } => {
-                if *permanent {
-                    p.insert((node.clone(), target.clone()));
-                } else {
-                    p.remove(&(node.clone(), target.clone()));
-                }
-            }
-            LinkCommand::Disconnect { node, target } => {
-                p.remove(&(node.clone(), target.clone()));
-            }
-            LinkCommand::DisconnectAll { node } => p.retain(|(n, _)| n != node),
-        }
-    }
-
-    /// Idempotence check, send, verify.
+    /// Idempotence check, send, verify (with the `ilink 11` fallback for disconnects).
     async fn carry_out(&self, cmd: &LinkCommand) -> Result<Outcome, Refusal> {
         let node = cmd.node().to_owned();
         let view = self.inner.app.state.node(&node);
         if let Some(detail) = self.already(cmd, view.as_ref()) {
             return Ok(self.outcome(cmd, Verification::Already, view.as_ref(), detail));
         }
-        let permanent_link = match cmd {
-            LinkCommand::Disconnect { node, target } => self.is_permanent(node, target),
-            _ => false,
-        };
-        self.send(&node, &cmd.cli(permanent_link)).await?;
-        self.remember(cmd);
-        let (ok, view) = self.wait_for(cmd).await;
-        let detail = describe(cmd, view.as_ref(), ok, self.inner.verify_timeout);
+        let deadline = tokio::time::Instant::now() + self.inner.verify_timeout;
+        let mut sent = Sent::default();
+        match cmd {
+            LinkCommand::Connect {
+                target, permanent, ..
+            } => {
+                self.send(&node, &cmd.cli(false)).await?;
+                let existed = view
+                    .as_ref()
+                    .is_some_and(|v| v.links.iter().any(|l| &l.node == target));
+                // A mode change without a permanent code leaves app_rpt's flag as it was.
+                if *permanent || !existed {
+                    self.inner.permanent.set(&node, target, *permanent);
+                }
+            }
+            LinkCommand::Disconnect { target, .. } => {
+                sent.ilink_11 = self.is_permanent(&node, target);
+                self.send(&node, &cmd.cli(sent.ilink_11)).await?;
+                if !sent.ilink_11 && self.left_up(cmd, deadline).await {
+                    self.send(&node, &cmd.cli(true)).await?;
+                    sent = Sent {
+                        ilink_11: true,
+                        fallback: true,
+                    };
+                }
+            }
+            LinkCommand::DisconnectAll { .. } => self.send(&node, &cmd.cli(false)).await?,
+        }
+        let (ok, view) = self
+            .watch(&node, deadline, |v| done(cmd, v))
+            .await
+            .map_or_else(|v| (false, v), |v| (true, Some(v)));
+        match cmd {
+            LinkCommand::Disconnect { target, .. } if ok => {
+                self.inner.permanent.set(&node, target, false)
+            }
+            LinkCommand::DisconnectAll { .. } if ok => self.inner.permanent.clear_node(&node),
+            _ => {}
+        }
+        let mut detail = describe(cmd, view.as_ref(), ok, self.inner.verify_timeout);
+        if sent.fallback {
+            detail = format!(
+                "ilink 1 left the link up (permanent, made by another tool); sent ilink 11. {detail}"
+            );
+        } else if sent.ilink_11 {
+            detail = format!("sent ilink 11 (a permanent link). {detail}");
+        }
         let result = if ok {
             Verification::Verified
         } else {
             Verification::Unverified
         };
-        Ok(self.outcome(cmd, result, view.as_ref(), detail))
+        let mut o = self.outcome(cmd, result, view.as_ref(), detail);
+        if sent.ilink_11 {
+            o.permanent = Some(true);
+        }
+        Ok(o)
+    }
+
+    /// After `ilink 1`: whether a poll made at least [`REPOLL`] after it still shows the
+    /// link (app_rpt ignored it: a permanent link). `false` when the link goes, or when
+    /// time is up first.
+    async fn left_up(&self, cmd: &LinkCommand, deadline: tokio::time::Instant) -> bool {
+        let node = cmd.node();
+        let settle = deadline.min(tokio::time::Instant::now() + REPOLL);
+        if self.watch(node, settle, |v| done(cmd, v)).await.is_ok() {
+            return false;
+        }
+        let before = self.inner.app.state.node(node).and_then(|v| v.last_poll);
+        match self
+            .watch(node, deadline, |v| done(cmd, v) || v.last_poll != before)
+            .await
+        {
+            Ok(v) => !done(cmd, &v),
+            Err(_) => false,
+        }
     }
 
     /// `Some(detail)` when the node already is as asked (nothing is sent).
@@ -476,21 +530,25 @@ impl LinkControl {
         }
     }
 
-    /// Polls until the engine's view shows the command's effect or the time is up.
-    async fn wait_for(&self, cmd: &LinkCommand) -> (bool, Option<NodeView>) {
+    /// Polls `node` until its view satisfies `until` (`Ok` with that view) or `deadline`
+    /// passes (`Err` with the last view).
+    async fn watch(
+        &self,
+        node: &str,
+        deadline: tokio::time::Instant,
+        until: impl Fn(&NodeView) -> bool,
+    ) -> Result<NodeView, Option<NodeView>> {
         let app = &self.inner.app;
-        let node = cmd.node();
         let mut changes = app.state.subscribe();
-        let deadline = tokio::time::Instant::now() + self.inner.verify_timeout;
         let _ = app.control.poll_now(node);
         let mut repoll = tokio::time::interval_at(tokio::time::Instant::now() + REPOLL, REPOLL);
         loop {
             let view = app.state.node(node);
-            if view.as_ref().is_some_and(|v| done(cmd, v)) {
-                return (true, view);
+            if let Some(v) = view.filter(|v| until(v)) {
+                return Ok(v);
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return (false, app.state.node(node)),
+                _ = tokio::time::sleep_until(deadline) => return Err(app.state.node(node)),
                 _ = changes.recv() => {}
                 _ = repoll.tick() => { let _ = app.control.poll_now(node); }
             }

@@ -215,6 +215,9 @@ fn on(lua: &Lua, (kind, f): (Value, Value)) -> mlua::Result<()> {
             )));
         }
     };
+    if kind_name == super::control_api::EVENT {
+        return super::control_api::on_result(lua, f);
+    }
     let kind = match kind_name.as_str() {
         "*" => None,
         k => Some(ChangeKind::parse(k).ok_or_else(|| {

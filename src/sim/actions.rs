@@ -195,6 +195,9 @@ impl Session {
         if line.is_empty() {
             return format::error(id, "No command provided");
         }
+        if Faults::on(&self.shared.faults.reject_commands) {
+            return format::error(id, "Permission denied");
+        }
         let handle = SimHandle {
             shared: self.shared.clone(),
         };

@@ -5,10 +5,12 @@
 //! which really connects and disconnects links in the truth.
 //!
 //! `ilink` functions: 1 disconnect, 2 connect monitor (R), 3 connect transceive (T),
-//! 6 disconnect all, 8 connect local monitor (L), 11/12/13 the "permanent" variants of
-//! 1/2/3. Connections are outbound and established at once. When the target is another
-//! node of this server, the matching inbound link appears on it too, as it would when
-//! app_rpt dials itself over IAX.
+//! 6 disconnect all, 8 connect local monitor (L), 11/12/13/18 the "permanent" variants of
+//! 1/2/3/8. As in app_rpt's `function_ilink`, `ilink 1` on a permanent link does nothing
+//! and still succeeds ("must use perm command on perm link"); 11 disconnects any link, and
+//! 6 every link. Connections are outbound and established at once. When the target is
+//! another node of this server, the matching inbound link appears on it too, as it would
+//! when app_rpt dials itself over IAX.
 //!
 //! `echolink dbget nodename <n>` answers from the simulator's EchoLink directory
 //! ([`super::SimHandle::set_echolink_entry`]; the demo's three EchoLink users are in it) as
@@ -271,19 +273,41 @@ fn ilink(h: &SimHandle, node: &str, func: &str, target: Option<&str>) -> CliOutp
     if !h.shared.read(|t| t.nodes.contains_key(node)) {
         return CliOutput::fail(format!("Node {node} not found\n"));
     }
+    let permanent = func.len() == 2;
     let mode = match func {
-        "1" | "11" => return disconnect(h, node, target),
+        "1" => return disconnect_unless_permanent(h, node, target),
+        "11" => return disconnect(h, node, target),
         "6" => return disconnect_all(h, node),
         "2" | "12" => Mode::R,
         "3" | "13" => Mode::T,
-        "8" => Mode::L,
+        "8" | "18" => Mode::L,
         _ => return CliOutput::ok(""),
     };
     let Some(target) = target.filter(|t| *t != node) else {
         return CliOutput::ok("");
     };
     connect(h, node, target, mode);
+    if permanent {
+        h.set_link_permanent(node, target, true);
+    }
     CliOutput::ok("")
+}
+
+/// `ilink 1`: app_rpt leaves a permanent link up (and answers as if it had worked).
+fn disconnect_unless_permanent(h: &SimHandle, node: &str, target: Option<&str>) -> CliOutput {
+    let permanent = target.is_some_and(|t| {
+        h.shared.read(|truth| {
+            truth
+                .nodes
+                .get(node)
+                .and_then(|n| n.link(t))
+                .is_some_and(|l| l.permanent)
+        })
+    });
+    if permanent {
+        return CliOutput::ok("");
+    }
+    disconnect(h, node, target)
 }
 
 fn connect(h: &SimHandle, node: &str, target: &str, mode: Mode) {

@@ -42,6 +42,10 @@ pub struct SimFaults {
     /// reply, then the session closes).
     #[arg(long)]
     pub rptstatus_abort: bool,
+    /// Answer every `Action: Command` (the CLI, `rpt cmd … ilink …`) with
+    /// `Response: Error` / `Permission denied`, like a manager user without `command`.
+    #[arg(long)]
+    pub reject_commands: bool,
     /// Not a fault: the benchmark load (links per node, link keyups a second).
     #[command(flatten)]
     pub load: super::activity::SimLoad,
@@ -69,6 +73,7 @@ impl SimFaults {
         h.set_event_drop_ratio(self.event_drop_ratio);
         h.set_fail_login(self.fail_login);
         h.set_rptstatus_abort(self.rptstatus_abort);
+        h.set_reject_commands(self.reject_commands);
         if let Some(secs) = self.drop_every.filter(|s| *s > 0) {
             every(secs, stop, h.clone(), |h| h.drop_sessions());
         }
@@ -87,6 +92,7 @@ impl SimFaults {
             (self.coalesce, "coalesce"),
             (self.fail_login, "fail-login"),
             (self.rptstatus_abort, "rptstatus-abort"),
+            (self.reject_commands, "reject-commands"),
         ];
         on.extend(
             flags

@@ -290,6 +290,13 @@ impl SimHandle {
             .mutate(|t, _| split(t.set_link_mode(node, link, mode)))
     }
 
+    /// Marks a link permanent (as `ilink 12/13/18` or another tool would): `ilink 1` then
+    /// leaves it up, only `ilink 11` or `6` drops it. Emits nothing, like app_rpt.
+    pub fn set_link_permanent(&self, node: &str, link: &str, permanent: bool) -> bool {
+        self.shared
+            .mutate(|t, _| (t.set_link_permanent(node, link, permanent), Vec::new()))
+    }
+
     /// The nodes behind a link (LinkedNodes / RPT_LINKS); emits nothing, like app_rpt.
     pub fn set_remote_nodes(&self, node: &str, link: &str, nodes: Vec<(Mode, String)>) -> bool {
         self.shared
@@ -427,6 +434,15 @@ impl SimHandle {
         self.shared
             .faults
             .abort_rptstatus
+            .store(on, Ordering::Relaxed);
+    }
+
+    /// Answer every `Action: Command` with `Response: Error` / `Permission denied`, as
+    /// Asterisk does for a manager user without the `command` write class.
+    pub fn set_reject_commands(&self, on: bool) {
+        self.shared
+            .faults
+            .reject_commands
             .store(on, Ordering::Relaxed);
     }
 

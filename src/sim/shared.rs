@@ -81,6 +81,7 @@ pub(crate) struct Faults {
     pub(crate) coalesce: AtomicBool,
     pub(crate) fail_login: AtomicBool,
     pub(crate) abort_rptstatus: AtomicBool,
+    pub(crate) reject_commands: AtomicBool,
     pub(crate) queue_limit: AtomicUsize,
 }
 

@@ -754,6 +754,70 @@ async fn modern_command_output_and_errors() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ilink_1_leaves_a_permanent_link_up_and_11_drops_it() {
+    let h = SimHandle::detached(config(&["1999"]));
+    let mut c = logged_in(&h, "perm").await;
+    for cmd in [
+        "rpt cmd 1999 ilink 13 29999",
+        "rpt cmd 1999 ilink 18 29998",
+        "rpt cmd 1999 ilink 3 29997",
+    ] {
+        c.action(&[("Action", "Command"), ("Command", cmd)]).await;
+    }
+    let t = h.truth();
+    let n = &t.nodes["1999"];
+    let got = |name: &str| n.link(name).map(|l| (l.mode, l.permanent));
+    assert_eq!(got("29999"), Some((Mode::T, true)));
+    assert_eq!(got("29998"), Some((Mode::L, true)));
+    assert_eq!(got("29997"), Some((Mode::T, false)));
+    for target in ["29999", "29997"] {
+        let f = c
+            .action(&[
+                ("Action", "Command"),
+                ("Command", &format!("rpt cmd 1999 ilink 1 {target}")),
+            ])
+            .await;
+        assert_eq!(f.response(), Some("Success"), "app_rpt does not complain");
+    }
+    let t = h.truth();
+    assert!(
+        t.nodes["1999"].link("29999").is_some(),
+        "ignored: permanent"
+    );
+    assert!(t.nodes["1999"].link("29997").is_none());
+    c.action(&[
+        ("Action", "Command"),
+        ("Command", "rpt cmd 1999 ilink 11 29999"),
+    ])
+    .await;
+    assert!(h.truth().nodes["1999"].link("29999").is_none());
+    // Another tool made it permanent: the same.
+    assert!(h.set_link_permanent("1999", "29998", true));
+    c.action(&[("Action", "Command"), ("Command", "rpt cmd 1999 ilink 6")])
+        .await;
+    assert!(
+        h.truth().nodes["1999"].links.is_empty(),
+        "6 drops every link"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reject_commands_answers_permission_denied() {
+    let h = SimHandle::detached(config(&["1999"]));
+    let mut c = logged_in(&h, "deny").await;
+    h.set_reject_commands(true);
+    let f = c
+        .action(&[
+            ("Action", "Command"),
+            ("Command", "rpt cmd 1999 ilink 3 29999"),
+        ])
+        .await;
+    assert_eq!(f.response(), Some("Error"));
+    assert_eq!(f.get("Message"), Some("Permission denied"));
+    assert!(h.truth().nodes["1999"].links.is_empty(), "nothing happened");
+}
+
+#[tokio::test(start_paused = true)]
 async fn ilink_commands_change_the_truth_and_emit_events() {
     let h = SimHandle::detached(config(&["1999", "2000"]));
     let mut c = logged_in(&h, "call").await;

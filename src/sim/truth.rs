@@ -163,6 +163,9 @@ pub struct SimLinkTruth {
     pub last_key: Option<Instant>,
     /// Last un-key from this link (`None` = never).
     pub last_unkey: Option<Instant>,
+    /// Made with a "permanent" `ilink` (12, 13, 18): app_rpt ignores `ilink 1` on it
+    /// ("must use perm command on perm link"); only 11 (or 6) drops it.
+    pub permanent: bool,
 }
 
 impl SimLinkTruth {
@@ -179,6 +182,7 @@ impl SimLinkTruth {
             connected_at: now,
             last_key: None,
             last_unkey: None,
+            permanent: false,
         }
     }
 
@@ -565,6 +569,15 @@ impl SimTruth {
             changed
         });
         found.then_some(out)
+    }
+
+    /// Marks a link permanent or not; app_rpt emits nothing for that.
+    pub(crate) fn set_link_permanent(&mut self, node: &str, link: &str, permanent: bool) -> bool {
+        let mut out = Vec::new();
+        self.with_link(node, link, &mut out, |l| {
+            l.permanent = permanent;
+            false
+        })
     }
 
     /// The nodes behind a link changed: app_rpt emits nothing for that.

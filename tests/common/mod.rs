@@ -163,7 +163,8 @@ pub fn gaps(attempts: &Arc<Mutex<Vec<tokio::time::Instant>>>) -> Vec<u64> {
         .collect()
 }
 
-/// Starts the whole daemon against a simulator (HTTP on port 0, no scripts, no astdb).
+/// Starts the whole daemon against a simulator (HTTP on port 0, no astdb; no scripts
+/// unless `extra_yaml` gives `script_dirs`).
 pub async fn start_daemon(
     sim_addr: SocketAddr,
     nodes: &[&str],
@@ -171,8 +172,13 @@ pub async fn start_daemon(
 ) -> allstar_nexus::daemon::Running {
     let mut yaml = format!(
         "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\nami_password: {SECRET}\n\
-         ami_retry_interval: 1s\nami_retry_max: 2s\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\nnodes:\n",
-        sim_addr.port()
+         ami_retry_interval: 1s\nami_retry_max: 2s\nastdb_path: /nonexistent/astdb.txt\n{}nodes:\n",
+        sim_addr.port(),
+        if extra_yaml.contains("script_dirs:") {
+            ""
+        } else {
+            "script_dirs: []\n"
+        }
     );
     for n in nodes {
         yaml.push_str(&format!("  - node_id: {n}\n"));
