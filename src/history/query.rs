@@ -841,3 +841,77 @@ pub fn audit(
         next_cursor: p.next_cursor,
     })
 }
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    /// A node-limited scope keeps every query to its nodes (and its servers' AMI
+    /// sessions, and alerts about no node), whatever else is asked.
+    #[test]
+    fn a_scope_limits_rows_and_statistics_to_its_nodes() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::history::schema::migrate(&mut conn).expect("schema");
+        conn.execute_batch(
+            "INSERT INTO keyups (server, node, link, source, start_ms, end_ms, duration_s, end_reason)
+             VALUES ('a', '1999', '2100', 'link', 1000, 2000, 1.0, 'unkeyed'),
+                    ('b', '2000', '2200', 'link', 1000, 3000, 2.0, 'unkeyed');
+             INSERT INTO ami_sessions (server, up_ms) VALUES ('a', 1000), ('b', 1000);
+             INSERT INTO alerts (alert_id, time_ms, severity, title, message, node, key, source)
+             VALUES (1, 1000, 'warning', 't', 'm', '1999', NULL, 'x'),
+                    (2, 1000, 'warning', 't', 'm', '2000', NULL, 'x'),
+                    (3, 1000, 'warning', 't', 'm', NULL, NULL, 'x');",
+        )
+        .expect("rows");
+        let q = RangeQuery {
+            since_ms: Some(0),
+            until_ms: Some(10_000),
+            limit: 10,
+            bucket_ms: 60_000,
+            scope: Some(Scope {
+                nodes: vec!["2000".into()],
+                servers: vec!["b".into()],
+            }),
+            ..RangeQuery::default()
+        };
+        let nodes = |v: Vec<Option<String>>| {
+            v.into_iter()
+                .map(|n| n.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let k = keyups(&conn, &q).expect("keyups").items;
+        assert_eq!(
+            nodes(k.into_iter().map(|r| Some(r.node)).collect()),
+            ["2000"]
+        );
+        let a = ami(&conn, &q).expect("ami").items;
+        assert_eq!(
+            a.iter().map(|r| r.server.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        let al = alerts(&conn, &q).expect("alerts").items;
+        assert_eq!(
+            nodes(al.into_iter().map(|r| r.node).collect()),
+            ["", "2000"]
+        );
+        let t = talkers(&conn, &q).expect("talkers");
+        assert_eq!(
+            t.iter().map(|t| t.link.as_str()).collect::<Vec<_>>(),
+            ["2200"]
+        );
+        let act: u64 = activity(&conn, &q)
+            .expect("activity")
+            .iter()
+            .map(|b| b.keyups)
+            .sum();
+        assert_eq!(act, 1);
+        // An explicit node outside the scope finds nothing (the HTTP layer answers 403).
+        let outside = RangeQuery {
+            node: Some("1999".into()),
+            ..q.clone()
+        };
+        assert!(keyups(&conn, &outside).expect("keyups").items.is_empty());
+        let all = RangeQuery { scope: None, ..q };
+        assert_eq!(keyups(&conn, &all).expect("keyups").items.len(), 2);
+    }
+}
