@@ -672,6 +672,8 @@ async fn cookie_login_needs_csrf_and_origin() {
         .http
         .post(t.url("/api/logout"))
         .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .header("origin", &origin)
         .send()
         .await
         .expect("logout");

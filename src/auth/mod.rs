@@ -94,6 +94,28 @@ impl Identity {
             .is_none_or(|list| list.iter().any(|n| n == node))
     }
 
+    /// The local nodes it is limited to (`nodes:` of its token or user), if any.
+    pub fn limit(&self) -> Option<&[String]> {
+        self.nodes.as_deref()
+    }
+
+    /// The 403 message for a node outside its `nodes:` limit (`node` names the one asked
+    /// for, or `None` for a whole-daemon view such as `/metrics`).
+    pub fn limit_refusal(&self, node: Option<&str>) -> String {
+        let list = self.limit().unwrap_or_default().join(", ");
+        match node {
+            Some(n) => format!(
+                "{} is limited to node(s) {list} (nodes: in its configuration): node {} is outside that limit",
+                self.name,
+                crate::observe::clip(n, 40).0
+            ),
+            None => format!(
+                "{} is limited to node(s) {list} (nodes: in its configuration): this is a whole-daemon view, open only to identities without a node limit",
+                self.name
+            ),
+        }
+    }
+
     /// Whether link IP addresses are shown to it unmasked.
     pub fn sees_ips(&self) -> bool {
         matches!(self.via, Via::Open) || self.has(Role::Control)
@@ -228,10 +250,16 @@ pub fn mask_ip(ip: &str) -> String {
     }
 }
 
-/// Masks every `"ip"` string value in a JSON document (REST answers for masked readers).
+/// Masks every `"ip"` string value in a JSON document (REST answers for masked readers),
+/// and the `"value"` of a `{"field": "ip", "value": …}` change (`/api/history/links`).
 pub fn mask_ips_in(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
+            if map.get("field").and_then(|f| f.as_str()) == Some("ip") {
+                if let Some(serde_json::Value::String(s)) = map.get_mut("value") {
+                    *s = mask_ip(s);
+                }
+            }
             for (k, val) in map.iter_mut() {
                 match val {
                     serde_json::Value::String(s) if k == "ip" => *s = mask_ip(s),
@@ -286,5 +314,10 @@ mod tests {
         mask_ips_in(&mut v);
         assert_eq!(v["links"][0]["ip"], "10.1.x.x");
         assert!(v["links"][1]["ip"].is_null());
+        let mut v = serde_json::json!({"items":[{"changes":[
+            {"field":"ip","value":"203.0.113.9"},{"field":"mode","value":"transceive"}]}]});
+        mask_ips_in(&mut v);
+        assert_eq!(v["items"][0]["changes"][0]["value"], "203.0.x.x");
+        assert_eq!(v["items"][0]["changes"][1]["value"], "transceive");
     }
 }

@@ -40,7 +40,9 @@ pub struct ApiTokenConfig {
     /// The secret itself, or `sha256:<64 hex>` of it. Never logged.
     pub token: String,
     pub role: Role,
-    /// Local nodes this token may act on and read (absent = all).
+    /// Local nodes this token may act on and read (absent = all): REST, WebSocket and
+    /// history show it only these nodes, and `/metrics` (a whole-daemon view) is refused
+    /// to it (`docs/security.md`, "Node limits").
     #[serde(default, deserialize_with = "opt_node_ids")]
     pub nodes: Option<Vec<String>>,
 }
@@ -64,6 +66,7 @@ pub struct UserConfig {
     /// Argon2id PHC string from `allstar-nexus hash-password`.
     pub password_hash: String,
     pub role: Role,
+    /// Local nodes this user may act on and read (absent = all), as for a token.
     #[serde(default, deserialize_with = "opt_node_ids")]
     pub nodes: Option<Vec<String>>,
 }

@@ -76,6 +76,19 @@ pub struct RangeQuery {
     pub cursor: Option<i64>,
     /// `activity` only: bucket width.
     pub bucket_ms: u64,
+    /// What a caller limited to some nodes may see (`None`: everything). Set by the HTTP
+    /// layer from the caller's identity, never from the query string.
+    pub scope: Option<Scope>,
+}
+
+/// The part of the history a node-limited identity (`nodes:` of its token or user) may
+/// read: rows of its nodes, AMI sessions of their servers, alerts about them or about no
+/// node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    pub nodes: Vec<String>,
+    /// The AMI servers of those nodes.
+    pub servers: Vec<String>,
 }
 
 fn id_param(param: &str, v: &str) -> Result<String, QueryError> {
@@ -192,6 +205,31 @@ impl Filter {
             self.add(term, Sql::Text(v.clone()));
         }
     }
+    /// `column IN (…values)` (`or_null`: or `column IS NULL`); an empty set matches nothing.
+    fn within(&mut self, column: &str, values: &[String], or_null: bool) {
+        let mut marks = Vec::with_capacity(values.len());
+        for v in values {
+            self.args.push(Sql::Text(v.clone()));
+            marks.push(format!("?{}", self.args.len()));
+        }
+        let set = if marks.is_empty() {
+            "0".to_owned()
+        } else {
+            format!("{column} IN ({})", marks.join(", "))
+        };
+        self.terms.push(if or_null {
+            format!("({set} OR {column} IS NULL)")
+        } else {
+            set
+        });
+    }
+    /// `node = ?` when asked for, and the caller's node limit ([`Scope`]).
+    fn nodes(&mut self, q: &RangeQuery, or_null: bool) {
+        self.opt_str("node = ?", &q.node);
+        if let Some(scope) = &q.scope {
+            self.within("node", &scope.nodes, or_null);
+        }
+    }
     fn sql(&self) -> String {
         if self.terms.is_empty() {
             "1".into()
@@ -268,7 +306,7 @@ pub struct KeyupRow {
 /// Keyups starting in the range, newest first.
 pub fn keyups(conn: &Connection, q: &RangeQuery) -> Result<Page<KeyupRow>, QueryError> {
     let mut f = Filter::default();
-    f.opt_str("node = ?", &q.node);
+    f.nodes(q, false);
     f.opt_str("link = ?", &q.link);
     f.opt_str("server = ?", &q.server);
     if let Some(s) = q.since_ms {
@@ -339,7 +377,7 @@ pub struct LinkSessionRow {
 /// Link sessions overlapping the range, newest first.
 pub fn links(conn: &Connection, q: &RangeQuery) -> Result<Page<LinkSessionRow>, QueryError> {
     let mut f = Filter::default();
-    f.opt_str("node = ?", &q.node);
+    f.nodes(q, false);
     f.opt_str("link = ?", &q.link);
     f.opt_str("server = ?", &q.server);
     if let Some(s) = q.since_ms {
@@ -429,6 +467,9 @@ pub struct AmiRow {
 pub fn ami(conn: &Connection, q: &RangeQuery) -> Result<Page<AmiRow>, QueryError> {
     let mut f = Filter::default();
     f.opt_str("server = ?", &q.server);
+    if let Some(scope) = &q.scope {
+        f.within("server", &scope.servers, false);
+    }
     if let Some(s) = q.since_ms {
         f.add("(down_ms IS NULL OR down_ms >= ?)", ms(s));
     }
@@ -479,7 +520,7 @@ pub struct AlertRow {
 /// Alerts in the range, newest first.
 pub fn alerts(conn: &Connection, q: &RangeQuery) -> Result<Page<AlertRow>, QueryError> {
     let mut f = Filter::default();
-    f.opt_str("node = ?", &q.node);
+    f.nodes(q, true);
     if let Some(s) = q.since_ms {
         f.add("time_ms >= ?", ms(s));
     }
@@ -552,7 +593,7 @@ impl Keyers {
 /// Adds closed keyups of `who` starting in `[from, to)` from the raw table, per `group`.
 fn raw_totals(
     conn: &Connection,
-    (node, who): (&Option<String>, Keyers),
+    (q, who): (&RangeQuery, Keyers),
     from: u64,
     to: u64,
     group: &str,
@@ -562,7 +603,7 @@ fn raw_totals(
         return Ok(());
     }
     let mut f = Filter::default();
-    f.opt_str("node = ?", node);
+    f.nodes(q, false);
     f.add("start_ms >= ?", ms(from));
     f.add("start_ms < ?", ms(to));
     let sql = format!(
@@ -606,7 +647,7 @@ fn add_rows(
 /// Adds whole hours `[from, to)` (both on hour boundaries) from the per-hour totals.
 fn hour_totals(
     conn: &Connection,
-    (node, who): (&Option<String>, Keyers),
+    (q, who): (&RangeQuery, Keyers),
     from: u64,
     to: u64,
     group: &str,
@@ -616,7 +657,7 @@ fn hour_totals(
         return Ok(());
     }
     let mut f = Filter::default();
-    f.opt_str("node = ?", node);
+    f.nodes(q, false);
     f.add("hour_ms >= ?", ms(from));
     f.add("hour_ms < ?", ms(to));
     let sql = format!(
@@ -632,7 +673,7 @@ fn hour_totals(
 /// whole hours from the per-hour table, the partial hours at either end from the keyups.
 fn totals(
     conn: &Connection,
-    node: &Option<String>,
+    q: &RangeQuery,
     (since, until): (u64, u64),
 ) -> Result<BTreeMap<String, (u64, f64)>, QueryError> {
     let who = Keyers::LinksAndLocalRx;
@@ -641,7 +682,7 @@ fn totals(
     let first_full = since.div_ceil(HOUR_MS) * HOUR_MS;
     let last_full = end / HOUR_MS * HOUR_MS;
     let mut out = BTreeMap::new();
-    let sel = (node, who);
+    let sel = (q, who);
     if first_full < last_full {
         raw_totals(conn, sel, since, first_full, raw_group, &mut out)?;
         hour_totals(conn, sel, first_full, last_full, "link", &mut out)?;
@@ -673,7 +714,7 @@ pub fn talkers_and_local_rx(
     q: &RangeQuery,
 ) -> Result<(Vec<Talker>, LocalTotals), QueryError> {
     let round = |s: f64| (s * 1000.0).round() / 1000.0;
-    let mut by_link = totals(conn, &q.node, q.stats_range())?;
+    let mut by_link = totals(conn, q, q.stats_range())?;
     let local = by_link
         .remove(LOCAL_RX)
         .map(|(keyups, s)| LocalTotals {
@@ -726,16 +767,9 @@ pub fn activity(conn: &Connection, q: &RangeQuery) -> Result<Vec<Bucket>, QueryE
     let group = format!("(start_ms / {b}) * {b}");
     if b % HOUR_MS == 0 {
         let hgroup = format!("(hour_ms / {b}) * {b}");
-        hour_totals(
-            conn,
-            (&q.node, Keyers::Links),
-            first,
-            end,
-            &hgroup,
-            &mut out,
-        )?;
+        hour_totals(conn, (q, Keyers::Links), first, end, &hgroup, &mut out)?;
     } else {
-        raw_totals(conn, (&q.node, Keyers::Links), first, end, &group, &mut out)?;
+        raw_totals(conn, (q, Keyers::Links), first, end, &group, &mut out)?;
     }
     let mut buckets = Vec::with_capacity(((end - first) / b) as usize);
     let mut t = first;
@@ -806,4 +840,78 @@ pub fn audit(
         entries: p.items,
         next_cursor: p.next_cursor,
     })
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    /// A node-limited scope keeps every query to its nodes (and its servers' AMI
+    /// sessions, and alerts about no node), whatever else is asked.
+    #[test]
+    fn a_scope_limits_rows_and_statistics_to_its_nodes() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::history::schema::migrate(&mut conn).expect("schema");
+        conn.execute_batch(
+            "INSERT INTO keyups (server, node, link, source, start_ms, end_ms, duration_s, end_reason)
+             VALUES ('a', '1999', '2100', 'link', 1000, 2000, 1.0, 'unkeyed'),
+                    ('b', '2000', '2200', 'link', 1000, 3000, 2.0, 'unkeyed');
+             INSERT INTO ami_sessions (server, up_ms) VALUES ('a', 1000), ('b', 1000);
+             INSERT INTO alerts (alert_id, time_ms, severity, title, message, node, key, source)
+             VALUES (1, 1000, 'warning', 't', 'm', '1999', NULL, 'x'),
+                    (2, 1000, 'warning', 't', 'm', '2000', NULL, 'x'),
+                    (3, 1000, 'warning', 't', 'm', NULL, NULL, 'x');",
+        )
+        .expect("rows");
+        let q = RangeQuery {
+            since_ms: Some(0),
+            until_ms: Some(10_000),
+            limit: 10,
+            bucket_ms: 60_000,
+            scope: Some(Scope {
+                nodes: vec!["2000".into()],
+                servers: vec!["b".into()],
+            }),
+            ..RangeQuery::default()
+        };
+        let nodes = |v: Vec<Option<String>>| {
+            v.into_iter()
+                .map(|n| n.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        let k = keyups(&conn, &q).expect("keyups").items;
+        assert_eq!(
+            nodes(k.into_iter().map(|r| Some(r.node)).collect()),
+            ["2000"]
+        );
+        let a = ami(&conn, &q).expect("ami").items;
+        assert_eq!(
+            a.iter().map(|r| r.server.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        let al = alerts(&conn, &q).expect("alerts").items;
+        assert_eq!(
+            nodes(al.into_iter().map(|r| r.node).collect()),
+            ["", "2000"]
+        );
+        let t = talkers(&conn, &q).expect("talkers");
+        assert_eq!(
+            t.iter().map(|t| t.link.as_str()).collect::<Vec<_>>(),
+            ["2200"]
+        );
+        let act: u64 = activity(&conn, &q)
+            .expect("activity")
+            .iter()
+            .map(|b| b.keyups)
+            .sum();
+        assert_eq!(act, 1);
+        // An explicit node outside the scope finds nothing (the HTTP layer answers 403).
+        let outside = RangeQuery {
+            node: Some("1999".into()),
+            ..q.clone()
+        };
+        assert!(keyups(&conn, &outside).expect("keyups").items.is_empty());
+        let all = RangeQuery { scope: None, ..q };
+        assert_eq!(keyups(&conn, &all).expect("keyups").items.len(), 2);
+    }
 }

@@ -169,20 +169,64 @@ pub(super) fn guard(
                     let token = (path.as_str() == "/ws")
                         .then(|| query_param(&query, "token"))
                         .flatten();
-                    read_access(&lc, path.as_str(), &headers, token.as_deref())
-                        .map_err(|m| ApiReject::rejection(StatusCode::UNAUTHORIZED, m))
+                    let access = read_access(&lc, path.as_str(), &headers, token.as_deref())
+                        .map_err(|m| ApiReject::rejection(StatusCode::UNAUTHORIZED, m))?;
+                    match beyond_limit(&access.identity, path.as_str(), &query) {
+                        Some(m) => Err(ApiReject::rejection(StatusCode::FORBIDDEN, m)),
+                        None => Ok(access),
+                    }
                 }
             },
         )
 }
 
-/// One URL-decoded query parameter.
+/// For an identity limited to some nodes (`nodes:`), why this read asks for more (the
+/// 403 to answer): `/metrics` (a whole-daemon view), `/api/nodes/{id}…` of another node,
+/// a history or statistics `node=` outside the limit, a `/ws?nodes=` entry outside it.
+/// Lists (`/api/nodes`, alerts, history without `node=`, WebSocket frames) are filtered
+/// by their routes instead.
+fn beyond_limit(identity: &Identity, path: &str, query: &str) -> Option<String> {
+    identity.limit()?;
+    let outside =
+        |node: &str| (!identity.may_node(node)).then(|| identity.limit_refusal(Some(node)));
+    if path == "/metrics" {
+        return Some(identity.limit_refusal(None));
+    }
+    if let Some(rest) = path.strip_prefix("/api/nodes/") {
+        let id = rest.split('/').next().unwrap_or("");
+        return outside(&decode(id).unwrap_or_else(|| id.to_owned()));
+    }
+    // Every occurrence counts: the routes read the last one, this reads them all.
+    if path.starts_with("/api/history/") || path.starts_with("/api/stats/") {
+        return query_params(query, "node").find_map(|n| outside(&n));
+    }
+    if path == "/ws" {
+        return query_params(query, "nodes").find_map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .find_map(outside)
+        });
+    }
+    None
+}
+
+/// One URL-decoded query parameter (its first occurrence).
 fn query_param(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
         .find(|(k, _)| decode(k).as_deref() == Some(name))
         .and_then(|(_, v)| decode(v))
+}
+
+/// Every URL-decoded value of a query parameter (an undecodable one is kept raw).
+fn query_params<'q>(query: &'q str, name: &'q str) -> impl Iterator<Item = String> + 'q {
+    query
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .filter(move |(k, _)| decode(k).as_deref() == Some(name))
+        .map(|(_, v)| decode(v).unwrap_or_else(|| v.to_owned()))
 }
 
 /// Percent-decoding (`+` is a space).
@@ -257,5 +301,45 @@ mod tests {
             Some("a+b c")
         );
         assert_eq!(query_param("since=3", "token"), None);
+    }
+
+    #[test]
+    fn node_limits_refuse_other_nodes_and_whole_daemon_views() {
+        let id = Identity {
+            name: "v2000".into(),
+            role: Some(crate::auth::Role::Read),
+            nodes: Some(vec!["2000".into()]),
+            via: Via::Token,
+        };
+        for (path, query) in [
+            ("/metrics", ""),
+            ("/api/nodes/1999", ""),
+            ("/api/nodes/%31999", ""),
+            ("/api/nodes/1999/voter", ""),
+            ("/api/history/links", "node=2000&node=1999"),
+            ("/api/stats/talkers", "node=1999"),
+            ("/ws", "nodes=2000,1999"),
+        ] {
+            let why = beyond_limit(&id, path, query).unwrap_or_default();
+            assert!(
+                why.contains("v2000 is limited to node(s) 2000"),
+                "{path}?{query}"
+            );
+        }
+        for (path, query) in [
+            ("/api/nodes", ""),
+            ("/api/nodes/2000", ""),
+            ("/api/nodes/%32000/voter", ""),
+            ("/api/history/links", "node=2000"),
+            ("/api/history/links", ""),
+            ("/ws", "nodes=2000&servers=default"),
+            ("/api/alerts", "limit=5"),
+        ] {
+            assert_eq!(beyond_limit(&id, path, query), None, "{path}?{query}");
+        }
+        assert_eq!(
+            beyond_limit(&Identity::anonymous(true), "/metrics", ""),
+            None
+        );
     }
 }

@@ -29,6 +29,7 @@ const MAX_AUDIT_LIMIT: usize = 10_000;
 pub(super) fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let links = link_routes(ctx.clone());
     let with = move || {
         let ctx = ctx.clone();
         warp::any().map(move || ctx.clone())
@@ -55,6 +56,35 @@ pub(super) fn routes(
         .and(warp::get())
         .and(common())
         .map(|_a, h: HeaderMap, c: Arc<Ctx>| session(&c, &h));
+    let audit = warp::path!("api" / "audit")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(with())
+        .then(
+            |q: HashMap<String, String>, h: HeaderMap, c: Arc<Ctx>| async move {
+                audit(&c, &q, &h).await
+            },
+        );
+    login
+        .or(logout)
+        .unify()
+        .or(session)
+        .unify()
+        .or(links)
+        .unify()
+        .or(audit)
+        .unify()
+}
+
+/// Connect, disconnect and disconnect-all.
+fn link_routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let common = move || {
+        let ctx = ctx.clone();
+        super::server::remote()
+            .and(warp::header::headers_cloned())
+            .and(warp::any().map(move || ctx.clone()))
+    };
     let connect = warp::path!("api" / "nodes" / String / "links")
         .and(warp::post())
         .and(warp::body::content_length_limit(super::MAX_BODY_BYTES))
@@ -90,29 +120,7 @@ pub(super) fn routes(
             });
             link(c, raw, a, &h).await
         });
-    let audit = warp::path!("api" / "audit")
-        .and(warp::get())
-        .and(warp::query::<HashMap<String, String>>())
-        .and(warp::header::headers_cloned())
-        .and(with())
-        .then(
-            |q: HashMap<String, String>, h: HeaderMap, c: Arc<Ctx>| async move {
-                audit(&c, &q, &h).await
-            },
-        );
-    login
-        .or(logout)
-        .unify()
-        .or(session)
-        .unify()
-        .or(connect)
-        .unify()
-        .or(disconnect)
-        .unify()
-        .or(disconnect_all)
-        .unify()
-        .or(audit)
-        .unify()
+    connect.or(disconnect).unify().or(disconnect_all).unify()
 }
 
 /// The body of `POST /api/nodes/{id}/links`.
@@ -234,22 +242,13 @@ async fn login(
             "no users are configured: add users with password_hash (see docs/security.md)",
         );
     }
-    let (source, forwarded_for) = auth::source(addr, headers);
-    let now = crate::observe::now_ms();
     let parsed = serde_json::from_slice::<LoginBody>(body);
-    let mut entry = AuditEntry {
-        time_ms: now,
-        time: rfc3339(now),
-        identity: parsed
-            .as_ref()
-            .map_or_else(|_| "(unreadable)".into(), |b| AuditEntry::clip(&b.name)),
-        via: "login".into(),
-        source,
-        forwarded_for,
-        action: "login".into(),
-        result: "refused".into(),
-        ..AuditEntry::default()
-    };
+    let name = parsed
+        .as_ref()
+        .map_or_else(|_| "(unreadable)".into(), |b| AuditEntry::clip(&b.name));
+    let mut entry = audit_entry(name, "login", addr, headers);
+    entry.via = "login".into();
+    entry.result = "refused".into();
     if let Some(why) = login_precheck(&ctx, headers) {
         return refuse_login(&lc, entry, StatusCode::FORBIDDEN, why).await;
     }
@@ -279,30 +278,7 @@ async fn login(
         return refusal(r);
     }
     match result {
-        Ok(ok) => {
-            let mut res = json_reply(
-                StatusCode::OK,
-                &LoginReply {
-                    name: &ok.identity.name,
-                    role: ok.identity.role,
-                    nodes: &ok.identity.nodes,
-                    csrf_token: &ok.csrf_token,
-                },
-            );
-            let secure = headers
-                .get("x-forwarded-proto")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-            let cookie = format!(
-                "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
-                ok.session_id,
-                ctx.app.config.control.session_ttl.0.as_secs(),
-                if secure { "; Secure" } else { "" }
-            );
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                res.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            res
-        }
+        Ok(ok) => logged_in(&ctx, headers, &ok),
         Err(LoginError::LockedOut { retry_after }) => refusal(Refusal {
             status: 429,
             message: LoginError::LockedOut { retry_after }.to_string(),
@@ -311,6 +287,52 @@ async fn login(
         Err(e @ LoginError::Bad) => error_reply(StatusCode::UNAUTHORIZED, &e.to_string()),
         Err(e) => error_reply(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// An audit entry of a login or logout by `identity` (the caller fills in the outcome).
+fn audit_entry(
+    identity: String,
+    action: &str,
+    addr: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> AuditEntry {
+    let (source, forwarded_for) = auth::source(addr, headers);
+    let now = crate::observe::now_ms();
+    AuditEntry {
+        time_ms: now,
+        time: rfc3339(now),
+        identity,
+        source,
+        forwarded_for,
+        action: action.into(),
+        ..AuditEntry::default()
+    }
+}
+
+/// The 200 of a successful login: who, and the session cookie (`Secure` behind https).
+fn logged_in(ctx: &Ctx, headers: &HeaderMap, ok: &crate::auth::LoginOk) -> Response {
+    let mut res = json_reply(
+        StatusCode::OK,
+        &LoginReply {
+            name: &ok.identity.name,
+            role: ok.identity.role,
+            nodes: &ok.identity.nodes,
+            csrf_token: &ok.csrf_token,
+        },
+    );
+    let secure = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        ok.session_id,
+        ctx.app.config.control.session_ttl.0.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        res.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    res
 }
 
 /// Why a login is refused before the password is looked at (wrong Origin).
@@ -329,7 +351,7 @@ fn login_precheck(ctx: &Ctx, headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-/// Audits a refused login, then answers it (503 when the audit cannot be written).
+/// Audits a refused login or logout, then answers it (503 when the audit cannot be written).
 async fn refuse_login(
     lc: &crate::linkctl::LinkControl,
     mut entry: AuditEntry,
@@ -344,28 +366,23 @@ async fn refuse_login(
     }
 }
 
-/// `POST /api/logout`: ends the cookie's session (204 even without one).
+/// `POST /api/logout`: ends the cookie's session (204 even without one). Like every
+/// state change made with the cookie, it needs the `X-CSRF-Token` header and this site's
+/// `Origin` (403 otherwise, audited, and the session stays).
 async fn logout(ctx: Arc<Ctx>, addr: Option<SocketAddr>, headers: &HeaderMap) -> Response {
     let lc = ctx.app.linkctl.clone();
     if let Some(id) = auth::session_cookie(headers) {
         if let Some(identity) = lc.auth().session(&id) {
-            let (source, forwarded_for) = auth::source(addr, headers);
-            let now = crate::observe::now_ms();
-            let _ = lc
-                .record(AuditEntry {
-                    time_ms: now,
-                    time: rfc3339(now),
-                    identity: identity.name,
-                    via: "cookie".into(),
-                    source,
-                    forwarded_for,
-                    action: "logout".into(),
-                    result: "ok".into(),
-                    status: 204,
-                    detail: "logged out".into(),
-                    ..AuditEntry::default()
-                })
-                .await;
+            let mut entry = audit_entry(identity.name.clone(), "logout", addr, headers);
+            entry.via = "cookie".into();
+            if let Some(why) = auth::cookie_check(&ctx, &identity, headers) {
+                entry.result = "refused".into();
+                return refuse_login(&lc, entry, StatusCode::FORBIDDEN, &why).await;
+            }
+            entry.result = "ok".into();
+            entry.status = 204;
+            entry.detail = "logged out".into();
+            let _ = lc.record(entry).await;
         }
         lc.auth().logout(&id);
     }

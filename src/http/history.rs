@@ -11,9 +11,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::auth::ReadAccess;
 use super::errors::error_reply;
 use super::{Ctx, json_reply};
-use crate::history::query::{self, QueryError, RangeQuery};
+use crate::history::query::{self, QueryError, RangeQuery, Scope};
 
 const ROW_PARAMS: &[&str] = &[
     "node", "link", "server", "since", "until", "limit", "cursor",
@@ -36,6 +37,10 @@ enum What {
 pub(super) fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let access = {
+        let ctx = ctx.clone();
+        move || super::auth::guard(ctx.clone())
+    };
     let with = move || {
         let ctx = ctx.clone();
         warp::any().map(move || ctx.clone())
@@ -43,8 +48,9 @@ pub(super) fn routes(
     let history = warp::path!("api" / "history" / String)
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
+        .and(access())
         .and(with())
-        .and_then(|table: String, q, c| async move {
+        .and_then(|table: String, q, a, c| async move {
             let what = match table.as_str() {
                 "keyups" => What::Keyups,
                 "links" => What::Links,
@@ -52,19 +58,20 @@ pub(super) fn routes(
                 "alerts" => What::Alerts,
                 _ => return Err(warp::reject::not_found()),
             };
-            Ok(answer(c, what, q).await)
+            Ok(answer(c, what, q, a).await)
         });
     let stats = warp::path!("api" / "stats" / String)
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
+        .and(access())
         .and(with())
-        .and_then(|which: String, q, c| async move {
+        .and_then(|which: String, q, a, c| async move {
             let what = match which.as_str() {
                 "talkers" => What::Talkers,
                 "activity" => What::Activity,
                 _ => return Err(warp::reject::not_found()),
             };
-            Ok(answer(c, what, q).await)
+            Ok(answer(c, what, q, a).await)
         });
     history.or(stats).unify()
 }
@@ -87,7 +94,12 @@ struct Activity {
     buckets: Vec<query::Bucket>,
 }
 
-async fn answer(ctx: Arc<Ctx>, what: What, q: HashMap<String, String>) -> Response {
+async fn answer(
+    ctx: Arc<Ctx>,
+    what: What,
+    q: HashMap<String, String>,
+    access: ReadAccess,
+) -> Response {
     let Some(history) = ctx.app.history.clone() else {
         return error_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -99,10 +111,23 @@ async fn answer(ctx: Arc<Ctx>, what: What, q: HashMap<String, String>) -> Respon
         What::Activity => ACTIVITY_PARAMS,
         _ => ROW_PARAMS,
     };
-    let rq = match RangeQuery::parse(&q, allowed) {
+    let mut rq = match RangeQuery::parse(&q, allowed) {
         Ok(r) => r,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, &e.to_string()),
     };
+    // A node-limited identity reads only its nodes (`node=` outside them is a 403 in
+    // `auth::guard`; without `node=`, the query is limited here).
+    rq.scope = access.identity.limit().map(|nodes| Scope {
+        nodes: nodes.to_vec(),
+        servers: ctx
+            .app
+            .config
+            .servers
+            .iter()
+            .filter(|s| s.nodes.iter().any(|n| nodes.contains(&n.node_id)))
+            .map(|s| s.name.clone())
+            .collect(),
+    });
     let run = tokio::task::spawn_blocking(move || {
         history.read(|conn| -> Result<Response, QueryError> {
             let ok = |v: &dyn erased::Json| v.reply();

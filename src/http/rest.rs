@@ -16,6 +16,7 @@ use warp::http::{HeaderMap, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::auth::ReadAccess;
 use super::errors::{clip, error_reply};
 use super::server::ConnInfo;
 use super::{Ctx, json_bytes_reply, json_reply, openapi, origin};
@@ -79,6 +80,11 @@ impl PollLimiter {
 pub(super) fn routes(
     ctx: Arc<Ctx>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    // The reader's identity, for the lists a node-limited identity sees only part of.
+    let access = {
+        let ctx = ctx.clone();
+        move || super::auth::guard(ctx.clone())
+    };
     let with = move || {
         let ctx = ctx.clone();
         warp::any().map(move || ctx.clone())
@@ -89,8 +95,9 @@ pub(super) fn routes(
         .map(|c: Arc<Ctx>| health(&c));
     let nodes = warp::path!("api" / "nodes")
         .and(warp::get())
+        .and(access())
         .and(with())
-        .map(|c: Arc<Ctx>| nodes(&c));
+        .map(|a: ReadAccess, c: Arc<Ctx>| nodes(&c, a.identity.limit()));
     let node = warp::path!("api" / "nodes" / String)
         .and(warp::get())
         .and(with())
@@ -113,8 +120,11 @@ pub(super) fn routes(
     let alerts = warp::path!("api" / "alerts")
         .and(warp::get())
         .and(warp::query::<HashMap<String, String>>())
+        .and(access())
         .and(with())
-        .map(|q: HashMap<String, String>, c: Arc<Ctx>| alerts(&c, &q));
+        .map(|q: HashMap<String, String>, a: ReadAccess, c: Arc<Ctx>| {
+            alerts(&c, &q, a.identity.limit())
+        });
     let scripts = warp::path!("api" / "scripts")
         .and(warp::get())
         .and(with())
@@ -301,7 +311,10 @@ fn health(ctx: &Ctx) -> Response {
 /// little more) at once instead of growing a multi-MiB buffer by doubling.
 static NODES_BODY_HINT: AtomicUsize = AtomicUsize::new(0);
 
-fn nodes(ctx: &Ctx) -> Response {
+fn nodes(ctx: &Ctx, limit: Option<&[String]>) -> Response {
+    if let Some(limit) = limit {
+        return limited_nodes(ctx, limit);
+    }
     match nodes_body(&ctx.app.state, NODES_BODY_HINT.load(Ordering::Relaxed)) {
         Ok(body) => {
             NODES_BODY_HINT.store(body.len(), Ordering::Relaxed);
@@ -312,6 +325,21 @@ fn nodes(ctx: &Ctx) -> Response {
             &format!("the node list could not be encoded: {e}"),
         ),
     }
+}
+
+/// `GET /api/nodes` for an identity limited to some nodes: the same document with only
+/// those nodes (`seq` and `nodes` still taken under one read lock).
+fn limited_nodes(ctx: &Ctx, limit: &[String]) -> Response {
+    #[derive(Serialize)]
+    struct Nodes<'a> {
+        seq: u64,
+        epoch: &'a str,
+        nodes: Vec<crate::state::NodeView>,
+    }
+    let (seq, mut nodes, _rx) = ctx.app.state.subscribe_with_snapshot();
+    nodes.retain(|n| limit.contains(&n.node_id));
+    let epoch = ctx.app.state.epoch();
+    json_reply(StatusCode::OK, &Nodes { seq, epoch, nodes })
 }
 
 /// The body of `GET /api/nodes`: `{"seq":…,"epoch":"…","nodes":[…]}`, byte for byte
@@ -462,7 +490,9 @@ fn voter(ctx: &Ctx, id: &str) -> Response {
     }
 }
 
-fn alerts(ctx: &Ctx, q: &HashMap<String, String>) -> Response {
+/// `GET /api/alerts`; an identity limited to some nodes sees the alerts about them and
+/// those about no node (as on the WebSocket), never those about another node.
+fn alerts(ctx: &Ctx, q: &HashMap<String, String>, limit_to: Option<&[String]>) -> Response {
     let limit = match q.get("limit") {
         None => DEFAULT_ALERT_LIMIT,
         Some(v) => match v.trim().parse::<usize>() {
@@ -482,7 +512,15 @@ fn alerts(ctx: &Ctx, q: &HashMap<String, String>) -> Response {
     struct Alerts<'a> {
         alerts: Vec<&'a crate::alerts::Alert>,
     }
-    let recent = ctx.app.alerts.recent(limit);
+    let recent = match limit_to {
+        None => ctx.app.alerts.recent(limit),
+        Some(nodes) => {
+            let mut mine = ctx.app.alerts.recent(usize::MAX);
+            mine.retain(|a| a.node.as_ref().is_none_or(|n| nodes.contains(n)));
+            let skip = mine.len().saturating_sub(limit);
+            mine.split_off(skip)
+        }
+    };
     json_reply(
         StatusCode::OK,
         &Alerts {

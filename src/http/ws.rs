@@ -671,9 +671,11 @@ pub(super) fn route(
                 let token = query.get("token").map(String::as_str);
                 let access = super::auth::read_access(&ctx.app.linkctl, "/ws", &headers, token);
                 let mask = access.as_ref().map_or(true, |a| a.mask);
+                // A node-limited reader (`nodes:`) follows only its nodes.
+                let limit = access.as_ref().ok().and_then(|a| a.identity.nodes.clone());
                 // Admins also get the `control` messages.
                 let admin = access.is_ok_and(|a| a.identity.has(crate::auth::Role::Admin));
-                let res = handshake(&ctx, upgrade, &headers, &query, (mask, admin));
+                let res = handshake(&ctx, upgrade, &headers, &query, (mask, admin, limit));
                 if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(c) = conn {
                         c.mark_upgraded();
@@ -699,7 +701,7 @@ fn handshake(
     upgrade: Option<OnUpgrade>,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    (mask, admin): (bool, bool),
+    (mask, admin, limit): (bool, bool, Option<Vec<String>>),
 ) -> Response {
     let cfg = &ctx.app.config.websocket;
     if let Some(refused) = check_origin(headers, &cfg.allowed_origins) {
@@ -719,7 +721,7 @@ fn handshake(
         }
     };
     let selection = match Selection::from_query(query, &ctx.app.config) {
-        Ok(s) => s.map(Arc::new),
+        Ok(s) => Selection::within(s, limit.as_deref(), &ctx.app.config).map(Arc::new),
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, &e),
     };
     let (Some(upgrade), Some(key)) = (upgrade, headers.get("sec-websocket-key")) else {
@@ -846,6 +848,26 @@ impl Selection {
             sel.nodes.insert(id.to_owned());
         }
         Ok(Some(sel))
+    }
+
+    /// `sel` narrowed to a node-limited reader's nodes (`servers=` intersected; a
+    /// `nodes=` entry outside them was refused by the read gate, `auth::guard`).
+    fn within(
+        sel: Option<Selection>,
+        limit: Option<&[String]>,
+        config: &Config,
+    ) -> Option<Selection> {
+        let Some(limit) = limit else { return sel };
+        let mut out = Selection::default();
+        for s in &config.servers {
+            for n in s.nodes.iter().filter(|n| limit.contains(&n.node_id)) {
+                if sel.as_ref().is_none_or(|sel| sel.node(&n.node_id)) {
+                    out.nodes.insert(n.node_id.clone());
+                    out.servers.insert(s.name.clone());
+                }
+            }
+        }
+        Some(out)
     }
 
     fn node(&self, id: &str) -> bool {
