@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use allstar_nexus::ami::{Action, ActionError, AmiEvent};
+use allstar_nexus::ami::{Action, ActionError, AmiEvent, ErrorKind};
 use allstar_nexus::config::AmiSettings;
 use allstar_nexus::sim::SimLink;
 use allstar_nexus::state::Direction;
@@ -54,7 +54,7 @@ async fn wrong_password_is_a_distinct_plain_error() {
         .expect("status in time")
         .expect("status");
     assert!(!st.connected);
-    assert_eq!(st.last_error_kind, Some("auth_failed"));
+    assert_eq!(st.last_error_kind, Some(ErrorKind::AuthFailed));
     assert_eq!(
         st.last_error.as_deref(),
         Some("authentication failed for user admin — check ami_username/ami_password")
@@ -80,7 +80,7 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
         .await
         .expect("in time")
         .expect("status");
-    assert_eq!(st.last_error_kind, Some("refused"), "{st:?}");
+    assert_eq!(st.last_error_kind, Some(ErrorKind::Refused), "{st:?}");
     assert!(
         st.last_error
             .as_deref()
@@ -102,7 +102,10 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
         .expect("in time")
         .expect("status");
     assert!(
-        matches!(st.last_error_kind, Some("host_not_found") | Some("timeout")),
+        matches!(
+            st.last_error_kind,
+            Some(ErrorKind::HostNotFound) | Some(ErrorKind::Timeout)
+        ),
         "an unresolvable host is reported as such (or as a timeout where DNS cannot answer): {st:?}"
     );
     stop.cancel();
@@ -186,7 +189,7 @@ async fn stalled_peer_is_detected_within_keepalive_plus_deadline_and_recovers() 
         detected <= Duration::from_secs(40) + Duration::from_millis(100),
         "detected after {detected:?}"
     );
-    assert_eq!(h.status().last_error_kind, Some("keepalive"));
+    assert_eq!(h.status().last_error_kind, Some(ErrorKind::Keepalive));
     sim.set_stall(false);
     wait_connected(&h, true).await;
     stop.cancel();
@@ -415,7 +418,7 @@ async fn login_follows_asterisk_back_within_two_seconds() {
     // Barrier: the immediate retry was refused, so the supervisor is in its 15 s wait.
     tokio::time::timeout(
         Duration::from_secs(10),
-        w.wait_for(|s| !s.connected && s.last_error_kind == Some("refused")),
+        w.wait_for(|s| !s.connected && s.last_error_kind == Some(ErrorKind::Refused)),
     )
     .await
     .expect("refused in time")
@@ -465,7 +468,7 @@ async fn a_port_that_never_greets_gets_its_own_error() {
         .await
         .expect("in time")
         .expect("status");
-    assert_eq!(st.last_error_kind, Some("no_greeting"), "{st:?}");
+    assert_eq!(st.last_error_kind, Some(ErrorKind::NoGreeting), "{st:?}");
     assert!(
         st.last_error
             .as_deref()
