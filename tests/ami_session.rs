@@ -47,9 +47,8 @@ async fn wrong_password_is_a_distinct_plain_error() {
     let sim = sim_on_tcp(&["1999"]).await;
     sim.set_fail_login(true);
     let stop = CancellationToken::new();
-    let (h, _rx) = supervise_tcp(sim.addr(), settings(), &stop);
-    let mut changes = h.subscribe_status();
-    let st = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+    let (h, mut rx) = supervise_tcp(sim.addr(), settings(), &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("status in time")
         .expect("status");
@@ -75,8 +74,8 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
     let addr = free.local_addr().expect("addr");
     drop(free);
     let stop = CancellationToken::new();
-    let (h, _rx) = supervise_tcp(addr, settings(), &stop);
-    let st = tokio::time::timeout(Duration::from_secs(10), h.subscribe_status().recv())
+    let (_h, mut rx) = supervise_tcp(addr, settings(), &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");
@@ -91,13 +90,14 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
     let stop = CancellationToken::new();
     let mut cfg = server(addr, &["1999"]);
     cfg.host = "no-such-host.invalid".into();
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let s = AmiSettings {
         connect_timeout: Duration::from_secs(5),
         ..settings()
     };
-    let h = allstar_nexus::ami::connection::spawn_tcp(cfg, s, tx, Default::default(), stop.clone());
-    let st = tokio::time::timeout(Duration::from_secs(15), h.subscribe_status().recv())
+    let _h =
+        allstar_nexus::ami::connection::spawn_tcp(cfg, s, tx, Default::default(), stop.clone());
+    let st = tokio::time::timeout(Duration::from_secs(15), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");
@@ -463,8 +463,8 @@ async fn a_port_that_never_greets_gets_its_own_error() {
         connect_timeout: Duration::from_millis(300),
         ..settings()
     };
-    let (h, _rx) = supervise_tcp(addr, s, &stop);
-    let st = tokio::time::timeout(Duration::from_secs(10), h.subscribe_status().recv())
+    let (_h, mut rx) = supervise_tcp(addr, s, &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -55,9 +55,6 @@ pub const READ_BUFFER: usize = 2048;
 
 /// Initial size of a session's write buffer (actions are a few hundred bytes).
 pub const WRITE_BUFFER: usize = 512;
-
-/// Status changes kept for `subscribe_status` receivers that fall behind.
-const STATUS_RING: usize = 8;
 
 /// On shutdown, how long to wait for Asterisk's `Response: Goodbye` to our `Logoff`.
 pub const LOGOFF_WAIT: Duration = Duration::from_secs(1);
@@ -357,8 +354,6 @@ struct Shared {
     action_timeout: Duration,
     /// The supervisor's own copy (its pollers wait on it); the published one is the model's.
     status: watch::Sender<ConnectionStatus>,
-    /// Shared copies: the ring's slots are allocated up front for every server.
-    changes: broadcast::Sender<Arc<ConnectionStatus>>,
     metrics: Metrics,
     /// Cancelled when the supervisor task has ended (after its Logoff).
     stopped: CancellationToken,
@@ -387,12 +382,6 @@ impl AmiHandle {
     /// The published status lives in the model (`StateStore::servers`): read it there.
     pub fn status(&self) -> ConnectionStatus {
         self.shared.status.borrow().clone()
-    }
-
-    /// Every published status change, in order, each with its time and error (tests and
-    /// tools; the daemon reads the model).
-    pub fn subscribe_status(&self) -> broadcast::Receiver<Arc<ConnectionStatus>> {
-        self.shared.changes.subscribe()
     }
 
     /// The supervisor's own copy, for waiting on a condition (`wait_for(|s| s.connected)`):
@@ -530,17 +519,12 @@ pub fn spawn_tcp(
 /// Starts the supervisor task with any connector.
 pub fn spawn(parts: SupervisorParts) -> AmiHandle {
     let (status, _) = watch::channel(ConnectionStatus::never_connected(&parts.server));
-    // Status changes are rare (connect, disconnect): a short ring is plenty, and it is
-    // allocated up front for every server of a fleet (64 slots of the status itself cost
-    // 12 KiB each; 8 slots of a shared copy, 0.3 KiB).
-    let (changes, _) = broadcast::channel(STATUS_RING);
     let shared = Arc::new(Shared {
         server: parts.server.name.clone(),
         connected: AtomicBool::new(false),
         next_id: AtomicU64::new(1),
         action_timeout: parts.settings.action_timeout,
         status,
-        changes,
         metrics: parts.metrics.clone(),
         stopped: CancellationToken::new(),
     });
@@ -561,8 +545,8 @@ pub fn spawn(parts: SupervisorParts) -> AmiHandle {
     let member = FleetMember::join();
     // One span per supervisor for its whole life: every line it writes names its server
     // (`ami{server=NAME}: [AMI] …`). A span costs a slot in the subscriber's registry and
-    // its formatted fields (a few hundred bytes), so a fleet of 1,000 servers pays about
-    // as much as one WebSocket client.
+    // its formatted fields: 475 bytes measured with the daemon's subscriber, 0.45 MiB for
+    // a fleet of 1,000 servers (docs/architecture.md, Observability).
     let span = tracing::info_span!("ami", server = %parts.server.name);
     tokio::spawn(
         async move {
@@ -1181,7 +1165,6 @@ impl Supervisor {
         f(&mut st);
         // Status changes are rare and must stay in order with events: wait for room.
         let _ = self.parts.events.send(AmiEvent::Status(st.clone())).await;
-        let _ = self.shared.changes.send(Arc::new(st.clone()));
         self.shared.status.send_replace(st);
     }
 
