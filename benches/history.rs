@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use allstar_nexus::config::HistoryConfig;
 use allstar_nexus::history::{History, RangeQuery, query, schema};
 use allstar_nexus::metrics::Metrics;
-use allstar_nexus::state::{ChangeEvent, ChangeKind, LinkKind, LinkView, Published, StateStore};
+use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView, Published};
 use tokio_util::sync::CancellationToken;
 
 fn link(name: &str) -> LinkView {
@@ -66,7 +66,7 @@ fn sustained(seconds: u64, per_second: u64) {
     let h = History::open(
         &path,
         &HistoryConfig::default(),
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         metrics.clone(),
         shutdown.clone(),
     )
@@ -217,7 +217,7 @@ fn million() {
             retention_days: 0,
             ..HistoryConfig::default()
         },
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         Metrics::default(),
         shutdown.clone(),
     )
@@ -289,7 +289,7 @@ fn audit_writes(n: usize) {
     let h = History::open(
         &path,
         &HistoryConfig::default(),
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         Metrics::default(),
         shutdown.clone(),
     )

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{AlertsConfig, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::observe::{LogDecision, LogLimiter, now_ms};
+use crate::observe::{InternalEvent, LogDecision, LogLimiter, now_ms};
 
 /// Longest `title`, `node`, `key` and `source` kept, in bytes.
 pub const MAX_FIELD_BYTES: usize = 1024;
@@ -118,6 +118,94 @@ pub enum Refused {
     Rate,
     /// The source holds [`MAX_KEYS_PER_SOURCE`] keys already.
     Keys,
+}
+
+impl Refused {
+    /// The `reason` label of `nexus_alerts_dropped_total` (`repeat` is counted in
+    /// `nexus_alerts_suppressed_total` instead).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Repeat => "repeat",
+            Refused::Rate => "rate",
+            Refused::Keys => "keys",
+        }
+    }
+}
+
+/// An alert was raised ([`crate::observe::InternalEvent`]): counts
+/// `nexus_alerts_total{severity}` and logs it, at most one line per source and title per
+/// [`LOG_EVERY`] (with the number held back).
+struct AlertRaised<'a> {
+    alert: &'a Alert,
+    log_limit: &'a LogLimiter,
+}
+
+impl InternalEvent for AlertRaised<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let alert = self.alert;
+        metrics
+            .alerts
+            .with_label_values(&[alert.severity.as_str()])
+            .inc();
+        let (title, _) = crate::observe::clip(&alert.title, 100);
+        let LogDecision::Write { suppressed } = self
+            .log_limit
+            .allow(&format!("{}\u{0}{title}", alert.source))
+        else {
+            return;
+        };
+        let (message, _) = crate::observe::clip(&alert.message, LOG_MESSAGE_CHARS);
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more like it not logged)")
+        } else {
+            String::new()
+        };
+        match alert.severity {
+            Severity::Info => {
+                tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {title}: {message}{more}")
+            }
+            _ => {
+                tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {title}: {message}{more}")
+            }
+        }
+    }
+}
+
+/// An alert was not raised: suppressed as a repeat (counted in
+/// `nexus_alerts_suppressed_total{severity}`, logged at debug level) or dropped by a
+/// per-source limit (`nexus_alerts_dropped_total{reason}`, a warning). Both lines are
+/// rate-limited per source.
+struct AlertRefused<'a> {
+    source: &'a str,
+    severity: Severity,
+    why: Refused,
+    log_limit: &'a LogLimiter,
+}
+
+impl InternalEvent for AlertRefused<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let (source, why) = (crate::observe::clip(self.source, 100).0, self.why);
+        if why == Refused::Repeat {
+            metrics
+                .alerts_suppressed
+                .with_label_values(&[self.severity.as_str()])
+                .inc();
+        } else {
+            metrics
+                .alerts_dropped
+                .with_label_values(&[why.label()])
+                .inc();
+        }
+        let key = format!("\u{0}{}\u{0}{source}", why.label());
+        let LogDecision::Write { suppressed } = self.log_limit.allow(&key) else {
+            return;
+        };
+        if why == Refused::Repeat {
+            tracing::debug!(source = %source, "[ALERT] an alert from {source} was {why} ({suppressed} more before this one)");
+        } else {
+            tracing::warn!(source = %source, "[ALERT] alerts from {source} {why} ({suppressed} more refused before this one)");
+        }
+    }
 }
 
 impl std::fmt::Display for Refused {
@@ -235,10 +323,10 @@ impl AlertHub {
     pub fn new(cfg: &AlertsConfig, webhooks: Vec<WebhookConfig>, metrics: Metrics) -> AlertHub {
         let (tx, _) = broadcast::channel(256);
         // Both reasons are shown from the start (0 until a script hits a limit).
-        for reason in ["rate", "keys"] {
+        for why in [Refused::Rate, Refused::Keys] {
             metrics
                 .alerts_dropped
-                .with_label_values(&[reason])
+                .with_label_values(&[why.label()])
                 .inc_by(0);
         }
         AlertHub {
@@ -303,63 +391,24 @@ impl AlertHub {
             inner.history.push_back(alert.clone());
             alert
         };
-        self.metrics
-            .alerts
-            .with_label_values(&[alert.severity.as_str()])
-            .inc();
-        self.log(&alert);
+        AlertRaised {
+            alert: &alert,
+            log_limit: &self.log_limit,
+        }
+        .emit(&self.metrics);
         let _ = self.tx.send(alert.clone());
         self.deliver(&alert);
         Ok(alert)
     }
 
     fn refused(&self, req: &AlertRequest, why: Refused) {
-        let reason = match why {
-            Refused::Repeat => {
-                self.metrics
-                    .alerts_suppressed
-                    .with_label_values(&[req.severity.as_str()])
-                    .inc();
-                return;
-            }
-            Refused::Rate => "rate",
-            Refused::Keys => "keys",
-        };
-        self.metrics
-            .alerts_dropped
-            .with_label_values(&[reason])
-            .inc();
-        let (source, _) = crate::observe::clip(&req.source, 100);
-        if let LogDecision::Write { suppressed } =
-            self.log_limit.allow(&format!("\u{0}refused\u{0}{source}"))
-        {
-            tracing::warn!(source = %source, "[ALERT] alerts from {source} {why} ({suppressed} more refused before this one)");
+        AlertRefused {
+            source: &req.source,
+            severity: req.severity,
+            why,
+            log_limit: &self.log_limit,
         }
-    }
-
-    /// The alert's log line, at most one per source and title per second.
-    fn log(&self, alert: &Alert) {
-        let (title, _) = crate::observe::clip(&alert.title, 100);
-        let LogDecision::Write { suppressed } = self
-            .log_limit
-            .allow(&format!("{}\u{0}{title}", alert.source))
-        else {
-            return;
-        };
-        let (message, _) = crate::observe::clip(&alert.message, LOG_MESSAGE_CHARS);
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more like it not logged)")
-        } else {
-            String::new()
-        };
-        match alert.severity {
-            Severity::Info => {
-                tracing::info!(source = %alert.source, node = ?alert.node, "[ALERT] {title}: {message}{more}")
-            }
-            _ => {
-                tracing::warn!(source = %alert.source, node = ?alert.node, severity = alert.severity.as_str(), "[ALERT] {title}: {message}{more}")
-            }
-        }
+        .emit(&self.metrics);
     }
 
     /// Bytes of text held by the alert history (bounded by `alerts.history` × the field
@@ -553,6 +602,33 @@ mod tests {
             let got = inner.admit(&r, Duration::from_secs(60));
             assert_eq!(got.is_ok(), i < MAX_KEYS_PER_SOURCE, "key {i}");
         }
+    }
+
+    #[test]
+    fn each_refusal_is_one_typed_event_with_its_label() {
+        let m = Metrics::default();
+        let limit = LogLimiter::new(Duration::from_secs(3600), 8);
+        for why in [Refused::Repeat, Refused::Rate, Refused::Rate, Refused::Keys] {
+            AlertRefused {
+                source: "s.lua",
+                severity: Severity::Critical,
+                why,
+                log_limit: &limit,
+            }
+            .emit(&m);
+        }
+        assert_eq!(
+            m.alerts_suppressed.with_label_values(&["critical"]).get(),
+            1
+        );
+        assert_eq!(m.alerts_dropped.with_label_values(&["rate"]).get(), 2);
+        assert_eq!(m.alerts_dropped.with_label_values(&["keys"]).get(), 1);
+        assert_eq!(m.alerts_dropped.with_label_values(&["repeat"]).get(), 0);
+        // One line per reason and source; the second `rate` was held back.
+        assert_eq!(
+            limit.allow("\u{0}rate\u{0}s.lua"),
+            crate::observe::LogDecision::Hold
+        );
     }
 
     #[test]

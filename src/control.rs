@@ -22,10 +22,6 @@ use crate::state::{EngineInput, EngineSender};
 /// The voter snapshot lives in the model now; this path keeps working.
 pub use crate::state::VoterSnapshot;
 
-/// Default bound on the AMI actions scripts and the API together may cause per second on
-/// one server (config `ami_actions_per_second`).
-pub const DEFAULT_ACTIONS_PER_SECOND: u32 = 20;
-
 /// Why a command was refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ControlError {
@@ -117,29 +113,6 @@ pub struct Control {
 }
 
 impl Control {
-    /// A command surface for a rig without the whole daemon (tests, benchmarks): model
-    /// changes go to a small engine task of its own that applies commands only, and the
-    /// action budget is the default. The daemon uses [`Control::with_engine`].
-    pub fn new(
-        pollers: BTreeMap<String, PollerHandle>,
-        servers: BTreeMap<String, AmiHandle>,
-        node_server: BTreeMap<String, String>,
-        store: crate::state::StateStore,
-        metrics: Metrics,
-    ) -> Control {
-        let (engine, commands) = EngineSender::channel();
-        crate::state::engine::spawn_commands(store.clone(), metrics.clone(), commands);
-        Control::with_engine(
-            pollers,
-            servers,
-            node_server,
-            engine,
-            store,
-            metrics,
-            DEFAULT_ACTIONS_PER_SECOND,
-        )
-    }
-
     /// Builds the command surface over the running pollers and AMI sessions; model
     /// changes go to the state engine through `engine`; at most `actions_per_second` AMI
     /// actions per server come from here.

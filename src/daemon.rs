@@ -96,7 +96,13 @@ pub async fn build(config: Config) -> anyhow::Result<Daemon> {
     let remote_tx = engine_tx.clone();
 
     // Subscribes to the change stream before the engine starts, so nothing is missed.
-    let history = History::start(&config.history, &store, metrics.clone(), stop.clone())?;
+    let history = History::start(
+        &config.history,
+        &store,
+        engine_tx.clone(),
+        metrics.clone(),
+        stop.clone(),
+    )?;
     let (ami_tx, ami_rx) = mpsc::channel(EVENT_QUEUE);
     let (poll_tx, poll_rx) = mpsc::channel(POLL_QUEUE);
     let wiring = spawn_sessions(&config, ami_tx, poll_tx, &metrics, &stop);
@@ -235,7 +241,7 @@ fn not_configured(
     let _ = ami_tx.try_send(AmiEvent::Status(crate::ami::ConnectionStatus {
         since_ms: crate::observe::now_ms(),
         last_error: Some(problem),
-        last_error_kind: Some("not_configured"),
+        last_error_kind: Some(crate::ami::ErrorKind::NotConfigured),
         ..crate::ami::ConnectionStatus::never_connected(s)
     }));
     metrics.ami_up.with_label_values(&[&s.name]).set(0);

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// `--log-format`.
@@ -126,7 +126,7 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// `<N>message key=value` lines: the journal stores N as the priority.
+/// `<N>span{fields}: message key=value` lines: the journal stores N as the priority.
 struct JournaldFormat;
 
 impl<S, N> FormatEvent<S, N> for JournaldFormat
@@ -141,6 +141,17 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        // The spans the line was written in, as the text format shows them
+        // (`ami{server=hub1}: `): they name the line's source.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                match ext.get::<FormattedFields<N>>() {
+                    Some(f) if !f.is_empty() => write!(writer, "{}{{{f}}}: ", span.name())?,
+                    _ => write!(writer, "{}: ", span.name())?,
+                }
+            }
+        }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -203,6 +214,39 @@ mod tests {
         assert_eq!(syslog_priority(&Level::WARN), 4);
         assert_eq!(syslog_priority(&Level::INFO), 6);
         assert_eq!(syslog_priority(&Level::DEBUG), 7);
+    }
+
+    #[test]
+    fn journal_lines_name_their_span() {
+        use std::sync::{Arc, Mutex};
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .event_format(JournaldFormat)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("ami", server = "hub1");
+            let _e = span.enter();
+            tracing::warn!("[AMI] connection lost");
+        });
+        let text =
+            String::from_utf8_lossy(&buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        assert_eq!(text, "<4>ami{server=\"hub1\"}: [AMI] connection lost\n");
     }
 
     #[test]

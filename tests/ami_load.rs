@@ -12,7 +12,7 @@ mod idle_rig;
 
 use std::time::Duration;
 
-use allstar_nexus::ami::Action;
+use allstar_nexus::ami::{Action, ErrorKind};
 use allstar_nexus::config::AmiSettings;
 use allstar_nexus::poller::poll_once;
 use allstar_nexus::sim::{SimHandle, SimLink};
@@ -69,7 +69,7 @@ async fn polls_stand_in_for_pings_and_a_peer_silent_after_an_action_is_reset() {
         detected <= Duration::from_secs(10) + Duration::from_millis(100),
         "a silent peer was reset {detected:?} after the action"
     );
-    assert_eq!(h.status().last_error_kind, Some("keepalive"));
+    assert_eq!(h.status().last_error_kind, Some(ErrorKind::Keepalive));
     assert!(late.await.expect("task").is_err());
     stop.cancel();
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use allstar_nexus::ami::{Action, ActionError, AmiEvent};
+use allstar_nexus::ami::{Action, ActionError, AmiEvent, ErrorKind};
 use allstar_nexus::config::AmiSettings;
 use allstar_nexus::sim::SimLink;
 use allstar_nexus::state::Direction;
@@ -47,14 +47,13 @@ async fn wrong_password_is_a_distinct_plain_error() {
     let sim = sim_on_tcp(&["1999"]).await;
     sim.set_fail_login(true);
     let stop = CancellationToken::new();
-    let (h, _rx) = supervise_tcp(sim.addr(), settings(), &stop);
-    let mut changes = h.subscribe_status();
-    let st = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+    let (h, mut rx) = supervise_tcp(sim.addr(), settings(), &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("status in time")
         .expect("status");
     assert!(!st.connected);
-    assert_eq!(st.last_error_kind, Some("auth_failed"));
+    assert_eq!(st.last_error_kind, Some(ErrorKind::AuthFailed));
     assert_eq!(
         st.last_error.as_deref(),
         Some("authentication failed for user admin — check ami_username/ami_password")
@@ -75,12 +74,12 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
     let addr = free.local_addr().expect("addr");
     drop(free);
     let stop = CancellationToken::new();
-    let (h, _rx) = supervise_tcp(addr, settings(), &stop);
-    let st = tokio::time::timeout(Duration::from_secs(10), h.subscribe_status().recv())
+    let (_h, mut rx) = supervise_tcp(addr, settings(), &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");
-    assert_eq!(st.last_error_kind, Some("refused"), "{st:?}");
+    assert_eq!(st.last_error_kind, Some(ErrorKind::Refused), "{st:?}");
     assert!(
         st.last_error
             .as_deref()
@@ -91,18 +90,22 @@ async fn refused_and_unresolvable_hosts_are_told_apart() {
     let stop = CancellationToken::new();
     let mut cfg = server(addr, &["1999"]);
     cfg.host = "no-such-host.invalid".into();
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let s = AmiSettings {
         connect_timeout: Duration::from_secs(5),
         ..settings()
     };
-    let h = allstar_nexus::ami::connection::spawn_tcp(cfg, s, tx, Default::default(), stop.clone());
-    let st = tokio::time::timeout(Duration::from_secs(15), h.subscribe_status().recv())
+    let _h =
+        allstar_nexus::ami::connection::spawn_tcp(cfg, s, tx, Default::default(), stop.clone());
+    let st = tokio::time::timeout(Duration::from_secs(15), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");
     assert!(
-        matches!(st.last_error_kind, Some("host_not_found") | Some("timeout")),
+        matches!(
+            st.last_error_kind,
+            Some(ErrorKind::HostNotFound) | Some(ErrorKind::Timeout)
+        ),
         "an unresolvable host is reported as such (or as a timeout where DNS cannot answer): {st:?}"
     );
     stop.cancel();
@@ -186,7 +189,7 @@ async fn stalled_peer_is_detected_within_keepalive_plus_deadline_and_recovers() 
         detected <= Duration::from_secs(40) + Duration::from_millis(100),
         "detected after {detected:?}"
     );
-    assert_eq!(h.status().last_error_kind, Some("keepalive"));
+    assert_eq!(h.status().last_error_kind, Some(ErrorKind::Keepalive));
     sim.set_stall(false);
     wait_connected(&h, true).await;
     stop.cancel();
@@ -415,7 +418,7 @@ async fn login_follows_asterisk_back_within_two_seconds() {
     // Barrier: the immediate retry was refused, so the supervisor is in its 15 s wait.
     tokio::time::timeout(
         Duration::from_secs(10),
-        w.wait_for(|s| !s.connected && s.last_error_kind == Some("refused")),
+        w.wait_for(|s| !s.connected && s.last_error_kind == Some(ErrorKind::Refused)),
     )
     .await
     .expect("refused in time")
@@ -460,12 +463,12 @@ async fn a_port_that_never_greets_gets_its_own_error() {
         connect_timeout: Duration::from_millis(300),
         ..settings()
     };
-    let (h, _rx) = supervise_tcp(addr, s, &stop);
-    let st = tokio::time::timeout(Duration::from_secs(10), h.subscribe_status().recv())
+    let (_h, mut rx) = supervise_tcp(addr, s, &stop);
+    let st = tokio::time::timeout(Duration::from_secs(10), next_status(&mut rx))
         .await
         .expect("in time")
         .expect("status");
-    assert_eq!(st.last_error_kind, Some("no_greeting"), "{st:?}");
+    assert_eq!(st.last_error_kind, Some(ErrorKind::NoGreeting), "{st:?}");
     assert!(
         st.last_error
             .as_deref()

@@ -3,6 +3,10 @@
 //! sent. Each one counts its metric and writes its log line; lines that can repeat (a
 //! server refusing every retry, a peer sending garbage) are rate-limited per server.
 //!
+//! The events a supervisor emits are written inside its `ami{server=NAME}` span, which
+//! names the server on every line; an action's outcome (written in the caller's context)
+//! carries a `server` field.
+//!
 //! Label values are bounded: the server name comes from the config, action names and
 //! event names from fixed lists ([`action_label`], [`event_label`]), anything else is
 //! `other`.
@@ -100,7 +104,7 @@ impl InternalEvent for AmiConnected<'_> {
             .ami_connected_since
             .with_label_values(&[self.server])
             .set(now_ms() as f64 / 1000.0);
-        tracing::info!(server = %self.server, banner = %self.banner, "[AMI] AMI connection established");
+        tracing::info!(banner = %self.banner, "[AMI] AMI connection established");
     }
 }
 
@@ -122,10 +126,13 @@ impl InternalEvent for AmiDisconnected<'_> {
             .set(0.0);
         let (server, err, attempt) = (self.server, self.error, self.attempt);
         if self.was_up {
-            tracing::warn!(server = %server, "[AMI] connection lost: {err}");
+            tracing::warn!("[AMI] connection lost: {err}");
         } else {
-            limited(err.reason(), server, |held| {
-                tracing::warn!(server = %server, suppressed = held, "[AMI] connection failed (attempt #{attempt}): {err}");
+            limited(err.kind().as_str(), server, |held| {
+                tracing::warn!(
+                    suppressed = held,
+                    "[AMI] connection failed (attempt #{attempt}): {err}"
+                );
             });
         }
     }
@@ -146,7 +153,7 @@ impl InternalEvent for AmiProtocolError<'_> {
             .inc();
         let (server, detail) = (self.server, crate::observe::clip(self.detail, 200).0);
         limited("protocol", server, |held| {
-            tracing::warn!(server = %server, suppressed = held, "[AMI] protocol error: {detail}");
+            tracing::warn!(suppressed = held, "[AMI] protocol error: {detail}");
         });
     }
 }
@@ -167,7 +174,7 @@ impl InternalEvent for AmiLoginFailed<'_> {
             .inc();
         let (server, user, msg) = (self.server, self.user, self.message);
         limited("login", server, |held| {
-            tracing::warn!(server = %server, suppressed = held, "[AMI] login as {user} refused: {msg}");
+            tracing::warn!(suppressed = held, "[AMI] login as {user} refused: {msg}");
         });
     }
 }

@@ -7,4 +7,6 @@ pub mod connection;
 pub mod events;
 
 pub use codec::{Action, AmiCodec, CodecError, Frame, Incoming};
-pub use connection::{ActionError, AmiEvent, AmiHandle, ConnectError, ConnectionStatus, Reply};
+pub use connection::{
+    ActionError, AmiEvent, AmiHandle, ConnectError, ConnectionStatus, ErrorKind, Reply,
+};

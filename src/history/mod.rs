@@ -27,7 +27,7 @@ use crate::audit::AuditEntry;
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::observe::{LogDecision, LogLimiter};
-use crate::state::{Published, StateStore};
+use crate::state::{EngineSender, Published, StateStore};
 
 pub use query::{Page, QueryError, RangeQuery};
 
@@ -103,6 +103,7 @@ impl History {
     pub fn start(
         cfg: &HistoryConfig,
         store: &StateStore,
+        engine: EngineSender,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Option<History>> {
@@ -114,17 +115,18 @@ impl History {
             .path
             .clone()
             .unwrap_or_else(|| PathBuf::from("./state/history.db"));
-        let history = History::open(&path, cfg, store.clone(), metrics, shutdown.clone())?;
+        let history = History::open(&path, cfg, engine, metrics, shutdown.clone())?;
         history.record_changes(store, shutdown);
         Ok(Some(history))
     }
 
     /// Opens the database and starts the writer, without subscribing to anything (tests,
-    /// benchmarks and tools feed it through [`History::record`]).
+    /// benchmarks and tools feed it through [`History::record`]). Today's per-link totals go
+    /// to `engine` (a sender whose engine is gone is fine: they are then dropped).
     pub fn open(
         path: &Path,
         cfg: &HistoryConfig,
-        store: StateStore,
+        engine: EngineSender,
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<History> {
@@ -148,7 +150,7 @@ impl History {
             rx,
             depth: depth.clone(),
             metrics: metrics.clone(),
-            store,
+            engine,
             retention_days: cfg.retention_days,
             shutdown,
             closed: closed_tx,

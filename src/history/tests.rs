@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::*;
-use crate::state::{ChangeEvent, ChangeKind, LinkKind, LinkView};
+use crate::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView};
 
 fn temp_db(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -47,7 +47,7 @@ fn open(path: &Path, shutdown: &CancellationToken) -> History {
     History::open(
         path,
         &cfg,
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         Metrics::default(),
         shutdown.clone(),
     )
@@ -145,7 +145,7 @@ fn a_newer_file_is_refused_not_damaged() {
     let err = History::open(
         &path,
         &HistoryConfig::default(),
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         Metrics::default(),
         CancellationToken::new(),
     )

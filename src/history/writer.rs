@@ -16,7 +16,8 @@ use super::{FLUSH_EVERY, Op};
 use crate::audit::AuditEntry;
 use crate::metrics::Metrics;
 use crate::observe::now_ms;
-use crate::state::{ChangeEvent, ChangeKind, StateStore, TodayCounts};
+use crate::state::engine::EngineSendError;
+use crate::state::{ChangeEvent, ChangeKind, EngineInput, EngineSender, TodayCounts};
 
 /// Most items in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -37,7 +38,8 @@ pub(super) struct Parts {
     pub rx: Receiver<Op>,
     pub depth: Arc<AtomicI64>,
     pub metrics: Metrics,
-    pub store: StateStore,
+    /// Today's totals go to the state engine (the model's only writer).
+    pub engine: EngineSender,
     pub retention_days: u32,
     pub shutdown: CancellationToken,
     pub closed: tokio::sync::watch::Sender<bool>,
@@ -590,7 +592,9 @@ pub(crate) fn close_open(
     Ok(n)
 }
 
-/// Re-reads today's (UTC) per-link totals from the store and hands them to the node model.
+/// Re-reads today's (UTC) per-link totals from the store and hands them to the state
+/// engine, which installs them in the node model. A full engine queue leaves them due, so
+/// the next round tries again.
 fn refresh_today(p: &Parts, memo: &mut Memo, now: u64) {
     let midnight = now / DAY_MS * DAY_MS;
     let read = || -> rusqlite::Result<TodayCounts> {
@@ -606,11 +610,14 @@ fn refresh_today(p: &Parts, memo: &mut Memo, now: u64) {
         })?;
         rows.collect()
     };
+    memo.today_dirty = false;
     match read() {
-        Ok(counts) => p.store.set_link_today(counts),
+        Ok(counts) => match p.engine.try_send(EngineInput::Today(counts)) {
+            Ok(()) | Err(EngineSendError::Stopped) => {}
+            Err(EngineSendError::Full) => memo.today_dirty = true,
+        },
         Err(e) => tracing::warn!("[HISTORY] cannot read today's totals: {e}"),
     }
-    memo.today_dirty = false;
     memo.today_day = now / DAY_MS;
 }
 

@@ -20,7 +20,7 @@ use super::auth::ReadAccess;
 use super::errors::{clip, error_reply};
 use super::server::ConnInfo;
 use super::{Ctx, json_bytes_reply, json_reply, openapi, origin};
-use crate::ami::ConnectionStatus;
+use crate::ami::{ConnectionStatus, ErrorKind};
 use crate::control::ControlError;
 use crate::state::StateStore;
 use crate::state::change::now_ms;
@@ -174,7 +174,7 @@ struct ServerHealth {
     host: String,
     connected: bool,
     /// `connected`, `disconnected`, or `connecting` (no attempt has finished yet).
-    state: &'static str,
+    state: ServerState,
     /// When the session was established (connected) or lost (disconnected), RFC 3339.
     since: Option<String>,
     /// Seconds in the current state.
@@ -183,15 +183,34 @@ struct ServerHealth {
     /// The last error in plain words (kept after a reconnect, for the record).
     last_error: Option<String>,
     /// Its short form: `refused`, `timeout`, `host_not_found`, `auth_failed`, …
-    last_error_kind: Option<&'static str>,
+    last_error_kind: Option<ErrorKind>,
     /// The Asterisk Manager greeting of the current or last session.
     banner: Option<String>,
+}
+
+/// Where one AMI server's session stands (`/api/health` `servers[].state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ServerState {
+    Connected,
+    Disconnected,
+    /// No attempt has finished yet.
+    Connecting,
+}
+
+/// The daemon's overall state (`/api/health` `status`); the values only grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum HealthState {
+    Ok,
+    /// An AMI server is not connected, or a script has a problem.
+    Degraded,
 }
 
 #[derive(Debug, Serialize)]
 struct Health {
     /// `ok`, or `degraded` when any AMI server is disconnected.
-    status: &'static str,
+    status: HealthState,
     /// One sentence an operator can act on.
     summary: String,
     version: &'static str,
@@ -209,8 +228,8 @@ struct Health {
     epoch: String,
 }
 
-/// The status of every configured server: from its live AMI session handle, else from
-/// the state store, else "connecting" (nothing reported yet). Memory only.
+/// The status of every configured server, as the model holds it (the engine's copy, the
+/// one published status), else "connecting" (nothing reported yet). Memory only.
 fn server_statuses(ctx: &Ctx) -> Vec<ConnectionStatus> {
     let stored = ctx.app.state.servers();
     ctx.app
@@ -218,13 +237,11 @@ fn server_statuses(ctx: &Ctx) -> Vec<ConnectionStatus> {
         .servers
         .iter()
         .map(|s| {
-            if let Some(h) = ctx.app.control.servers().get(&s.name) {
-                return h.status();
-            }
-            if let Some(st) = stored.iter().find(|st| st.server == s.name) {
-                return st.clone();
-            }
-            ConnectionStatus::never_connected(s)
+            stored
+                .iter()
+                .find(|st| st.server == s.name)
+                .cloned()
+                .unwrap_or_else(|| ConnectionStatus::never_connected(s))
         })
         .collect()
 }
@@ -235,11 +252,11 @@ fn health(ctx: &Ctx) -> Response {
         .into_iter()
         .map(|s| {
             let state = if s.connected {
-                "connected"
+                ServerState::Connected
             } else if s.since_ms == 0 && s.last_error.is_none() {
-                "connecting"
+                ServerState::Connecting
             } else {
-                "disconnected"
+                ServerState::Disconnected
             };
             ServerHealth {
                 since: (s.since_ms > 0).then(|| rfc3339(s.since_ms)),
@@ -274,7 +291,9 @@ fn health(ctx: &Ctx) -> Response {
         let list: Vec<String> = down
             .iter()
             .map(|s| match (&s.last_error, s.state) {
-                (_, "connecting") => format!("{} ({}: connecting, no answer yet)", s.name, s.host),
+                (_, ServerState::Connecting) => {
+                    format!("{} ({}: connecting, no answer yet)", s.name, s.host)
+                }
                 (Some(e), _) => format!("{} ({e})", s.name),
                 (None, _) => format!("{} ({}: disconnected)", s.name, s.host),
             })
@@ -288,9 +307,9 @@ fn health(ctx: &Ctx) -> Response {
     };
     let body = Health {
         status: if down.is_empty() && ctx.app.scripts.problem().is_none() {
-            "ok"
+            HealthState::Ok
         } else {
-            "degraded"
+            HealthState::Degraded
         },
         summary,
         version: env!("CARGO_PKG_VERSION"),
@@ -541,6 +560,18 @@ mod tests {
         let wait = l.check(a).expect_err("fourth refused");
         assert!((1..=20).contains(&wait), "{wait}");
         assert!(l.check(IpAddr::from([10, 0, 0, 2])).is_ok(), "per address");
+    }
+
+    #[test]
+    fn health_states_serialise_as_the_strings_they_replaced() {
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("json")
+        }
+        assert_eq!(json(&HealthState::Ok), "\"ok\"");
+        assert_eq!(json(&HealthState::Degraded), "\"degraded\"");
+        assert_eq!(json(&ServerState::Connected), "\"connected\"");
+        assert_eq!(json(&ServerState::Disconnected), "\"disconnected\"");
+        assert_eq!(json(&ServerState::Connecting), "\"connecting\"");
     }
 
     /// The body as it was built before the one-pass encoding: a `Vec<NodeView>` under

@@ -67,7 +67,11 @@ use super::{Ctx, origin};
 use crate::alerts::Alert;
 use crate::audit::AuditEntry;
 use crate::config::Config;
+use crate::observe::InternalEvent;
 use crate::state::{ChangeEvent, NodeView, Published, Replay};
+
+mod events;
+pub use events::{ResyncReason, SnapshotReason, WsResync};
 
 /// Close codes (RFC 6455 §7.4.1).
 const CLOSE_NORMAL: u16 = 1000;
@@ -931,7 +935,7 @@ struct SnapshotMsg<'a> {
     epoch: &'a str,
     /// `connect`, `replay_miss` (the `since` point is no longer buffered), `resync`
     /// (the client fell behind) or `epoch_changed` (`since` belongs to another run).
-    reason: &'static str,
+    reason: SnapshotReason,
     nodes: &'a [NodeView],
 }
 
@@ -974,9 +978,9 @@ fn event_frame(seq: u64, epoch: &str, json: &str) -> String {
     s
 }
 
-fn snapshot_frame(seq: u64, epoch: &str, nodes: &[NodeView], reason: &'static str) -> String {
+fn snapshot_frame(seq: u64, epoch: &str, nodes: &[NodeView], reason: SnapshotReason) -> String {
     serde_json::to_string(&SnapshotMsg { kind: "snapshot", seq, epoch, reason, nodes })
-        .unwrap_or_else(|e| format!("{{\"type\":\"snapshot\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"reason\":\"{reason}\",\"nodes\":[],\"error\":\"{e}\"}}"))
+        .unwrap_or_else(|e| format!("{{\"type\":\"snapshot\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"reason\":\"{}\",\"nodes\":[],\"error\":\"{e}\"}}", reason.as_str()))
 }
 
 fn simple_frame(kind: &str, seq: u64, epoch: &str) -> String {
@@ -1089,7 +1093,7 @@ impl Client {
         let exit = client
             .pump(req.resume, heartbeat, silence_limit, from_client, &heard)
             .await;
-        client.end(exit, silence_limit, &mut reader).await;
+        client.end(exit, &mut reader).await;
         reader.abort();
         drop(lease);
         drop(slot);
@@ -1098,7 +1102,7 @@ impl Client {
 
     /// Ends the connection as `exit` says: a close frame (then the client's own close,
     /// within [`CLOSE_WAIT`]), or at once. The fan-out lets go of the client first.
-    async fn end(self, exit: Exit, silence_limit: u128, reader: &mut JoinHandle<()>) {
+    async fn end(self, exit: Exit, reader: &mut JoinHandle<()>) {
         let sink = {
             let mut flow = self.member.lock();
             flow.mode = Mode::Stopped(Stop::Gone);
@@ -1107,14 +1111,7 @@ impl Client {
         self.ctx.hub.fanout.left(self.shard);
         match exit {
             Exit::Gone => {}
-            Exit::Drop => {
-                tracing::info!(
-                    "[WS] dropped a client that stopped reading (queue not drained within {:?}, or silent for {} heartbeats)",
-                    self.stall,
-                    silence_limit
-                );
-                self.count_resync("dropped");
-            }
+            Exit::Drop => self.count_resync(ResyncReason::Dropped),
             Exit::Close(code, reason) => {
                 let Some(mut sink) = sink else { return };
                 let close = Out::Close(wsframe::close(code, &reason));
@@ -1216,13 +1213,13 @@ impl Client {
         let store = &self.ctx.app.state;
         let Some(Resume { since, epoch }) = resume else {
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            return self.go_live(seq, nodes, rx, "connect");
+            return self.go_live(seq, nodes, rx, SnapshotReason::Connect);
         };
         if epoch.as_deref().is_some_and(|e| e != store.epoch()) {
             // `since` counts another run's changes: never replay ours against it.
-            self.count_resync("epoch_changed");
+            self.count_resync(ResyncReason::EpochChanged);
             let (seq, nodes, rx) = store.subscribe_with_snapshot();
-            return self.go_live(seq, nodes, rx, "epoch_changed");
+            return self.go_live(seq, nodes, rx, SnapshotReason::EpochChanged);
         }
         match store.replay_since(since) {
             (Replay::Changes(missed), rx) => {
@@ -1233,9 +1230,9 @@ impl Client {
                 Ok(())
             }
             (Replay::TooOld, _) => {
-                self.count_resync("replay_miss");
+                self.count_resync(ResyncReason::ReplayMiss);
                 let (seq, nodes, rx) = store.subscribe_with_snapshot();
-                self.go_live(seq, nodes, rx, "replay_miss")
+                self.go_live(seq, nodes, rx, SnapshotReason::ReplayMiss)
             }
         }
     }
@@ -1246,7 +1243,7 @@ impl Client {
         seq: u64,
         nodes: Vec<NodeView>,
         rx: broadcast::Receiver<Arc<Published>>,
-        reason: &'static str,
+        reason: SnapshotReason,
     ) -> Result<(), Exit> {
         let frame = self.snapshot(seq, nodes, reason);
         let mut flow = self.member.lock();
@@ -1288,17 +1285,13 @@ impl Client {
         }
     }
 
-    fn count_resync(&self, reason: &str) {
-        self.ctx
-            .app
-            .metrics
-            .ws_resyncs
-            .with_label_values(&[reason])
-            .inc();
+    fn count_resync(&self, reason: ResyncReason) {
+        let last_seq = self.member.lock().last_seq;
+        WsResync { reason, last_seq }.emit(&self.ctx.app.metrics);
     }
 
     /// A snapshot frame of the nodes this client follows, masked if it must be.
-    fn snapshot(&self, seq: u64, mut nodes: Vec<NodeView>, reason: &'static str) -> Bytes {
+    fn snapshot(&self, seq: u64, mut nodes: Vec<NodeView>, reason: SnapshotReason) -> Bytes {
         if let Some(sel) = &self.member.selection {
             nodes.retain(|n| sel.node(&n.node_id));
         }
@@ -1461,11 +1454,7 @@ impl Client {
     /// queue gets until the deadline to drain.
     fn note_resync(&mut self) {
         if self.resync_by.is_none() {
-            self.count_resync("slow");
-            tracing::debug!(
-                "[WS] client fell behind at seq {}: resyncing",
-                self.member.lock().last_seq
-            );
+            self.count_resync(ResyncReason::Slow);
             self.resync_by = Some(Instant::now() + self.stall);
         }
     }
@@ -1481,7 +1470,7 @@ impl Client {
             return;
         }
         let (seq, nodes, rx) = self.ctx.app.state.subscribe_with_snapshot();
-        let frame = self.snapshot(seq, nodes, "resync");
+        let frame = self.snapshot(seq, nodes, SnapshotReason::Resync);
         let mut flow = self.member.lock();
         if !matches!(flow.mode, Mode::Resyncing) {
             return; // stopped meanwhile: the news says why
@@ -1816,7 +1805,8 @@ mod tests {
     #[test]
     fn snapshot_and_simple_frames_are_json() {
         let v: serde_json::Value =
-            serde_json::from_str(&snapshot_frame(7, "e1", &[], "connect")).expect("json");
+            serde_json::from_str(&snapshot_frame(7, "e1", &[], SnapshotReason::Connect))
+                .expect("json");
         assert_eq!(v["epoch"], "e1");
         assert_eq!(v["type"], "snapshot");
         assert_eq!(v["seq"], 7);

@@ -20,6 +20,8 @@ use super::status::{ScriptState, ScriptStatus};
 use super::store::SharedStore;
 use super::watchdog::Watch;
 use crate::alerts::{AlertRequest, Severity};
+use crate::metrics::Metrics;
+use crate::observe::InternalEvent;
 use crate::state::Published;
 use crate::state::change::now_ms;
 
@@ -437,20 +439,12 @@ impl Host {
         };
         let running = slot.script.is_some();
         let name = slot.name.clone();
-        tracing::warn!(
-            "[LUA] {name} failed to load: {}{}",
-            f.message,
-            if running {
-                " (the previous version keeps running)"
-            } else {
-                ""
-            }
-        );
-        let m = &self.env.app.metrics;
-        m.script_reloads
-            .with_label_values(&[name.as_str(), "error"])
-            .inc();
-        m.script_errors.with_label_values(&[name.as_str()]).inc();
+        ScriptLoadFailed {
+            script: &name,
+            message: &f.message,
+            keeps_running: running,
+        }
+        .emit(&self.env.app.metrics);
         self.env.app.scripts.update(key, |s| {
             s.status = ScriptState::Error;
             s.last_error = Some(f.message.clone());
@@ -465,24 +459,14 @@ impl Env {
     /// Counts, records and logs (rate-limited) a script's runtime failures; disables the
     /// script once it has failed `lua.max_consecutive_errors` times in a row.
     fn failed(&self, key: &str, slot: &mut Slot, failures: Vec<Failure>) {
-        let name = slot.name.as_str();
-        let m = &self.app.metrics;
-        let timeouts = failures.iter().filter(|f| f.timeout).count() as u64;
-        m.script_errors
-            .with_label_values(&[name])
-            .inc_by(failures.len() as u64);
-        m.script_timeouts
-            .with_label_values(&[name])
-            .inc_by(timeouts);
-        let Some(last) = failures.last() else { return };
-        if let Some(held) = slot.gate.pass() {
-            let more = if held > 0 {
-                format!(" ({held} more errors since the last report)")
-            } else {
-                String::new()
-            };
-            tracing::warn!(script = %name, "[LUA] {name}: error in {}: {}{more}", last.context, last.message);
+        ScriptFailed {
+            script: &slot.name,
+            failures: &failures,
+            gate: &mut slot.gate,
         }
+        .emit(&self.app.metrics);
+        let Some(last) = failures.last() else { return };
+        let timeouts = failures.iter().filter(|f| f.timeout).count() as u64;
         self.app.scripts.update(key, |s| {
             s.errors += failures.len() as u64;
             s.timeouts += timeouts;
@@ -535,6 +519,70 @@ impl Env {
     }
 }
 
+/// A script could not be loaded (syntax error, an error or the time limit while it ran
+/// its top level): counts `nexus_script_reloads_total{script,result="error"}` and
+/// `nexus_script_errors_total{script}`, and logs. Happens once per attempt (a save, a
+/// SIGHUP), so it is not rate-limited.
+struct ScriptLoadFailed<'a> {
+    script: &'a str,
+    message: &'a str,
+    /// The previous version keeps running.
+    keeps_running: bool,
+}
+
+impl InternalEvent for ScriptLoadFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let script = self.script;
+        metrics
+            .script_reloads
+            .with_label_values(&[script, "error"])
+            .inc();
+        metrics.script_errors.with_label_values(&[script]).inc();
+        let keeps = if self.keeps_running {
+            " (the previous version keeps running)"
+        } else {
+            ""
+        };
+        tracing::warn!(script = %script, "[LUA] {script} failed to load: {}{keeps}", self.message);
+    }
+}
+
+/// A running script's hooks or timers failed (errors, time limits): counts
+/// `nexus_script_errors_total{script}` and `nexus_script_timeouts_total{script}`, and
+/// logs the last failure, at most once per [`ERROR_LOG_INTERVAL`] per script (with the
+/// number held back since the last line).
+struct ScriptFailed<'a> {
+    script: &'a str,
+    failures: &'a [Failure],
+    gate: &'a mut LogGate,
+}
+
+impl InternalEvent for ScriptFailed<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let script = self.script;
+        let timeouts = self.failures.iter().filter(|f| f.timeout).count() as u64;
+        metrics
+            .script_errors
+            .with_label_values(&[script])
+            .inc_by(self.failures.len() as u64);
+        metrics
+            .script_timeouts
+            .with_label_values(&[script])
+            .inc_by(timeouts);
+        let Some(last) = self.failures.last() else {
+            return;
+        };
+        if let Some(held) = self.gate.pass() {
+            let more = if held > 0 {
+                format!(" ({held} more errors since the last report)")
+            } else {
+                String::new()
+            };
+            tracing::warn!(script = %script, "[LUA] {script}: error in {}: {}{more}", last.context, last.message);
+        }
+    }
+}
+
 /// `nexus_script_disabled{script}`.
 fn m_disabled(m: &crate::metrics::Metrics, name: &str, disabled: bool) {
     m.script_disabled
@@ -564,4 +612,54 @@ pub fn describe_dirs(dirs: &[PathBuf]) -> String {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(timeout: bool) -> Failure {
+        Failure {
+            context: "on tx_keyed".into(),
+            message: "boom".into(),
+            timeout,
+            disable: None,
+        }
+    }
+
+    #[test]
+    fn script_failures_count_errors_and_timeouts_and_log_once_per_interval() {
+        let m = Metrics::default();
+        let mut gate = LogGate::default();
+        let failures = [failure(false), failure(true)];
+        for _ in 0..3 {
+            ScriptFailed {
+                script: "a.lua",
+                failures: &failures,
+                gate: &mut gate,
+            }
+            .emit(&m);
+        }
+        assert_eq!(m.script_errors.with_label_values(&["a.lua"]).get(), 6);
+        assert_eq!(m.script_timeouts.with_label_values(&["a.lua"]).get(), 3);
+        assert_eq!(gate.held, 2, "one line written, two held back");
+    }
+
+    #[test]
+    fn a_load_failure_counts_a_failed_reload_and_an_error() {
+        let m = Metrics::default();
+        ScriptLoadFailed {
+            script: "b.lua",
+            message: "syntax error near 'end'",
+            keeps_running: true,
+        }
+        .emit(&m);
+        assert_eq!(
+            m.script_reloads
+                .with_label_values(&["b.lua", "error"])
+                .get(),
+            1
+        );
+        assert_eq!(m.script_errors.with_label_values(&["b.lua"]).get(), 1);
+    }
 }

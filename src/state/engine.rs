@@ -3,7 +3,7 @@
 //! Everything that changes the model reaches it as one typed [`EngineInput`]: AMI events
 //! and session status from every supervisor, poll results from every poller, and the
 //! commands of the rest of the daemon (a polling interval set by Lua or the API, a
-//! VoterStatus result, a new node database). It routes events to nodes (by their `Node:`
+//! VoterStatus result, a new node database, today's totals from history). It routes events to nodes (by their `Node:`
 //! header, `VarSet` by the channel learned from earlier events), reconciles
 //! (`reconcile`), and publishes each resulting change once, updating metrics as it goes.
 //! Nothing else writes the model.
@@ -21,7 +21,7 @@ use super::events::{ChangePublished, EventUnreadable, ReplyUnreadable, ServerRes
 use super::model::VoterSnapshot;
 use super::node::NodeState;
 use super::reconcile::{self, Changes};
-use super::store::{Model, StateStore};
+use super::store::{Model, StateStore, TodayCounts};
 use crate::ami::{AmiEvent, ConnectionStatus, Frame};
 use crate::astdb::AstDb;
 use crate::metrics::Metrics;
@@ -65,6 +65,9 @@ pub enum EngineInput {
     },
     /// Remote nodes read from a broker (`sources:`, see `remote`).
     Remote(RemoteInput),
+    /// Today's per-link totals, re-read by the history writer: shown as `keyups_today` /
+    /// `talk_seconds_today` of every link.
+    Today(TodayCounts),
 }
 
 /// Depth of the command queue ([`EngineInput`]s other than AMI events and polls).
@@ -184,8 +187,8 @@ pub fn spawn(parts: EngineParts) -> tokio::task::JoinHandle<()> {
     tokio::spawn(task.instrument(tracing::info_span!("engine")))
 }
 
-/// An engine task that applies commands only (no AMI, no polls), for rigs that wire a
-/// `Control` without the whole daemon. Needs a tokio runtime; without
+/// An engine task that applies commands only (no AMI, no polls), for rigs without the
+/// whole daemon (the bridge benchmark's aggregator). Needs a tokio runtime; without
 /// one, commands fail with [`EngineSendError::Stopped`].
 pub fn spawn_commands(
     store: StateStore,
@@ -242,6 +245,7 @@ impl Engine {
                 }
             }
             EngineInput::Remote(r) => self.on_remote(r),
+            EngineInput::Today(counts) => self.store.set_link_today(counts),
         }
     }
 
@@ -819,5 +823,27 @@ mod tests {
         ));
         let links = store.node("1999").map(|n| n.links).unwrap_or_default();
         assert_eq!(links[0].callsign.as_deref(), Some("W1AW"));
+    }
+
+    #[test]
+    fn todays_totals_reach_the_link_views_through_the_engine() {
+        let (mut e, store, _) = engine();
+        e.handle(frame_input(
+            &[
+                ("Event", "RPT_ALINKS"),
+                ("Node", "1999"),
+                ("EventValue", "1,2000TU"),
+            ],
+            1,
+        ));
+        let mut today = TodayCounts::new();
+        today.insert(("1999".into(), "2000".into()), (3, 12.5));
+        e.handle(EngineInput::Today(today));
+        let links = store.node("1999").map(|n| n.links).unwrap_or_default();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].keyups_today, 3);
+        assert_eq!(links[0].talk_seconds_today, 12.5);
+        let all = store.nodes();
+        assert_eq!(all[0].links[0].keyups_today, 3, "every reader sees them");
     }
 }

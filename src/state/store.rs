@@ -53,7 +53,8 @@ pub struct StateStore {
     tx: broadcast::Sender<Arc<Published>>,
     /// This run's id: sequence numbers only mean something within one epoch.
     epoch: Arc<str>,
-    /// Today's per-link totals (history): copied into link views when they are made.
+    /// Today's per-link totals (history, installed by the engine): copied into link views
+    /// when they are made.
     today: Arc<RwLock<Arc<TodayCounts>>>,
 }
 
@@ -110,8 +111,9 @@ impl StateStore {
         m.trim_replay();
     }
 
-    /// Installs today's per-link totals (the history writer refreshes them).
-    pub fn set_link_today(&self, counts: TodayCounts) {
+    /// Installs today's per-link totals. Only the engine calls this: the history writer
+    /// sends them as `EngineInput::Today`.
+    pub(super) fn set_link_today(&self, counts: TodayCounts) {
         *self.today.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(counts);
     }
 

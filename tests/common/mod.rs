@@ -146,6 +146,17 @@ pub fn supervise_scripted(
     (h, attempts, sim, rx)
 }
 
+/// The next status a supervisor published (on the channel the engine reads).
+pub async fn next_status(
+    rx: &mut mpsc::Receiver<AmiEvent>,
+) -> Option<allstar_nexus::ami::ConnectionStatus> {
+    loop {
+        if let AmiEvent::Status(st) = rx.recv().await? {
+            return Some(st);
+        }
+    }
+}
+
 /// Waits until the session is up (or down), with a generous real-time bound.
 pub async fn wait_connected(h: &AmiHandle, up: bool) {
     let mut w = h.watch_status();

@@ -93,7 +93,7 @@ fn errors_are_worded_for_operators() {
         refused.to_string(),
         "connection refused by 127.0.0.1:5038 — is Asterisk running and is the manager enabled in manager.conf?"
     );
-    assert_eq!(refused.reason(), "refused");
+    assert_eq!(refused.kind(), ErrorKind::Refused);
     let auth = ConnectError::AuthFailed {
         user: "admin".into(),
     };
@@ -164,6 +164,15 @@ mod supervised {
         }
     }
 
+    /// The next status the supervisor published (to the engine's channel).
+    async fn next_status(rx: &mut mpsc::Receiver<AmiEvent>) -> Option<ConnectionStatus> {
+        loop {
+            if let AmiEvent::Status(st) = rx.recv().await? {
+                return Some(st);
+            }
+        }
+    }
+
     fn start(
         connector: Box<dyn Connector>,
         stop: &CancellationToken,
@@ -224,7 +233,7 @@ mod supervised {
         // Attempts at 0, 1, 16+1 and 46+2 s (each failed login takes Asterisk's 1 s), as
         // the ladder alone: none earlier.
         assert_eq!(connects.load(Ordering::SeqCst), 4);
-        assert_eq!(h.status().last_error_kind, Some("auth_failed"));
+        assert_eq!(h.status().last_error_kind, Some(ErrorKind::AuthFailed));
         stop.cancel();
         h.stopped().await;
     }
@@ -309,9 +318,9 @@ mod supervised {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_never_greets_is_told_apart_from_a_timeout() {
         let stop = CancellationToken::new();
-        let (h, _m, _rx) = start(peer(None, ""), &stop);
-        let st = h.subscribe_status().recv().await.expect("status");
-        assert_eq!(st.last_error_kind, Some("no_greeting"), "{st:?}");
+        let (_h, _m, mut rx) = start(peer(None, ""), &stop);
+        let st = next_status(&mut rx).await.expect("status");
+        assert_eq!(st.last_error_kind, Some(ErrorKind::NoGreeting), "{st:?}");
         assert_eq!(
             st.last_error.as_deref(),
             Some(
@@ -329,8 +338,8 @@ mod supervised {
             "y".repeat(100_000)
         );
         let stop = CancellationToken::new();
-        let (h, _m, _rx) = start(peer(Some(long.clone()), &refused), &stop);
-        let st = h.subscribe_status().recv().await.expect("status");
+        let (_h, _m, mut rx) = start(peer(Some(long.clone()), &refused), &stop);
+        let st = next_status(&mut rx).await.expect("status");
         let err = st.last_error.clone().unwrap_or_default();
         assert!(
             err.len() < 400 && err.contains("[clipped: 100000 bytes in all]"),
@@ -359,4 +368,42 @@ mod supervised {
         };
         assert!(err.to_string().len() < 400, "{err}");
     }
+}
+
+#[test]
+fn error_kinds_serialise_as_the_strings_they_replaced() {
+    // The spellings `last_error_kind` had as strings, in `/api/health` and the model.
+    let before = [
+        (ErrorKind::Refused, "refused"),
+        (ErrorKind::Timeout, "timeout"),
+        (ErrorKind::NoGreeting, "no_greeting"),
+        (ErrorKind::HostNotFound, "host_not_found"),
+        (ErrorKind::AuthFailed, "auth_failed"),
+        (ErrorKind::Protocol, "protocol"),
+        (ErrorKind::Login, "login"),
+        (ErrorKind::Closed, "closed"),
+        (ErrorKind::Keepalive, "keepalive"),
+        (ErrorKind::Io, "io"),
+        (ErrorKind::Shutdown, "shutdown"),
+        (ErrorKind::NotConfigured, "not_configured"),
+    ];
+    for (kind, text) in before {
+        assert_eq!(
+            serde_json::to_string(&kind).expect("json"),
+            format!("\"{text}\"")
+        );
+        assert_eq!(kind.as_str(), text);
+    }
+    let st = ConnectionStatus {
+        server: "s".into(),
+        host: "h:5038".into(),
+        connected: false,
+        since_ms: 1,
+        reconnect_attempts: 0,
+        last_error: Some(ConnectError::Closed.to_string()),
+        last_error_kind: Some(ConnectError::Closed.kind()),
+        banner: None,
+    };
+    let v = serde_json::to_value(&st).expect("json");
+    assert_eq!(v["last_error_kind"], "closed");
 }
