@@ -3,8 +3,9 @@
 //! them, marked with their origin, with the right links and keying within 1 s; control
 //! of a remote node is refused; a gap in a daemon's numbering brings every retained state
 //! back; a daemon going offline leaves its nodes stale, not gone. A publisher started after
-//! a WebSocket client (and the dashboard) opened reaches them, and killed with SIGKILL its
-//! node turns stale there through its last will.
+//! a WebSocket client (and the dashboard) opened reaches them; its node turns stale there
+//! when it loses its Asterisk (and current again), and when it is killed with SIGKILL
+//! (through its last will).
 
 mod bridge_support;
 mod browser;
@@ -291,7 +292,8 @@ impl Publisher {
         let path = dir.join("config.yaml");
         let yaml = format!(
             "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {}\nami_username: admin\n\
-             ami_password: {}\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
+             ami_password: {}\nami_retry_interval: 1s\nami_retry_max: 2s\n\
+             astdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
              state_dir: {}\nnodes:\n  - node_id: 1999\n{}",
             sim.port(),
             common::SECRET,
@@ -402,6 +404,42 @@ async fn a_sigkilled_publishers_node_turns_stale_on_the_aggregators_websocket_an
                  !c.classList.contains('stale') && \
                  c.querySelector('tr[data-link=\"2000\"]') !== null",
             ),
+        )
+        .await;
+    }
+    // The publisher loses its Asterisk: its node turns stale here too, announced; and
+    // current again once the publisher polls it.
+    let before = ws.all().len();
+    sim.pause_listener().await;
+    ws.wait("1999 stale with its AMI", Duration::from_secs(10), |_| {
+        ws.events_after(before)
+            .iter()
+            .any(|e| node_updated(e, "1999", "state"))
+    })
+    .await;
+    assert!(store.node("1999").is_some_and(|n| n.stale));
+    if let Some(b) = &page {
+        b.wait_for(
+            "the card stale",
+            Duration::from_secs(20),
+            &card_js("c.classList.contains('stale')"),
+        )
+        .await;
+    }
+    let before = ws.all().len();
+    sim.resume_listener().await.expect("listen again");
+    ws.wait("1999 current again", Duration::from_secs(20), |_| {
+        ws.events_after(before)
+            .iter()
+            .any(|e| node_updated(e, "1999", "stale"))
+    })
+    .await;
+    assert!(store.node("1999").is_some_and(|n| !n.stale));
+    if let Some(b) = &page {
+        b.wait_for(
+            "the card current",
+            Duration::from_secs(20),
+            &card_js("!c.classList.contains('stale')"),
         )
         .await;
     }
