@@ -24,9 +24,14 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 async fn aggregator(url: &str) -> allstar_nexus::daemon::Running {
+    aggregator_with(url, "").await
+}
+
+/// An aggregator with more YAML (`extra`, top level).
+async fn aggregator_with(url: &str, extra: &str) -> allstar_nexus::daemon::Running {
     let yaml = format!(
         "listen: 127.0.0.1:0\nami_enabled: false\nastdb_path: /nonexistent/astdb.txt\n\
-         script_dirs: []\nstate_dir: {}\nsources:\n  - mqtt: {{url: '{url}', topic_prefix: fleet, client_id: agg}}\n",
+         script_dirs: []\nstate_dir: {}\nsources:\n  - mqtt: {{url: '{url}', topic_prefix: fleet, client_id: agg}}\n{extra}",
         common::temp_dir("agg").display()
     );
     let config = allstar_nexus::config::Config::parse(&yaml, "test", None).expect("valid config");
@@ -484,4 +489,81 @@ async fn a_sigkilled_publishers_node_turns_stale_on_the_aggregators_websocket_an
         assert_eq!(banner, json!(true));
     }
     agg.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_publishes_and_aggregates_on_one_prefix_relays_no_remote_node() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let rec = Recorder::start(broker.port, &["fleet/#"]).await;
+    let sim = common::sim_on_tcp(&["1999"]).await;
+    let east = common::start_daemon(
+        sim.addr(),
+        &["1999"],
+        &bridge_yaml(&broker.url(), "east", "fleet", ""),
+    )
+    .await;
+    // The hub reads the prefix and publishes to it too (its own nodes, were it to have any).
+    let hub = aggregator_with(
+        &broker.url(),
+        &bridge_yaml(&broker.url(), "hub", "fleet", ""),
+    )
+    .await;
+    let store = hub.app.state.clone();
+    let _show = Show((store.clone(), hub.app.metrics.clone()));
+    within("1999 on the hub", Duration::from_secs(20), || {
+        store
+            .node("1999")
+            .is_some_and(|n| n.origin.as_deref() == Some("east") && !n.stale)
+    })
+    .await;
+    let mut changes = store.subscribe();
+    sim.set_tx_keyed("1999", true);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = tokio::time::timeout_at(until, changes.recv())
+            .await
+            .expect("the key on the hub's stream")
+            .expect("open");
+        if p.event.kind == ChangeKind::TxKeyed {
+            break;
+        }
+    }
+    // The hub's publisher has seen the key by the time it publishes a later change of its
+    // own: after that, whatever it would relay is at the broker.
+    hub.engine
+        .publish(allstar_nexus::state::ChangeEvent::new(
+            ChangeKind::AmiConnected,
+            "marker",
+            None,
+        ))
+        .await
+        .expect("published");
+    rec.wait("the hub's marker", 20, |m| {
+        m.iter().any(|m| m.topic == "fleet/marker/_server/event")
+    })
+    .await;
+    let theirs: Vec<String> = rec
+        .msgs()
+        .into_iter()
+        .filter(|m| m.topic.contains("/1999/"))
+        .filter_map(|m| serde_json::from_str::<Value>(&m.payload).ok())
+        .filter_map(|v| v["origin"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        theirs.iter().any(|o| o == "east"),
+        "east publishes 1999: {theirs:?}"
+    );
+    assert!(
+        theirs.iter().all(|o| o == "east"),
+        "only east publishes 1999: {theirs:?}"
+    );
+    assert!(
+        store
+            .node("1999")
+            .is_some_and(|n| n.origin.as_deref() == Some("east") && n.tx_keyed),
+        "the hub still shows east's node"
+    );
+    let _ = (east.shutdown.cancel(), hub.shutdown.cancel());
 }
