@@ -27,11 +27,16 @@ async fn aggregator(url: &str) -> allstar_nexus::daemon::Running {
     aggregator_with(url, "").await
 }
 
-/// An aggregator with more YAML (`extra`, top level).
+/// An aggregator with more YAML (`extra`, top level; `script_dirs: []` unless it says).
 async fn aggregator_with(url: &str, extra: &str) -> allstar_nexus::daemon::Running {
+    let scripts = if extra.contains("script_dirs:") {
+        ""
+    } else {
+        "script_dirs: []\n"
+    };
     let yaml = format!(
         "listen: 127.0.0.1:0\nami_enabled: false\nastdb_path: /nonexistent/astdb.txt\n\
-         script_dirs: []\nstate_dir: {}\nsources:\n  - mqtt: {{url: '{url}', topic_prefix: fleet, client_id: agg}}\n{extra}",
+         {scripts}state_dir: {}\nsources:\n  - mqtt: {{url: '{url}', topic_prefix: fleet, client_id: agg}}\n{extra}",
         common::temp_dir("agg").display()
     );
     let config = allstar_nexus::config::Config::parse(&yaml, "test", None).expect("valid config");
@@ -329,6 +334,19 @@ impl Drop for Publisher {
     }
 }
 
+/// Alerts when a remote node turns stale (its daemon offline, or without its Asterisk).
+const REMOTE_STALE_LUA: &str = r#"
+nexus.on("node_updated", function(e)
+  for _, f in ipairs(e.fields or {}) do
+    local n = f == "state" and nexus.node(e.node)
+    if n and n.origin and n.stale then
+      nexus.alert { title = "Remote node stale", message = e.node .. " from " .. n.origin,
+                    node = e.node, key = "remote-stale:" .. e.node }
+    end
+  end
+end)
+"#;
+
 /// The dashboard's card of node 1999, as JavaScript for [`browser::Browser::wait_for`].
 fn card_js(cond: &str) -> String {
     format!(
@@ -341,7 +359,15 @@ async fn a_sigkilled_publishers_node_turns_stale_on_the_aggregators_websocket_an
     let Some(broker) = Mosquitto::start() else {
         return;
     };
-    let agg = aggregator(&broker.url()).await;
+    // A script on the aggregator raises an alert when a remote node turns stale
+    // (docs/fleet.md has it).
+    let scripts = common::temp_dir("agg-scripts");
+    std::fs::write(scripts.join("remote_stale.lua"), REMOTE_STALE_LUA).expect("script");
+    let agg = aggregator_with(
+        &broker.url(),
+        &format!("script_dirs: [{:?}]\n", scripts.display().to_string()),
+    )
+    .await;
     let store = agg.app.state.clone();
     let _show = Show((store.clone(), agg.app.metrics.clone()));
     // A client and the dashboard look before any publisher runs: nothing to show yet.
@@ -423,6 +449,15 @@ async fn a_sigkilled_publishers_node_turns_stale_on_the_aggregators_websocket_an
     })
     .await;
     assert!(store.node("1999").is_some_and(|n| n.stale));
+    // Lua sees it too: the script's alert reaches the WebSocket client.
+    ws.wait("the script's alert", Duration::from_secs(10), |m| {
+        m.iter().any(|v| {
+            v["type"] == "alert"
+                && v["alert"]["title"] == "Remote node stale"
+                && v["alert"]["message"] == "1999 from north"
+        })
+    })
+    .await;
     if let Some(b) = &page {
         b.wait_for(
             "the card stale",
