@@ -194,6 +194,8 @@ pub fn spawn(
     tokio::spawn(run(cfg, engine, metrics, stop))
 }
 
+/// Reads the broker until `stop`, reconnecting with backoff, and hands the engine what
+/// it learns.
 async fn run(
     cfg: MqttSourceConfig,
     engine: EngineSender,
