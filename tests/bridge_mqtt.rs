@@ -1,6 +1,7 @@
 //! The MQTT publisher against a real Mosquitto (issue 15): a daemon watching the simulator
 //! publishes node state (retained), every change, alerts, its status and Home Assistant
-//! discovery; a broker restart loses no final state; a publisher killed with SIGKILL goes
+//! discovery; a broker restart loses no final state (what overflows the bounded queue
+//! meanwhile is counted, and the engine never waits); a publisher killed with SIGKILL goes
 //! `offline` through its last will.
 
 mod bridge_support;
@@ -128,10 +129,11 @@ async fn a_broker_restart_loses_no_final_state() {
         return;
     };
     let sim = common::sim_on_tcp(&["1999"]).await;
+    // The smallest queue: what the broker misses overflows it.
     let d = common::start_daemon(
         sim.addr(),
         &["1999"],
-        &bridge_yaml(&broker.url(), "pub2", "t2", ""),
+        &bridge_yaml(&broker.url(), "pub2", "t2", "    queue: 16\n"),
     )
     .await;
     let first = Recorder::start(broker.port, &["t2/#"]).await;
@@ -140,28 +142,69 @@ async fn a_broker_restart_loses_no_final_state() {
             m.iter().any(|m| m.topic == "t2/default/1999/state")
         })
         .await;
-    // The broker goes away; the node keys meanwhile; the broker comes back empty.
+    let dropped = || {
+        bridge_support::metric(
+            &d.app.metrics,
+            "nexus_bridge_messages_dropped_total",
+            &["bridge=\"mqtt\"", "reason=\"queue_full\""],
+        )
+    };
+    assert_eq!(dropped(), 0.0);
+    // The broker goes away; the node keys and unkeys (two messages each) far more often
+    // than the queue holds, then a link connects and the node keys for good; the broker
+    // comes back empty.
     broker.stop();
+    let store = d.app.state.clone();
+    let keyed = |on: bool| {
+        let store = store.clone();
+        move || store.node("1999").is_some_and(|n| n.tx_keyed == on)
+    };
+    let t0 = std::time::Instant::now();
+    for _ in 0..12 {
+        sim.set_tx_keyed("1999", true);
+        common::wait_until("the model sees the key", keyed(true)).await;
+        sim.set_tx_keyed("1999", false);
+        common::wait_until("the model sees the unkey", keyed(false)).await;
+    }
+    sim.connect_link("1999", SimLink::allstar("2000", "10.0.0.2", Direction::Out));
     sim.set_tx_keyed("1999", true);
-    common::wait_until("the model sees the key", || {
-        d.app.state.node("1999").is_some_and(|n| n.tx_keyed)
+    common::wait_until("the model sees the last change", || {
+        store
+            .node("1999")
+            .is_some_and(|n| n.tx_keyed && n.links.iter().any(|l| l.node == "2000"))
     })
     .await;
+    // The engine kept pace with the simulator: nothing waited on the missing broker.
+    let took = t0.elapsed();
+    eprintln!("26 changes with the broker away took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the engine was slowed: {took:?}"
+    );
+    assert!(store.seq() >= 26, "every change was published locally");
+    // The overflow was counted, not waited for.
+    let lost = dropped();
+    assert!(lost > 0.0, "the full queue is counted: {lost}");
+    eprintln!("{lost} messages dropped while the broker was away");
     broker.restart();
     // The newest state reaches the new broker; a subscriber arriving afterwards gets it
     // retained (a restarted broker without persistence had forgotten everything).
-    let keyed = |m: &bridge_support::Msg| {
+    let last = |m: &bridge_support::Msg| {
         m.topic == "t2/default/1999/state"
-            && serde_json::from_str::<serde_json::Value>(&m.payload)
-                .is_ok_and(|v| v["tx_keyed"] == true)
+            && serde_json::from_str::<serde_json::Value>(&m.payload).is_ok_and(|v| {
+                v["tx_keyed"] == true
+                    && v["links"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|l| l["node"] == "2000"))
+            })
     };
     let late = Recorder::start(broker.port, &["t2/#"]).await;
-    late.wait("the republished state", 30, |m| m.iter().any(keyed))
+    late.wait("the republished state", 30, |m| m.iter().any(last))
         .await;
     let later = Recorder::start(broker.port, &["t2/#"]).await;
     later
         .wait("the retained state", 10, |m| {
-            m.iter().any(|m| m.retain && keyed(m))
+            m.iter().any(|m| m.retain && last(m))
         })
         .await;
     late.wait("online again", 10, |_| {

@@ -73,25 +73,62 @@
   function setNodes(list) {
     const at = now();
     S.nodes.clear();
-    for (const n of list || []) {
-      for (const l of n.links || []) {
-        stampLink(l, at);
-        const k = `${n.node_id}/${l.node}`;
-        if (l.keyed) {
-          if (!S.keyedSince.has(k)) S.keyedSince.set(k, at - 1000 * (l.last_keyed_seconds || 0));
-        } else S.keyedSince.delete(k);
-      }
-      for (const f of ["rx", "tx"]) {
-        const k = `${n.node_id}#${f}`;
-        if (n[`${f}_keyed`]) { if (!S.keyedSince.has(k)) S.keyedSince.set(k, at); } else S.keyedSince.delete(k);
-      }
-      S.nodes.set(n.node_id, n);
+    for (const n of list || []) putNode(n, at);
+  }
+
+  // One node as REST or the snapshot shows it (replacing what was known of it).
+  function putNode(n, at) {
+    for (const l of n.links || []) {
+      stampLink(l, at);
+      const k = `${n.node_id}/${l.node}`;
+      if (l.keyed) {
+        if (!S.keyedSince.has(k)) S.keyedSince.set(k, at - 1000 * (l.last_keyed_seconds || 0));
+      } else S.keyedSince.delete(k);
     }
+    for (const f of ["rx", "tx"]) {
+      const k = `${n.node_id}#${f}`;
+      if (n[`${f}_keyed`]) { if (!S.keyedSince.has(k)) S.keyedSince.set(k, at); } else S.keyedSince.delete(k);
+    }
+    S.nodes.set(n.node_id, n);
+  }
+
+  // Nodes to read again from REST: a node the snapshot did not have (a remote node that
+  // appeared since), or one whose whole state was replaced (`node_updated` with `state`).
+  // Asked together, once per 50 ms; many at once read the whole list.
+  const refetch = { ids: new Set(), timer: null };
+
+  function refetchNode(id) {
+    refetch.ids.add(id);
+    if (!refetch.timer) refetch.timer = setTimeout(flushRefetch, 50);
+  }
+
+  async function flushRefetch() {
+    refetch.timer = null;
+    const ids = Array.from(refetch.ids);
+    refetch.ids.clear();
+    const got = [];
+    try {
+      if (ids.length > 20) {
+        const r = await getJson("/api/nodes");
+        const want = new Set(ids);
+        if (r.ok && r.body && Array.isArray(r.body.nodes)) got.push(...r.body.nodes.filter((n) => want.has(n.node_id)));
+      } else {
+        for (const id of ids) {
+          const r = await getJson(`/api/nodes/${encodeURIComponent(id)}`);
+          if (r.ok && r.body && r.body.node_id === id) got.push(r.body);
+        }
+      }
+    } catch (_) { /* offline: the next snapshot brings them */ }
+    if (!got.length) return;
+    const at = now();
+    for (const n of got) putNode(n, at);
+    renderAll();
   }
 
   function applyEvent(ev) {
     const n = ev.node ? S.nodes.get(ev.node) : null;
     const at = now();
+    if (ev.node && !n) { refetchNode(ev.node); return; } // new since the snapshot
     switch (ev.kind) {
       case "link_connected": case "link_updated": case "link_keyed": case "link_unkeyed": {
         if (!n || !ev.link) return;
@@ -116,11 +153,13 @@
         break;
       }
       case "node_updated":
-        if (!n) return;
+        // `state`: replaced as a whole (a remote node turned stale, or moved): read it again.
+        if ((ev.fields || []).includes("state")) refetchNode(n.node_id);
         if ((ev.fields || []).includes("stale")) n.stale = false;
         break;
       case "ami_connected": case "ami_disconnected":
-        for (const m of S.nodes.values()) if (m.server === ev.server) m.stale = ev.kind === "ami_disconnected";
+        // This daemon's own sessions: remote nodes (`origin`) have their daemon's.
+        for (const m of S.nodes.values()) if (m.server === ev.server && !m.origin) m.stale = ev.kind === "ami_disconnected";
         if (ev.kind === "ami_disconnected") S.amiDown.set(ev.server, downText(ev.server, ev.error));
         else S.amiDown.delete(ev.server);
         renderAmiBanner();
@@ -165,7 +204,7 @@
       if (msg.type === "snapshot") {
         setNodes(msg.nodes);
         S.amiDown.clear();
-        for (const n of S.nodes.values()) if (n.stale) S.amiDown.set(n.server, downText(n.server, null));
+        for (const n of S.nodes.values()) if (n.stale && !n.origin) S.amiDown.set(n.server, downText(n.server, null));
         S.seq = msg.seq;
         renderAll();
       } else if (msg.type === "event" && msg.event) {
@@ -297,7 +336,7 @@
   }
 
   async function loadVoters() {
-    for (const id of nodeOrder()) {
+    for (const id of localOrder()) {
       try {
         const r = await getJson(`/api/nodes/${encodeURIComponent(id)}/voter`);
         if (r.ok && r.body && Array.isArray(r.body.receivers)) S.voter.set(id, r.body);
@@ -309,7 +348,7 @@
 
   async function loadActivity() {
     const until = now(), since = until - 24 * 3600 * 1000;
-    for (const id of nodeOrder()) {
+    for (const id of localOrder()) {
       const q = `node=${encodeURIComponent(id)}&since=${since}&until=${until}`;
       try {
         const [a, t] = await Promise.all([
@@ -336,6 +375,7 @@
   }
 
   function canControl(nodeId) {
+    if (isRemote(nodeId)) return false; // refused (409): control it on its own daemon
     const s = S.session;
     if (!s || !s.authenticated || !s.control_enabled) return false;
     if (s.role !== "control" && s.role !== "admin") return false;
@@ -435,10 +475,24 @@
 
   // ---- rendering ----------------------------------------------------------------------------
 
+  // Configured nodes in configuration order, then the others (remote nodes, `origin`) by
+  // origin and number.
   function nodeOrder() {
-    if (S.meta && Array.isArray(S.meta.nodes) && S.meta.nodes.length) return S.meta.nodes.map((n) => n.node_id);
-    return Array.from(S.nodes.keys());
+    const conf = S.meta && Array.isArray(S.meta.nodes) ? S.meta.nodes.map((n) => n.node_id) : [];
+    const known = new Set(conf);
+    const rest = Array.from(S.nodes.values()).filter((n) => !known.has(n.node_id));
+    rest.sort((a, b) => String(a.origin || "").localeCompare(String(b.origin || "")) ||
+      String(a.node_id).localeCompare(String(b.node_id), undefined, { numeric: true }));
+    return conf.concat(rest.map((n) => n.node_id));
   }
+
+  function isRemote(id) {
+    const n = S.nodes.get(id);
+    return !!(n && n.origin);
+  }
+
+  // The nodes this daemon watches itself (voter and history are theirs only).
+  function localOrder() { return nodeOrder().filter((id) => !isRemote(id)); }
 
   function metaOf(id) {
     return (S.meta && (S.meta.nodes || []).find((n) => n.node_id === id)) || { node_id: id };
@@ -464,7 +518,7 @@
     card.dataset.node = id;
     card.setAttribute("aria-label", `Node ${id}`);
     const head = el("header", "card-head");
-    head.append(el("h2", "node-id", id), el("span", "callsign"), el("span", "ami-status"));
+    head.append(el("h2", "node-id", id), el("span", "callsign"), el("span", "origin"), el("span", "ami-status"));
     card.append(head, el("p", "desc"), el("p", "talking"), el("div", "controls"));
     const wrap = el("div", "links-wrap");
     const table = el("table", "links");
@@ -493,7 +547,14 @@
     const server = n ? n.server : m.server;
     const sh = S.health && (S.health.servers || []).find((s) => s.name === server);
     const up = n ? !n.stale : sh ? sh.connected : false;
-    status.textContent = !n ? "waiting for data" : up ? `AMI connected${sh ? " (" + sh.host + ")" : ""}` : "AMI down — data may be out of date";
+    const origin = n && n.origin ? String(n.origin) : null;
+    const from = card.querySelector(".origin");
+    from.textContent = origin ? `from ${origin}` : "";
+    from.title = origin ? `Shown from daemon ${origin} through the broker; controlled there.` : "";
+    from.hidden = !origin;
+    card.classList.toggle("remote", !!origin);
+    if (origin) status.textContent = up ? "live through the broker" : `${origin} offline or its AMI down — data may be out of date`;
+    else status.textContent = !n ? "waiting for data" : up ? `AMI connected${sh ? " (" + sh.host + ")" : ""}` : "AMI down — data may be out of date";
     status.classList.toggle("down", !up);
     card.classList.toggle("stale", !!(n && n.stale));
     renderTalking(card, n);

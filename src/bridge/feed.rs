@@ -4,6 +4,10 @@
 //! It never waits on the broker: [`Sink::offer`] queues without waiting, a full queue is
 //! a counted drop, and a node whose newest state could not be queued is sent again at
 //! the next chance (every second, and on each new session with `online` first).
+//!
+//! A daemon publishes its own nodes only: a remote node (`sources:`, with an `origin`) is
+//! its daemon's to publish. Relaying it would overwrite that daemon's retained state with
+//! this daemon's name, on the very topic this daemon reads it from.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -129,11 +133,15 @@ impl<S: Sink> Feeder<S> {
         let node = ev.node.as_deref().unwrap_or(SERVER_LEVEL);
         // The state first: a reader applying the event finds the node already as it is.
         match &ev.node {
-            Some(id) => self.send_state(id, ev.seq),
+            Some(id) => {
+                if !self.send_state(id, ev.seq) {
+                    return; // A remote node: its own daemon publishes it.
+                }
+            }
             // A session came or went: every node of that server changed `stale`.
             None => {
                 for n in self.store.nodes() {
-                    if n.server == ev.server {
+                    if n.server == ev.server && n.origin.is_none() {
                         self.send_state(&n.node_id, ev.seq);
                     }
                 }
@@ -144,11 +152,16 @@ impl<S: Sink> Feeder<S> {
         self.offer(self.set.topics.event(&ev.server, node), false, body);
     }
 
-    /// Queues a node's newest state; remembers it when the queue is full.
-    fn send_state(&mut self, id: &str, seq: u64) {
+    /// Queues a node's newest state; remembers it when the queue is full. `false` for a
+    /// remote node, which is not this daemon's to publish.
+    fn send_state(&mut self, id: &str, seq: u64) -> bool {
         let Some(view) = self.store.node(id) else {
-            return;
+            return true;
         };
+        if view.origin.is_some() {
+            self.unsent.remove(id);
+            return false;
+        }
         if let Some(prefix) = &self.set.discovery {
             if !self.discovered.contains(id) {
                 for d in payload::discovery(&self.set.topics, prefix, &view) {
@@ -164,6 +177,7 @@ impl<S: Sink> Feeder<S> {
         } else {
             self.unsent.insert(id.to_owned());
         }
+        true
     }
 
     fn on_alert(&self, a: &Alert) {

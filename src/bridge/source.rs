@@ -57,8 +57,18 @@ struct RemoteEvent {
     fields: Vec<String>,
 }
 
-/// The names `link_updated` uses in `fields` (a [`ChangeEvent`] holds static names).
-const FIELD_NAMES: &[&str] = &["direction", "mode", "state", "ip", "reconnects", "kind"];
+/// The names `link_updated` and `node_updated` use in `fields` (a [`ChangeEvent`]
+/// holds static names).
+/// `node_updated` uses `stale` and `state` (the latter is also a link field).
+const FIELD_NAMES: &[&str] = &[
+    "direction",
+    "mode",
+    "state",
+    "ip",
+    "reconnects",
+    "kind",
+    "stale",
+];
 
 impl RemoteEvent {
     fn into_change(self) -> ChangeEvent {
@@ -184,29 +194,18 @@ pub fn spawn(
     tokio::spawn(run(cfg, engine, metrics, stop))
 }
 
+/// Reads the broker until `stop`, reconnecting with backoff, and hands the engine what
+/// it learns.
 async fn run(
     cfg: MqttSourceConfig,
     engine: EngineSender,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let label = format!("source:{}:{}", cfg.login.addr.host, cfg.login.addr.port);
-    let connected = metrics.bridge_connected.with_label_values(&[&label]);
     let (client, mut eventloop) =
         AsyncClient::new(options(&cfg.login, Duration::from_secs(5)), 1000);
-    let p = &cfg.topic_prefix;
-    let states = format!("{p}/+/+/state");
-    let filters = [
-        states.clone(),
-        format!("{p}/+/+/event"),
-        format!("{p}/daemon/+/status"),
-    ];
-    let mut reader = Reader {
-        prefix: p.clone(),
-        origins: HashMap::new(),
-    };
+    let mut src = Source::new(&cfg, client, metrics);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.2);
-    let mut last_resync: Option<Instant> = None;
     loop {
         let got = tokio::select! {
             _ = stop.cancelled() => break,
@@ -214,46 +213,19 @@ async fn run(
         };
         match got {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected.set(1);
                 backoff.reset();
-                tracing::info!("[BRIDGE] {label}: connected, reading {p}/…");
-                // A new session: positions start again (the retained states follow).
-                reader.origins.clear();
-                for f in &filters {
-                    let _ = client.try_subscribe(f.as_str(), QoS::AtLeastOnce);
-                }
+                src.on_session();
             }
             Ok(Event::Incoming(Packet::Publish(msg))) => {
-                let (verdict, kind) = reader.read(&msg.topic, &msg.payload);
-                metrics
-                    .bridge_received
-                    .with_label_values(&[&label, kind])
-                    .inc();
-                let (input, resync) = match verdict {
-                    Verdict::Input(i) => (Some(i), false),
-                    Verdict::InputAndResync(i) => (Some(i), true),
-                    Verdict::Resync => (None, true),
-                    Verdict::Nothing => (None, false),
-                };
-                if let Some(i) = input {
+                if let Some(i) = src.on_message(&msg.topic, &msg.payload) {
                     if engine.send(EngineInput::Remote(i)).await.is_err() {
                         break; // The engine has stopped.
                     }
                 }
-                let due = last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
-                if resync && due {
-                    last_resync = Some(Instant::now());
-                    metrics.bridge_resyncs.with_label_values(&[&label]).inc();
-                    // Subscribing again makes the broker send every retained state.
-                    let _ = client.try_subscribe(states.as_str(), QoS::AtLeastOnce);
-                }
             }
             Ok(_) => {}
             Err(e) => {
-                if connected.get() == 1 {
-                    tracing::warn!("[BRIDGE] {label}: broker unreachable: {e}; retrying");
-                }
-                connected.set(0);
+                src.on_error(&e);
                 let wait = backoff.next_delay().max(Duration::from_millis(100));
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -262,8 +234,106 @@ async fn run(
             }
         }
     }
-    connected.set(0);
-    let _ = client.try_disconnect();
+    src.set_up(false);
+    let _ = src.client.try_disconnect();
+}
+
+/// One source's connection state: what it subscribes to, and each daemon's position.
+struct Source {
+    label: String,
+    client: AsyncClient,
+    metrics: Metrics,
+    /// Whether the broker answered last (`nexus_bridge_connected`).
+    up: bool,
+    /// `{prefix}/+/+/state`: subscribed again to take every retained state again.
+    states: String,
+    filters: [String; 3],
+    reader: Reader,
+    last_resync: Option<Instant>,
+}
+
+impl Source {
+    fn new(cfg: &MqttSourceConfig, client: AsyncClient, metrics: Metrics) -> Source {
+        let label = format!("source:{}:{}", cfg.login.addr.host, cfg.login.addr.port);
+        let p = &cfg.topic_prefix;
+        let states = format!("{p}/+/+/state");
+        Source {
+            up: false,
+            label,
+            client,
+            metrics,
+            filters: [
+                states.clone(),
+                format!("{p}/+/+/event"),
+                format!("{p}/daemon/+/status"),
+            ],
+            states,
+            reader: Reader {
+                prefix: p.clone(),
+                origins: HashMap::new(),
+            },
+            last_resync: None,
+        }
+    }
+
+    /// A new session: positions start again, and the subscriptions bring the retained
+    /// states and statuses.
+    fn on_session(&mut self) {
+        self.set_up(true);
+        tracing::info!(
+            "[BRIDGE] {}: connected, reading {}/…",
+            self.label,
+            self.reader.prefix
+        );
+        self.reader.origins.clear();
+        for f in &self.filters {
+            let _ = self.client.try_subscribe(f.as_str(), QoS::AtLeastOnce);
+        }
+    }
+
+    /// One message: counted, read, and a resync asked when it shows a gap (at most one
+    /// per [`RESYNC_EVERY`]). Returns what the engine should be told.
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Option<RemoteInput> {
+        let (verdict, kind) = self.reader.read(topic, payload);
+        self.metrics
+            .bridge_received
+            .with_label_values(&[&self.label, kind])
+            .inc();
+        let (input, resync) = match verdict {
+            Verdict::Input(i) => (Some(i), false),
+            Verdict::InputAndResync(i) => (Some(i), true),
+            Verdict::Resync => (None, true),
+            Verdict::Nothing => (None, false),
+        };
+        let due = self.last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY);
+        if resync && due {
+            self.last_resync = Some(Instant::now());
+            self.metrics
+                .bridge_resyncs
+                .with_label_values(&[&self.label])
+                .inc();
+            // Subscribing again makes the broker send every retained state.
+            let _ = self
+                .client
+                .try_subscribe(self.states.as_str(), QoS::AtLeastOnce);
+        }
+        input
+    }
+
+    fn on_error(&mut self, e: &rumqttc::ConnectionError) {
+        if self.up {
+            tracing::warn!("[BRIDGE] {}: broker unreachable: {e}; retrying", self.label);
+        }
+        self.set_up(false);
+    }
+
+    fn set_up(&mut self, up: bool) {
+        self.up = up;
+        self.metrics
+            .bridge_connected
+            .with_label_values(&[&self.label])
+            .set(i64::from(up));
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +375,22 @@ mod tests {
             verdict(&mut r, "other/s/2001/event", &event("east", "e2", 2)),
             "nothing"
         );
+    }
+
+    #[test]
+    fn a_forwarded_node_updated_keeps_its_fields() {
+        let mut r = Reader {
+            prefix: "club".into(),
+            origins: HashMap::new(),
+        };
+        let body = br#"{"type":"event","seq":3,"epoch":"e1","origin":"east","event":{"seq":3,"kind":"node_updated","time_ms":1,"server":"s","node":"2001","fields":["stale","state","bogus"]}}"#;
+        match r.read("club/s/2001/event", body).0 {
+            Verdict::Input(RemoteInput::Change(ev)) => {
+                assert_eq!(ev.kind, ChangeKind::NodeUpdated);
+                assert_eq!(ev.fields, vec!["stale", "state"]);
+            }
+            _ => panic!("a change input"),
+        }
     }
 
     #[test]

@@ -299,3 +299,18 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// The sum of every series of `name` in the daemon's `/metrics` text whose labels
+/// contain each of `labels` (`reason="queue_full"`).
+pub fn metric(metrics: &allstar_nexus::metrics::Metrics, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
