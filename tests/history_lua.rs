@@ -118,9 +118,10 @@ local done = false
 nexus.every(0.1, function()
   if done or #nexus.history.keyups{link = "9999", limit = 1} == 0 then return end
   done = true
-  nexus.alert{title = "caps", key = "caps", message = string.format("%d %d %d %d %d",
+  nexus.alert{title = "caps", key = "caps", message = string.format("%d %d %d %d %d %d %s",
     #nexus.history.keyups{limit = 500}, #nexus.history.keyups{}, #nexus.history.keyups{limit = 7},
-    #nexus.history.talkers{limit = 500}, #nexus.history.talkers{})}
+    #nexus.history.talkers{limit = 500}, #nexus.history.talkers{},
+    #nexus.history.keyups{link = 3007}, tostring(pcall(nexus.history.keyups, {link = {}})))}
 end)
 "#;
 
@@ -149,7 +150,11 @@ async fn history_calls_return_at_most_100_rows_and_20_by_default() {
     // Written last (same or a later batch than the others): the script's signal.
     d.engine.publish(unkeyed("9999")).await.expect("published");
     wait_until("script counted rows", || alert(&d, "caps").is_some()).await;
-    // keyups{limit = 500}, keyups{}, keyups{limit = 7}, talkers{limit = 500}, talkers{}.
-    assert_eq!(alert(&d, "caps").as_deref(), Some("100 20 7 100 20"));
+    // keyups{limit = 500}, keyups{}, keyups{limit = 7}, talkers{limit = 500}, talkers{};
+    // a link given as a number filters; a link of another type raises (never ignored).
+    assert_eq!(
+        alert(&d, "caps").as_deref(),
+        Some("100 20 7 100 20 1 false")
+    );
     d.shutdown.cancel();
 }
