@@ -641,3 +641,15 @@ fn since_and_until_leave_rows_outside_the_range_out() {
     assert_eq!(a.iter().map(|r| r.up_ms).collect::<Vec<_>>(), [t[2]]);
     shutdown.cancel();
 }
+
+#[test]
+fn the_read_connection_keeps_a_small_page_cache() {
+    let path = temp_db("cache");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let size: i64 = h
+        .read(|c| c.pragma_query_value(None, "cache_size", |r| r.get(0)))
+        .expect("cache_size");
+    assert_eq!(size, -256, "256 KiB, not SQLite's 2 MiB default");
+    shutdown.cancel();
+}
