@@ -2,10 +2,19 @@
 //! 1. 2,000 recorded changes per second for 10 s: the writer thread's CPU time;
 //! 2. top talkers over one day holding 1,000,000 keyups (whole day, and a range whose
 //!    ends fall inside hours);
-//! 3. bytes on disk per keyup; 4. process RSS with that database open and queried;
+//! 3. bytes on disk per keyup; 4. the daemon's RSS with that database: the real
+//!    `allstar-nexus` binary started on the filled file (and, to compare, on an empty one)
+//!    against the simulator, the history routes asked once, then `VmRSS` / `VmHWM` of the
+//!    daemon from `/proc/PID/status`; this process's own RSS is printed beside it;
 //! 5. an audit entry written durably (committed and synced before the call returns).
+//!
+//! `cargo bench --bench history -- million` runs only the parts whose name holds a filter
+//! (`sustained`, `million`, `audit`); `HISTORY_BENCH_ROWS` sets the keyups filled (default
+//! 1,000,000; fewer for a quick check in the dev profile).
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use allstar_nexus::config::HistoryConfig;
@@ -196,10 +205,9 @@ fn timed<R>(runs: usize, mut f: impl FnMut() -> R) -> ((f64, f64), R) {
     ((times[runs / 2], cpu[runs / 2]), last.expect("ran"))
 }
 
-fn million() {
+fn million(n: u64) {
     let path = temp("million");
     let day = 20_000 * 86_400_000u64;
-    let n = 1_000_000;
     let t = Instant::now();
     fill(&path, n, day);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -271,10 +279,162 @@ fn million() {
     let ((ms, cpu), _) = timed(21, || h.read(|c| query::keyups(c, &page)).expect("keyups"));
     println!("keyups page of 100 (node + day): median {ms:.2} ms wall, {cpu:.2} ms CPU");
     println!(
-        "RSS: {rss0:.1} MB before opening the 1M-keyup database, {:.1} MB after opening and querying it",
+        "this bench process (store, writer and reader only, not the daemon): RSS {rss0:.1} MB \
+         before opening the {n}-keyup database, {:.1} MB after opening and querying it",
         rss_mb()
     );
     shutdown.cancel();
+    drop(h);
+    std::thread::sleep(Duration::from_millis(500)); // the writer's last checkpoint
+    let empty = temp("empty");
+    let state = path.parent().expect("the database's folder");
+    daemon_rss("empty database", empty.parent().expect("folder"), day);
+    daemon_rss(&format!("{n}-keyup database"), state, day);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_allstar-nexus");
+
+/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `BIN args…` with JSON logs; returns it and the first value `pick` finds in a log
+/// line (the log is drained afterwards so the child never blocks on a full pipe).
+fn spawn_logged(args: &[&str], pick: fn(&serde_json::Value) -> Option<String>) -> (Proc, String) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let proc = Proc(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let found = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("{BIN} {args:?} ended before logging what we wait for");
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(f) = pick(v.get("fields").unwrap_or(&v)) {
+            break f;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (proc, found)
+}
+
+/// `GET path` over a fresh connection: (status, body bytes).
+fn http_get(addr: &str, path: &str) -> (u16, usize) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the daemon");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("response");
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.find("\r\n\r\n").map_or(0, |i| buf.len() - i - 4);
+    (status, body)
+}
+
+/// (VmRSS, VmHWM) of `pid`, in MiB.
+fn daemon_memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// The daemon (release binary, one node on the simulator) started with `state` as its state
+/// folder: RSS once it is up, then after the history and statistics routes have answered.
+fn daemon_rss(label: &str, state: &Path, day: u64) {
+    let (_sim, sim_addr) = spawn_logged(
+        &["simulate", "--listen", "127.0.0.1:0", "--nodes", "1999"],
+        |f| f.get("address")?.as_str().map(str::to_owned),
+    );
+    let port = sim_addr.rsplit(':').next().expect("simulator port");
+    // Retention off: the filled day is older than the default 90 days, and pruning a
+    // million rows at start is not what is measured here.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nami_host: 127.0.0.1\nami_port: {port}\nami_username: admin\n\
+         ami_password: nexus-sim\nastdb_path: /nonexistent/astdb.txt\nscript_dirs: []\n\
+         state_dir: {}\nhistory:\n  retention_days: 0\nnodes:\n  - node_id: 1999\n",
+        state.display()
+    );
+    let config = state.join("config.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let config = config.display().to_string();
+    let (daemon, http) = spawn_logged(&["run", "--config", &config], |f| {
+        let msg = f.get("message")?.as_str()?;
+        let rest = msg.split("listening on http://").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_owned())
+    });
+    let pid = daemon.0.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&http, "/api/nodes/1999").0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2)); // first polls, a heartbeat or two
+    let (up, _) = daemon_memory(pid);
+    let end = day + 86_400_000 - 1;
+    let whole = format!("node=1999&since={day}&until={end}");
+    let ragged = format!(
+        "node=1999&since={}&until={}",
+        day + 1_800_000,
+        end - 1_800_000
+    );
+    let mut ms = Vec::new();
+    for path in [
+        format!("/api/stats/talkers?{whole}"),
+        format!("/api/stats/talkers?{ragged}"),
+        format!("/api/stats/activity?{whole}&bucket=1h"),
+        format!("/api/history/keyups?{whole}&limit=1000"),
+        "/api/history/links".to_owned(),
+        "/api/nodes".to_owned(),
+    ] {
+        let t = Instant::now();
+        let (status, bytes) = http_get(&http, &path);
+        assert_eq!(status, 200, "{path}");
+        ms.push(format!(
+            "{:.1} ms/{bytes} B",
+            t.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (after, hwm) = daemon_memory(pid);
+    println!(
+        "daemon RSS, {label}: {up:.1} MiB once up, {after:.1} MiB after the queries \
+         (peak VmHWM {hwm:.1} MiB); first answers: talkers day {}, talkers ragged {}, \
+         activity {}, keyups page of 1000 {}, links {}, nodes {}",
+        ms[0], ms[1], ms[2], ms[3], ms[4], ms[5]
+    );
 }
 
 /// Durable audit writes (`History::write_audit`, what every control answer and login
@@ -322,10 +482,23 @@ fn audit_writes(n: usize) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
-    sustained(10, 2000);
-    million();
-    audit_writes(200);
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let rows = std::env::var("HISTORY_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if run("sustained") {
+        sustained(10, 2000);
+    }
+    if run("million") {
+        million(rows);
+    }
+    if run("audit") {
+        audit_writes(200);
+    }
 }

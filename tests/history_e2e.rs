@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use allstar_nexus::alerts::{AlertRequest, Severity};
 use allstar_nexus::daemon::Running;
 use allstar_nexus::sim::SimLink;
 use allstar_nexus::state::{ChangeEvent, ChangeKind, Direction, Mode};
@@ -216,8 +217,35 @@ async fn queries_answer_while_ami_is_down() {
         "{lost}"
     );
     assert!(lost["duration_seconds"].as_f64().is_some());
-    // AMI still down: every history route answers from the database.
+    // AMI still down: every history route answers from the database, and an alert raised
+    // now is read back through its route, filtered by node.
     assert!(!d.app.state.servers()[0].connected);
+    d.app.alerts.raise(AlertRequest {
+        severity: Severity::Warning,
+        title: "hub quiet".into(),
+        message: "no keyups for an hour".into(),
+        node: Some("1999".into()),
+        key: Some("quiet".into()),
+        source: "test".into(),
+    });
+    let body = wait_json(&d, "/api/history/alerts?node=1999", "alert recorded", |v| {
+        !items(v).is_empty()
+    })
+    .await;
+    let a = &items(&body)[0];
+    assert_eq!(
+        (&a["title"], &a["message"], &a["severity"], &a["node"]),
+        (
+            &Value::from("hub quiet"),
+            &Value::from("no keyups for an hour"),
+            &Value::from("warning"),
+            &Value::from("1999")
+        ),
+        "{a}"
+    );
+    let (status, other) = get(&d, "/api/history/alerts?node=2000").await;
+    assert_eq!(status, 200, "{other}");
+    assert!(items(&other).is_empty(), "another node's alerts: {other}");
     for path in [
         "/api/history/keyups",
         "/api/history/links",
@@ -228,6 +256,54 @@ async fn queries_answer_while_ami_is_down() {
         let (status, body) = get(&d, path).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
+    stop(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_gone_during_an_ami_outage_ends_as_ami_lost() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    sim.connect_link("1999", SimLink::allstar("2000", "10.0.0.2", Direction::In));
+    sim.connect_link("1999", SimLink::allstar("2001", "10.0.0.3", Direction::In));
+    let dir = temp_dir("amilost");
+    let d = start_daemon(sim.addr(), &["1999"], &state_yaml(&dir, "")).await;
+    wait_json(
+        &d,
+        "/api/history/links?node=1999",
+        "two open sessions",
+        |v| items(v).iter().filter(|r| r["open"] == true).count() == 2,
+    )
+    .await;
+    // AMI goes down; while it is down 2000 leaves and 2001 stays; then AMI comes back.
+    sim.set_refuse(true);
+    sim.drop_sessions();
+    let ami = wait_json(&d, "/api/history/ami", "AMI loss", |v| {
+        items(v).iter().any(|r| r["end_reason"] == "lost")
+    })
+    .await;
+    let down_ms = items(&ami)
+        .iter()
+        .find(|r| r["end_reason"] == "lost")
+        .and_then(|r| r["down_ms"].as_u64())
+        .expect("down_ms");
+    assert!(sim.disconnect_link("1999", "2000"));
+    sim.set_refuse(false);
+    let body = wait_json(&d, "/api/history/links?link=2000", "2000 closed", |v| {
+        items(v).first().is_some_and(|r| r["open"] == false)
+    })
+    .await;
+    let row = &items(&body)[0];
+    assert_eq!(row["end_reason"], "ami_lost", "{row}");
+    assert_eq!(row["ami_lost_ms"].as_u64(), Some(down_ms), "{row}");
+    let gone = row["disconnected_ms"].as_u64().expect("disconnected_ms");
+    assert!(gone >= down_ms, "seen gone after the loss: {row}");
+    // The link that stayed keeps its open row.
+    let (_, stayed) = get(&d, "/api/history/links?link=2001").await;
+    let s = &items(&stayed)[0];
+    assert_eq!(
+        (&s["open"], &s["end_reason"]),
+        (&Value::Bool(true), &Value::Null),
+        "{s}"
+    );
     stop(d).await;
 }
 
@@ -266,10 +342,42 @@ async fn pages_have_no_gaps_or_repeats_under_concurrent_writes() {
             .await
             .expect("published");
     }
-    wait_json(&d, "/api/history/keyups?limit=1000", "150 keyups", |v| {
+    let all = wait_json(&d, "/api/history/keyups?limit=1000", "150 keyups", |v| {
         items(v).len() >= 150
     })
     .await;
+    // Without `limit`, a page holds 100 rows and points to the next.
+    let (status, first) = get(&d, "/api/history/keyups").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(items(&first).len(), 100);
+    assert_eq!(
+        first["next_cursor"],
+        items(&first)[99]["id"].to_string().as_str()
+    );
+    // `since` / `until` (ms or RFC 3339) leave the rows outside the range out.
+    let all = items(&all);
+    let (older, middle, newer) = (&all[76], &all[75], &all[74]);
+    let start = |r: &Value| r["start_ms"].as_u64().expect("start_ms");
+    assert!(start(older) < start(middle) && start(middle) < start(newer));
+    let t2 = start(middle);
+    for path in [
+        format!("/api/history/keyups?since={t2}&until={t2}"),
+        format!(
+            "/api/history/keyups?since={}&until={t2}",
+            middle["start"].as_str().expect("start")
+        ),
+    ] {
+        let (status, body) = get(&d, &path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let ids: Vec<Value> = items(&body).iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids, [middle["id"].clone()], "{path}");
+    }
+    let (_, since) = get(&d, &format!("/api/history/keyups?limit=1000&since={t2}")).await;
+    assert_eq!(items(&since).len(), 76, "rows from t2 on");
+    assert!(items(&since).iter().all(|r| start(r) >= t2));
+    let (_, until) = get(&d, &format!("/api/history/keyups?limit=1000&until={t2}")).await;
+    assert_eq!(items(&until).len(), all.len() - 75, "rows up to t2");
+    assert!(items(&until).iter().all(|r| start(r) <= t2));
     // A writer keeps adding keyups while a reader pages through.
     let engine = d.engine.clone();
     let writing = tokio::spawn(async move {
@@ -381,6 +489,10 @@ async fn bad_parameters_are_named_and_disabled_history_answers_503() {
         ("/api/history/ami?cursor=abc", "cursor"),
         ("/api/history/keyups?node=1999%0d%0a", "node"),
         ("/api/history/alerts?colour=red", "colour"),
+        ("/api/history/ami?node=1999", "node"),
+        ("/api/history/ami?link=2000", "link"),
+        ("/api/history/alerts?link=2000", "link"),
+        ("/api/history/alerts?server=default", "server"),
         ("/api/stats/activity?bucket=5s", "bucket"),
         (
             "/api/stats/activity?since=0&until=9999999999999&bucket=1m",

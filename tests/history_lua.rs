@@ -1,5 +1,6 @@
 //! Lua and the history store: `nexus.history.keyups{}` / `talkers{}` read recorded keyups,
-//! bad arguments raise, and `nexus.store` survives a restart of the daemon.
+//! return at most 100 rows (20 without `limit`), bad arguments raise, and `nexus.store`
+//! survives a restart of the daemon.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use allstar_nexus::daemon::Running;
 use allstar_nexus::sim::SimLink;
-use allstar_nexus::state::Direction;
+use allstar_nexus::state::{ChangeEvent, ChangeKind, Direction, LinkKind, LinkView};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
@@ -108,5 +109,52 @@ async fn scripts_read_history_and_their_store_survives_a_restart() {
             == 2
     })
     .await;
+    d.shutdown.cancel();
+}
+
+/// Reports how many rows each call returns once the last of 151 keyups (151 links) is in.
+const CAPS: &str = r#"
+local done = false
+nexus.every(0.1, function()
+  if done or #nexus.history.keyups{link = "9999", limit = 1} == 0 then return end
+  done = true
+  nexus.alert{title = "caps", key = "caps", message = string.format("%d %d %d %d %d %d %s",
+    #nexus.history.keyups{limit = 500}, #nexus.history.keyups{}, #nexus.history.keyups{limit = 7},
+    #nexus.history.talkers{limit = 500}, #nexus.history.talkers{},
+    #nexus.history.keyups{link = 3007}, tostring(pcall(nexus.history.keyups, {link = {}})))}
+end)
+"#;
+
+fn unkeyed(link: &str) -> ChangeEvent {
+    let mut ev = ChangeEvent::new(ChangeKind::LinkUnkeyed, "default", Some("1999"));
+    ev.link = Some(LinkView {
+        node: link.into(),
+        kind: LinkKind::of(link),
+        ..LinkView::default()
+    });
+    ev.duration_seconds = Some(1.0);
+    ev
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_calls_return_at_most_100_rows_and_20_by_default() {
+    let sim = sim_on_tcp(&["1999"]).await;
+    let scripts = temp_dir("lua-caps");
+    std::fs::write(scripts.join("caps.lua"), CAPS).expect("script");
+    let state = temp_dir("lua-caps-state");
+    let d = start(sim.addr().port(), &scripts, &state).await;
+    for i in 0..150 {
+        let change = unkeyed(&(3000 + i).to_string());
+        d.engine.publish(change).await.expect("published");
+    }
+    // Written last (same or a later batch than the others): the script's signal.
+    d.engine.publish(unkeyed("9999")).await.expect("published");
+    wait_until("script counted rows", || alert(&d, "caps").is_some()).await;
+    // keyups{limit = 500}, keyups{}, keyups{limit = 7}, talkers{limit = 500}, talkers{};
+    // a link given as a number filters; a link of another type raises (never ignored).
+    assert_eq!(
+        alert(&d, "caps").as_deref(),
+        Some("100 20 7 100 20 1 false")
+    );
     d.shutdown.cancel();
 }

@@ -115,6 +115,11 @@ async fn clean_stop_and_kill_9_keep_rows_and_close_open_ones() {
         Some(1)
     );
     assert_eq!(query::<i64>(&db, OPEN_KEYUP), Some(0));
+    // The file is in WAL mode (kept in its header; readers never block the writer).
+    assert_eq!(
+        query::<String>(&db, "PRAGMA journal_mode").as_deref(),
+        Some("wal")
+    );
 
     // 2. Second run: an unkey reaches the file within about a second.
     let mut child = spawn(&config);

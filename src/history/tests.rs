@@ -241,6 +241,7 @@ fn parameters_are_checked_and_named() {
     assert_eq!(ok.since_ms, Some(1_795_975_200_000));
     assert_eq!(ok.until_ms, Some(1_795_978_800_000));
     assert_eq!(ok.limit, 1000);
+    assert_eq!(q(&[]).expect("no parameters").limit, 100, "default limit");
     assert_eq!(q(&[("bucket", "15m")]).expect("bucket").bucket_ms, 900_000);
     for (k, v) in [
         ("limit", "0"),
@@ -478,4 +479,177 @@ mod audit_store {
         assert_eq!(log.query(all(100)).await.expect("query").entries.len(), 4);
         stop.cancel();
     }
+}
+
+#[test]
+fn a_full_queue_drops_counts_and_never_blocks() {
+    let path = temp_db("overflow");
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::default();
+    let cfg = HistoryConfig {
+        retention_days: 0,
+        queue: 1,
+        ..HistoryConfig::default()
+    };
+    let h = History::open(
+        &path,
+        &cfg,
+        StateStore::new(16, 16),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .expect("open");
+    // Another connection holds the write lock: the writer's next commit waits on it, so
+    // the one-item queue fills and stays full.
+    let blocker = Connection::open(&path).expect("open");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("write lock");
+    let (mut sent, mut refused, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused < 500 && std::time::Instant::now() < deadline {
+        let t = std::time::Instant::now();
+        if !h.record(unkey("1999", "2000", 1_000_000 + sent, 1.0)) {
+            refused += 1;
+        }
+        slowest = slowest.max(t.elapsed());
+        sent += 1;
+    }
+    assert_eq!(refused, 500, "a full queue refuses ({sent} sent)");
+    assert!(
+        slowest < Duration::from_millis(20),
+        "record() never waits for the writer: slowest call {slowest:?}"
+    );
+    assert_eq!(
+        metrics.history_queue_dropped.get(),
+        refused,
+        "every drop counted"
+    );
+    // The warning went through the rate limiter: the first drop wrote a line, so one more
+    // within 10 s is held back.
+    assert_eq!(h.inner.limiter.allow("dropped"), LogDecision::Hold);
+    // The writer catches up once the disk is free again.
+    blocker.execute_batch("ROLLBACK").expect("unlock");
+    wait_rows(&h, "SELECT COUNT(*) > 0 FROM keyups", 1);
+    shutdown.cancel();
+}
+
+/// Three of each kind of row, at t1 < t2 < t3 (sessions last 10 s; the last stays open).
+#[test]
+fn since_and_until_leave_rows_outside_the_range_out() {
+    use crate::alerts::{Alert, Severity};
+    let path = temp_db("range");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let t = [1_000_000u64, 2_000_000, 3_000_000];
+    for (i, &at) in t.iter().enumerate() {
+        h.record(unkey("1999", "2000", at + 1000, 1.0));
+        let mut up = ChangeEvent::new(ChangeKind::AmiConnected, "s", None);
+        up.time_ms = at;
+        h.record(Published::new(up));
+        let mut c = ChangeEvent::new(ChangeKind::LinkConnected, "s", Some("1999"));
+        c.time_ms = at;
+        c.link = Some(link("2000"));
+        h.record(Published::new(c));
+        if i < 2 {
+            let mut d = ChangeEvent::new(ChangeKind::LinkDisconnected, "s", Some("1999"));
+            d.time_ms = at + 10_000;
+            d.link = Some(link("2000"));
+            h.record(Published::new(d));
+            let mut down = ChangeEvent::new(ChangeKind::AmiDisconnected, "s", None);
+            down.time_ms = at + 10_000;
+            down.error = Some("connection reset".into());
+            h.record(Published::new(down));
+        }
+        h.record_alert(Arc::new(Alert {
+            id: i as u64 + 1,
+            time_ms: at,
+            severity: Severity::Info,
+            title: format!("t{}", i + 1),
+            message: String::new(),
+            node: Some("1999".into()),
+            key: None,
+            source: "test".into(),
+            truncated: false,
+        }));
+    }
+    wait_rows(&h, "SELECT COUNT(*) FROM alerts", 3);
+    let range = |since: Option<u64>, until: Option<u64>| RangeQuery {
+        since_ms: since,
+        until_ms: until,
+        limit: 10,
+        ..RangeQuery::default()
+    };
+    // (since, until) → which of t1..t3 each table returns, newest first.
+    for (since, until, want) in [
+        (Some(t[1]), Some(t[1] + 5_000), vec![2]),
+        (Some(t[1]), None, vec![3, 2]),
+        (None, Some(t[1] + 5_000), vec![2, 1]),
+        (Some(t[0] + 20_000), Some(t[1] - 1), vec![]),
+        (None, None, vec![3, 2, 1]),
+    ] {
+        let q = range(since, until);
+        let which = |starts: Vec<u64>| -> Vec<usize> {
+            starts
+                .iter()
+                .map(|s| t.iter().position(|x| x == s).map_or(0, |i| i + 1))
+                .collect()
+        };
+        let (k, l, a, al) = h.read(|c| {
+            (
+                query::keyups(c, &q).expect("keyups").items,
+                query::links(c, &q).expect("links").items,
+                query::ami(c, &q).expect("ami").items,
+                query::alerts(c, &q).expect("alerts").items,
+            )
+        });
+        let ctx = format!("since {since:?} until {until:?}");
+        assert_eq!(
+            which(k.iter().map(|r| r.start_ms).collect()),
+            want,
+            "keyups, {ctx}"
+        );
+        assert_eq!(
+            which(l.iter().map(|r| r.connected_ms).collect()),
+            want,
+            "links, {ctx}"
+        );
+        assert_eq!(
+            which(a.iter().map(|r| r.up_ms).collect()),
+            want,
+            "ami, {ctx}"
+        );
+        // An alert has an instant, not a span: `until` inside t2's 10 s still ends at t2.
+        assert_eq!(
+            which(al.iter().map(|r| r.time_ms).collect()),
+            want,
+            "alerts, {ctx}"
+        );
+    }
+    // A session still open overlaps every later range; a keyup or alert does not.
+    let q = range(Some(t[2] + 60_000), None);
+    let (k, l, a, al) = h.read(|c| {
+        (
+            query::keyups(c, &q).expect("keyups").items.len(),
+            query::links(c, &q).expect("links").items,
+            query::ami(c, &q).expect("ami").items,
+            query::alerts(c, &q).expect("alerts").items.len(),
+        )
+    });
+    assert_eq!((k, al), (0, 0));
+    assert_eq!(l.iter().map(|r| r.connected_ms).collect::<Vec<_>>(), [t[2]]);
+    assert_eq!(a.iter().map(|r| r.up_ms).collect::<Vec<_>>(), [t[2]]);
+    shutdown.cancel();
+}
+
+#[test]
+fn the_read_connection_keeps_a_small_page_cache() {
+    let path = temp_db("cache");
+    let shutdown = CancellationToken::new();
+    let h = open(&path, &shutdown);
+    let size: i64 = h
+        .read(|c| c.pragma_query_value(None, "cache_size", |r| r.get(0)))
+        .expect("cache_size");
+    assert_eq!(size, -256, "256 KiB, not SQLite's 2 MiB default");
+    shutdown.cancel();
 }

@@ -16,9 +16,13 @@ use super::errors::error_reply;
 use super::{Ctx, json_reply};
 use crate::history::query::{self, QueryError, RangeQuery, Scope};
 
+/// The parameters each route takes; any other is a 400 naming it (never silently ignored:
+/// AMI sessions belong to a server, not a node or link; alerts name a node at most).
 const ROW_PARAMS: &[&str] = &[
     "node", "link", "server", "since", "until", "limit", "cursor",
 ];
+const AMI_PARAMS: &[&str] = &["server", "since", "until", "limit", "cursor"];
+const ALERT_PARAMS: &[&str] = &["node", "since", "until", "limit", "cursor"];
 const TALKER_PARAMS: &[&str] = &["node", "since", "until", "limit"];
 const ACTIVITY_PARAMS: &[&str] = &["node", "since", "until", "bucket"];
 
@@ -31,6 +35,19 @@ enum What {
     Alerts,
     Talkers,
     Activity,
+}
+
+impl What {
+    /// The query parameters this route takes.
+    fn params(self) -> &'static [&'static str] {
+        match self {
+            What::Keyups | What::Links => ROW_PARAMS,
+            What::Ami => AMI_PARAMS,
+            What::Alerts => ALERT_PARAMS,
+            What::Talkers => TALKER_PARAMS,
+            What::Activity => ACTIVITY_PARAMS,
+        }
+    }
 }
 
 /// Every history route.
@@ -106,11 +123,7 @@ async fn answer(
             "history is disabled (history.enabled: false in the configuration)",
         );
     };
-    let allowed = match what {
-        What::Talkers => TALKER_PARAMS,
-        What::Activity => ACTIVITY_PARAMS,
-        _ => ROW_PARAMS,
-    };
+    let allowed = what.params();
     let mut rq = match RangeQuery::parse(&q, allowed) {
         Ok(r) => r,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -183,5 +196,58 @@ mod erased {
         fn reply(&self) -> Response {
             json_reply(StatusCode::OK, self)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each route's parameters are the ones `openapi.json` lists for it, so a client never
+    /// sends one that the route would refuse (or that it would silently ignore).
+    #[test]
+    fn each_route_takes_exactly_the_parameters_openapi_lists() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::super::openapi::DOCUMENT).expect("openapi.json");
+        for (path, what) in [
+            ("/api/history/keyups", What::Keyups),
+            ("/api/history/links", What::Links),
+            ("/api/history/ami", What::Ami),
+            ("/api/history/alerts", What::Alerts),
+            ("/api/stats/talkers", What::Talkers),
+            ("/api/stats/activity", What::Activity),
+        ] {
+            let mut listed: Vec<&str> = doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} has parameters"))
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            let mut taken = what.params().to_vec();
+            listed.sort_unstable();
+            taken.sort_unstable();
+            assert_eq!(listed, taken, "{path}");
+        }
+    }
+
+    /// A parameter that does not apply to a route is refused, naming it.
+    #[test]
+    fn ami_and_alerts_refuse_what_they_cannot_filter_on() {
+        for (what, param) in [
+            (What::Ami, "node"),
+            (What::Ami, "link"),
+            (What::Alerts, "link"),
+            (What::Alerts, "server"),
+        ] {
+            let q: HashMap<String, String> = [(param.to_owned(), "1999".to_owned())].into();
+            let e = RangeQuery::parse(&q, what.params())
+                .expect_err(param)
+                .to_string();
+            assert!(e.contains(&format!("`{param}`")), "{what:?} {param}: {e}");
+        }
+        let q: HashMap<String, String> = [("node".to_owned(), "1999".to_owned())].into();
+        assert!(RangeQuery::parse(&q, What::Alerts.params()).is_ok());
+        let q: HashMap<String, String> = [("server".to_owned(), "hub".to_owned())].into();
+        assert!(RangeQuery::parse(&q, What::Ami.params()).is_ok());
     }
 }

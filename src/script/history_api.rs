@@ -71,24 +71,28 @@ fn time_arg(v: Value, key: &str) -> mlua::Result<Option<u64>> {
     }
 }
 
+/// A node or link: a string or a whole number (a value of another type raises, never
+/// ignored).
+fn id_arg(v: Value, key: &str) -> mlua::Result<Option<String>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::Integer(i) => Ok(Some(i.to_string())),
+        Value::String(s) => Ok(Some(s.to_str()?.to_owned())),
+        other => Err(mlua::Error::runtime(format!(
+            "{key} must be a string or number, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
 fn range(args: Option<Table>) -> mlua::Result<RangeQuery> {
     let mut q = RangeQuery {
         limit: DEFAULT_ROWS,
         ..RangeQuery::default()
     };
     let Some(t) = args else { return Ok(q) };
-    q.node = match t.get::<Value>("node")? {
-        Value::Nil => None,
-        Value::Integer(i) => Some(i.to_string()),
-        Value::String(s) => Some(s.to_str()?.to_owned()),
-        other => {
-            return Err(mlua::Error::runtime(format!(
-                "node must be a string or number, not {}",
-                other.type_name()
-            )));
-        }
-    };
-    q.link = t.get::<Option<String>>("link").ok().flatten();
+    q.node = id_arg(t.get("node")?, "node")?;
+    q.link = id_arg(t.get("link")?, "link")?;
     q.since_ms = time_arg(t.get("since")?, "since")?;
     q.until_ms = time_arg(t.get("until")?, "until")?;
     q.limit = match t.get::<Value>("limit")? {
