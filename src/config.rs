@@ -901,13 +901,7 @@ impl Resolver<'_> {
             shutdown_grace,
             ami_actions_per_second,
             history: HistoryConfig {
-                path: Some(
-                    f.history
-                        .path
-                        .as_deref()
-                        .map(|p| self.path(p))
-                        .unwrap_or_else(|| state_dir.join("history.db")),
-                ),
+                path: Some(self.history_path(&f.history, &state_dir)),
                 ..f.history
             },
             state_dir,
@@ -918,6 +912,14 @@ impl Resolver<'_> {
             bridges: bridges::resolve(f.bridges, f.sources, &|k| std::env::var(k).ok())
                 .map_err(|e| format!("{}: {}", self.at(e.key), e.message))?,
         })
+    }
+
+    /// The history database: `history.path` resolved, else `<state_dir>/history.db`.
+    fn history_path(&self, h: &HistoryConfig, state_dir: &Path) -> PathBuf {
+        h.path
+            .as_deref()
+            .map(|p| self.path(p))
+            .unwrap_or_else(|| state_dir.join("history.db"))
     }
 
     /// `polling_interval_seconds`, 60 s when not given.
