@@ -682,7 +682,7 @@ fn handshake(
     }
     let resume = match resume_of(query) {
         Ok(r) => r,
-        Err(refused) => return refused,
+        Err(why) => return error_reply(StatusCode::BAD_REQUEST, why),
     };
     let selection = match Selection::from_query(query, &ctx.app.config) {
         Ok(s) => s.map(Arc::new),
@@ -729,19 +729,18 @@ fn handshake(
     res
 }
 
-/// `?since=N[&epoch=E]`: where a resuming client left off; 400 for a `since` that is not
-/// a whole number.
-fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, Response> {
+/// `?since=N[&epoch=E]`: where a resuming client left off; for a `since` that is not a
+/// whole number, what the 400 answer says.
+fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, &'static str> {
     match query.get("since").map(|v| v.trim().parse::<u64>()) {
         None => Ok(None),
         Some(Ok(s)) => Ok(Some(Resume {
             since: s,
             epoch: query.get("epoch").map(|e| e.trim().to_owned()),
         })),
-        Some(Err(_)) => Err(error_reply(
-            StatusCode::BAD_REQUEST,
+        Some(Err(_)) => Err(
             "invalid since: give the seq of the last message received (a whole number), or leave it out for a snapshot",
-        )),
+        ),
     }
 }
 
