@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::config::{AlertsConfig, WebhookConfig};
@@ -38,34 +38,8 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// Longest message shown in a log line.
 const LOG_MESSAGE_CHARS: usize = 300;
 
-/// How bad it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    /// Parses `info`, `warning` (or `warn`), `critical` (or `crit`, `error`).
-    pub fn parse(s: &str) -> Option<Severity> {
-        match s.to_ascii_lowercase().as_str() {
-            "info" => Some(Severity::Info),
-            "warning" | "warn" => Some(Severity::Warning),
-            "critical" | "crit" | "error" => Some(Severity::Critical),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+/// How bad it is (defined in `config`, which names it in `min_severity`).
+pub use crate::config::Severity;
 
 /// What a script or the daemon asks for.
 #[derive(Debug, Clone)]
@@ -439,11 +413,7 @@ impl AlertHub {
             return;
         };
         for hook in self.webhooks.iter() {
-            let min = hook
-                .min_severity
-                .as_deref()
-                .and_then(Severity::parse)
-                .unwrap_or(Severity::Info);
+            let min = hook.min_severity.unwrap_or(Severity::Info);
             if alert.severity < min {
                 continue;
             }

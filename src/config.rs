@@ -410,9 +410,59 @@ pub struct WebhookConfig {
     pub timeout: Dur,
     #[serde(default = "default_webhook_retries")]
     pub retries: u32,
-    /// Only alerts at or above this severity (`info`, `warning`, `critical`).
-    #[serde(default)]
-    pub min_severity: Option<String>,
+    /// Only alerts at or above this severity (`info`, `warning`, `critical`); checked at
+    /// load, so a typo is a config error naming the line (not "send everything").
+    #[serde(default, deserialize_with = "min_severity")]
+    pub min_severity: Option<Severity>,
+}
+
+/// How bad an alert is. Defined here, at the bottom of the module graph, because the
+/// config names it (`alert_webhooks[].min_severity`); `alerts` re-exports it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    /// The words [`Severity::parse`] accepts, for messages.
+    pub const ALLOWED: &'static str = "info, warning (warn), critical (crit, error)";
+
+    /// Parses `info`, `warning` (or `warn`), `critical` (or `crit`, `error`).
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(Severity::Info),
+            "warning" | "warn" => Some(Severity::Warning),
+            "critical" | "crit" | "error" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// `min_severity: <word>` with [`Severity::parse`]'s words; anything else is an error
+/// that lists them (the key and line are added by [`describe_yaml_error`]).
+fn min_severity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Severity>, D::Error> {
+    let Some(word) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    Severity::parse(word.trim()).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{word:?} is not a severity; write one of {}",
+            Severity::ALLOWED
+        ))
+    })
 }
 
 fn default_webhook_timeout() -> Dur {
@@ -648,12 +698,23 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
         );
     }
     let has_line = inner.location().is_some() && msg.contains("line ");
-    let line = if has_line {
+    let leaf = path.rsplit('.').next().unwrap_or(&path);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    // A bad value in a list item is placed by serde at the item's start: name the key's
+    // own line (the first at or after that one) instead.
+    let own_line = inner
+        .location()
+        .filter(|_| has_line && !path.ends_with(']'))
+        .and_then(|l| key_line_from(text, leaf, l.line()));
+    let line = if let Some(n) = own_line {
+        if let Some(at) = msg.rfind(" at line ") {
+            msg.truncate(at);
+        }
+        format!(" (line {n})")
+    } else if has_line {
         String::new()
     } else {
         // Custom errors (bad durations…) carry no position: find the key's line.
-        let leaf = path.rsplit('.').next().unwrap_or(&path);
-        let leaf = leaf.split('[').next().unwrap_or(leaf);
         Resolver {
             text,
             base: None,
@@ -670,6 +731,26 @@ fn describe_yaml_error(text: &str, e: &serde_path_to_error::Error<serde_yaml_ng:
     } else {
         format!("{path}{line}: {msg}")
     }
+}
+
+/// The first line, from `from` (1-based) on, where `key:` is written (in block or flow
+/// style).
+fn key_line_from(text: &str, key: &str, from: usize) -> Option<usize> {
+    if key.is_empty() {
+        return None;
+    }
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, line)| {
+            line.split([',', '{', '}', '[', ']']).any(|part| {
+                part.trim()
+                    .trim_start_matches("- ")
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with(':'))
+            })
+        })
+        .map(|(i, _)| i + 1)
 }
 
 struct Resolver<'a> {
@@ -689,8 +770,15 @@ enum SecretError {
 }
 
 impl Resolver<'_> {
-    /// `key` at line N, found by a plain text search (for checks made after parsing).
+    /// `key` at line N, found by a plain text search (for checks made after parsing). A
+    /// dotted key (`history.queue`) is looked for in that top-level section only.
     fn at(&self, key: &str) -> String {
+        if let Some((section, leaf)) = key.split_once('.') {
+            return self.at_in(section, leaf).map_or_else(
+                || self.at(leaf).replacen(leaf, key, 1),
+                |line| format!("{key} (line {line})"),
+            );
+        }
         for (i, line) in self.text.lines().enumerate() {
             let t = line.trim_start().trim_start_matches("- ");
             if t.starts_with(key) && t[key.len()..].trim_start().starts_with(':') {
@@ -698,6 +786,25 @@ impl Resolver<'_> {
             }
         }
         key.to_owned()
+    }
+
+    /// The line of `key` inside the top-level block `section:` (before the next top-level
+    /// key), if it is written there.
+    fn at_in(&self, section: &str, key: &str) -> Option<usize> {
+        let mut inside = false;
+        for (i, line) in self.text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let has = |k: &str| t.starts_with(k) && t[k.len()..].trim_start().starts_with(':');
+            if !line.starts_with(' ') {
+                inside = has(section);
+            } else if inside && has(key) {
+                return Some(i + 1);
+            }
+        }
+        None
     }
 
     /// The `nth` (1-based) line where `key` has `value` (quotes ignored), as
@@ -746,65 +853,28 @@ impl Resolver<'_> {
             )
         })?;
         let ami = self.ami_settings(&f)?;
-        let global_poll = match f.polling_interval_seconds {
-            None => Duration::from_secs(60),
-            Some(s) if (1.0..=DAY.as_secs_f64()).contains(&s) => Duration::from_secs_f64(s),
-            Some(s) => {
-                return Err(format!(
-                    "{}: must be between 1 and 86400 seconds, got {s}",
-                    self.at("polling_interval_seconds")
-                ));
-            }
-        };
         self.check_sections(&f)?;
-        let servers = self.servers(&f, global_poll)?;
-        let mut seen = BTreeMap::new();
-        for s in &servers {
-            for n in &s.nodes {
-                if let Some(other) = seen.insert(n.node_id.clone(), s.name.clone()) {
-                    return Err(format!(
-                        "{}: node {} is listed twice (servers {other} and {})",
-                        self.at_value("node_id", &n.node_id, 2),
-                        n.node_id,
-                        s.name
-                    ));
-                }
-            }
-        }
-        for w in &f.alert_webhooks {
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(format!(
-                    "{}: {:?} must start with http:// or https://",
-                    self.at("url"),
-                    w.url
-                ));
-            }
-        }
-        let shutdown_grace = f.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0);
-        if shutdown_grace > Duration::from_secs(60) {
-            return Err(format!(
-                "{}: must be between 0s and 60s",
-                self.at("shutdown_grace")
-            ));
-        }
-        let ami_actions_per_second = f
-            .ami_actions_per_second
-            .unwrap_or(DEFAULT_AMI_ACTIONS_PER_SECOND);
-        if !(1..=1000).contains(&ami_actions_per_second) {
-            return Err(format!(
-                "{}: must be between 1 and 1000",
-                self.at("ami_actions_per_second")
-            ));
-        }
-        if f.history.queue == 0 {
-            return Err(format!("{}: queue must be above 0", self.at("history")));
-        }
+        let servers = self.servers(&f, self.global_poll(&f)?)?;
+        let seen = self.node_owners(&servers)?;
+        let shutdown_grace = self.dur_in(
+            "shutdown_grace",
+            f.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+            Duration::ZERO,
+            MAX_SHUTDOWN_GRACE,
+        )?;
+        let ami_actions_per_second = self.num_in(
+            "ami_actions_per_second",
+            f.ami_actions_per_second
+                .unwrap_or(DEFAULT_AMI_ACTIONS_PER_SECOND),
+            1,
+            1000,
+        )?;
         let state_dir = self.path(
             f.state_dir
                 .as_deref()
                 .unwrap_or_else(|| Path::new("./state")),
         );
-        identity::check_config(&f.api_tokens, &f.users, &f.control, &seen)
+        identity::check_config(&f.api_tokens, &f.users, &seen)
             .map_err(|e| format!("{}: {e}", self.at(e.key())))?;
         let script_dirs = f
             .script_dirs
@@ -837,13 +907,7 @@ impl Resolver<'_> {
             shutdown_grace,
             ami_actions_per_second,
             history: HistoryConfig {
-                path: Some(
-                    f.history
-                        .path
-                        .as_deref()
-                        .map(|p| self.path(p))
-                        .unwrap_or_else(|| state_dir.join("history.db")),
-                ),
+                path: Some(self.history_path(&f.history, &state_dir)),
                 ..f.history
             },
             state_dir,
@@ -854,6 +918,45 @@ impl Resolver<'_> {
             bridges: bridges::resolve(f.bridges, f.sources, &|k| std::env::var(k).ok())
                 .map_err(|e| format!("{}: {}", self.at(e.key), e.message))?,
         })
+    }
+
+    /// The history database: `history.path` resolved, else `<state_dir>/history.db`.
+    fn history_path(&self, h: &HistoryConfig, state_dir: &Path) -> PathBuf {
+        h.path
+            .as_deref()
+            .map(|p| self.path(p))
+            .unwrap_or_else(|| state_dir.join("history.db"))
+    }
+
+    /// `polling_interval_seconds`, 60 s when not given.
+    fn global_poll(&self, f: &ConfigFile) -> Result<Duration, String> {
+        match f.polling_interval_seconds {
+            None => Ok(Duration::from_secs(60)),
+            Some(s) if (1.0..=DAY.as_secs_f64()).contains(&s) => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(format!(
+                "{}: must be between 1 and 86400 seconds, got {s}",
+                self.at("polling_interval_seconds")
+            )),
+        }
+    }
+
+    /// Which server watches each node; a node listed twice is an error naming the second
+    /// listing.
+    fn node_owners(&self, servers: &[ServerConfig]) -> Result<BTreeMap<String, String>, String> {
+        let mut seen = BTreeMap::new();
+        for s in servers {
+            for n in &s.nodes {
+                if let Some(other) = seen.insert(n.node_id.clone(), s.name.clone()) {
+                    return Err(format!(
+                        "{}: node {} is listed twice (servers {other} and {})",
+                        self.at_value("node_id", &n.node_id, 2),
+                        n.node_id,
+                        s.name
+                    ));
+                }
+            }
+        }
+        Ok(seen)
     }
 
     fn ami_settings(&self, f: &ConfigFile) -> Result<AmiSettings, String> {
@@ -957,7 +1060,8 @@ impl Resolver<'_> {
         Ok(v)
     }
 
-    /// Ranges of the `websocket`, `lua`, `alerts` and `alert_webhooks` numbers.
+    /// Ranges of the `websocket`, `lua`, `alerts`, `http`, `alert_webhooks`, `history` and
+    /// `control` settings.
     fn check_sections(&self, f: &ConfigFile) -> Result<(), String> {
         let ws = &f.websocket;
         self.num_in("max_clients", ws.max_clients, 1, 100_000)?;
@@ -1024,9 +1128,64 @@ impl Resolver<'_> {
             1_000_000,
         )?;
         for w in &f.alert_webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(format!(
+                    "{}: {:?} must start with http:// or https://",
+                    self.at("url"),
+                    w.url
+                ));
+            }
             self.dur_in("timeout", w.timeout.0, MS, FIVE_MIN)?;
             self.num_in("retries", w.retries, 0, 100)?;
         }
+        self.num_in(
+            "history.retention_days",
+            f.history.retention_days,
+            0,
+            MAX_RETENTION_DAYS,
+        )?;
+        self.num_in("history.queue", f.history.queue, 1, 1_000_000)?;
+        self.check_control(&f.control)
+    }
+
+    /// Ranges of the `control:` numbers and durations.
+    fn check_control(&self, c: &ControlConfig) -> Result<(), String> {
+        self.dur_in(
+            "control.verify_timeout",
+            c.verify_timeout.0,
+            Duration::from_millis(100),
+            FIVE_MIN,
+        )?;
+        self.num_in(
+            "control.rate_limit_per_minute",
+            c.rate_limit_per_minute,
+            1,
+            10_000,
+        )?;
+        self.dur_in(
+            "control.session_ttl",
+            c.session_ttl.0,
+            Duration::from_secs(60),
+            30 * DAY,
+        )?;
+        self.num_in(
+            "control.login_slowdown_after",
+            c.login_slowdown_after,
+            0,
+            1000,
+        )?;
+        self.num_in(
+            "control.login_lockout_after",
+            c.login_lockout_after,
+            1,
+            1000,
+        )?;
+        self.dur_in(
+            "control.login_lockout",
+            c.login_lockout.0,
+            Duration::from_secs(1),
+            DAY,
+        )?;
         Ok(())
     }
 
@@ -1097,6 +1256,21 @@ impl Resolver<'_> {
                 key("port")
             ));
         }
+        let (username, password) = self.credentials(s, prefix)?;
+        Ok(ServerConfig {
+            name: s.name.clone(),
+            host: s.host.trim().to_owned(),
+            port: s.port,
+            username,
+            password,
+            nodes: self.nodes(s, global_poll)?,
+        })
+    }
+
+    /// The AMI user and secret of a server (a missing secret is recorded, not an error,
+    /// in service mode).
+    fn credentials(&self, s: &ServerFile, prefix: &str) -> Result<(String, String), String> {
+        let key = |k: &str| self.at(&format!("{prefix}{k}"));
         let username = s
             .username
             .clone()
@@ -1124,6 +1298,12 @@ impl Resolver<'_> {
                 return Err(format!("{}: must not contain a line break", key(what)));
             }
         }
+        Ok((username, password))
+    }
+
+    /// A server's nodes with their polling intervals (an empty list is recorded, not an
+    /// error, in service mode).
+    fn nodes(&self, s: &ServerFile, global_poll: Duration) -> Result<Vec<NodeConfig>, String> {
         if s.nodes.is_empty() {
             let e = format!(
                 "{}: server {:?} lists no nodes to watch",
@@ -1169,14 +1349,7 @@ impl Resolver<'_> {
                 poll_interval,
             });
         }
-        Ok(ServerConfig {
-            name: s.name.clone(),
-            host: s.host.trim().to_owned(),
-            port: s.port,
-            username,
-            password,
-            nodes,
-        })
+        Ok(nodes)
     }
 
     /// Records what a server still needs (service mode).
@@ -1264,6 +1437,10 @@ const MS: Duration = Duration::from_millis(1);
 const FIVE_MIN: Duration = Duration::from_secs(300);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+/// Longest `shutdown_grace` (the default is [`DEFAULT_SHUTDOWN_GRACE`]).
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Longest `history.retention_days` (a century; 0 keeps rows forever).
+const MAX_RETENTION_DAYS: u32 = 36_500;
 
 /// Asterisk's AMI event class names in bit order (`main/manager.c`); the simulator's mask
 /// parser uses the same list.

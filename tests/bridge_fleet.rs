@@ -170,6 +170,14 @@ async fn a_third_daemon_shows_both_fleets_nodes_within_a_second() {
         .await
         .expect("json");
     assert_eq!(body["origin"], "west", "{body}");
+    // The aggregator counted what it read from the broker.
+    let text = agg.app.metrics.render();
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("nexus_bridge_messages_received_total{bridge=\"source:")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
     // Control of a remote node is refused, and says why.
     match agg.app.control.ami_for("2001") {
         Err(e @ ControlError::RemoteNode { .. }) => {

@@ -315,8 +315,32 @@ async fn voter_polls_nodes_and_tolerates_nodes_without_a_voter() {
     let rig = Rig::start(dir.path(), cfg, &["1999"]).await;
     let src = std::fs::read_to_string(dir.path().join("voter.lua")).expect("plugin");
     rig.loaded("voter.lua", &src).await;
-    // No Asterisk behind node 1999: every VoterStatus fails, the plugin backs off quietly.
+    // No Asterisk behind node 1999: every VoterStatus fails (not connected), and after
+    // give_up_polls (2) misses the plugin backs off quietly (retry_seconds, minutes).
+    let asked = || {
+        ["ok", "error", "timeout", "disconnected", "not_connected"]
+            .iter()
+            .map(|r| {
+                rig.app
+                    .metrics
+                    .ami_actions
+                    .with_label_values(&["default", "VoterStatus", r])
+                    .get()
+            })
+            .sum::<u64>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while asked() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plugin never polled: {} VoterStatus actions",
+            asked()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Eight more intervals: still two, so it gave up on node 1999 as it should.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(asked(), 2, "VoterStatus after give_up_polls misses");
     let s = rig.app.scripts.get("voter.lua").expect("status");
     assert_eq!(
         (s.errors, s.status),

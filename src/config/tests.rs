@@ -20,6 +20,8 @@ fn flat_keys_make_one_default_server_with_defaults() {
     assert_eq!(s.nodes[0].poll_interval, Duration::from_secs(60));
     assert_eq!(c.ami.retry_interval, Duration::from_secs(15));
     assert_eq!(c.ami.retry_max, Duration::from_secs(60));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+    assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     assert_eq!(
         c.script_dirs,
         vec![PathBuf::from("plugins"), PathBuf::from("scripts")]
@@ -193,6 +195,51 @@ fn numbers_have_ranges_named_in_the_error() {
             "ami_port: 0\n",
             "ami_port (line 5): must be between 1 and 65535",
         ),
+        (
+            "history:\n  retention_days: 100000\n",
+            "history.retention_days (line 6): must be between 0 and 36500, got 100000",
+        ),
+        // `queue` is also a `lua:` key: the line is the one under `history:`.
+        (
+            "lua:\n  queue: 5\nhistory:\n  queue: 0\n",
+            "history.queue (line 8): must be between 1 and 1000000, got 0",
+        ),
+        (
+            "history:\n  queue: 2000000\n",
+            "history.queue (line 6): must be between 1 and 1000000",
+        ),
+        (
+            "control:\n  rate_limit_per_minute: 0\n",
+            "control.rate_limit_per_minute (line 6): must be between 1 and 10000, got 0",
+        ),
+        (
+            "control:\n  login_slowdown_after: 5000\n",
+            "control.login_slowdown_after (line 6): must be between 0 and 1000",
+        ),
+        (
+            "control:\n  login_lockout_after: 0\n",
+            "control.login_lockout_after (line 6): must be between 1 and 1000, got 0",
+        ),
+        (
+            "control:\n  session_ttl: 90days\n",
+            "control.session_ttl (line 6): must be between 1m and 30days",
+        ),
+        (
+            "control:\n  login_lockout: 2days\n",
+            "control.login_lockout (line 6): must be between 1s and 1day",
+        ),
+        (
+            "control:\n  verify_timeout: 1h\n",
+            "control.verify_timeout (line 6): must be between 100ms and 5m, got 1h",
+        ),
+        (
+            "control:\n  verify_timeout: 10ms\n",
+            "control.verify_timeout (line 6): must be between 100ms and 5m",
+        ),
+        (
+            "ami_actions_per_second: 0\n",
+            "ami_actions_per_second (line 5): must be between 1 and 1000, got 0",
+        ),
     ] {
         let e = parse(&format!("{MINIMAL}{yaml}")).unwrap_err();
         assert!(e.contains(want), "{yaml:?}: {e}");
@@ -309,4 +356,51 @@ fn deep_nesting_is_refused_fast() {
             .join("\n")
     ))
     .expect("valid");
+}
+
+#[test]
+fn shutdown_grace_defaults_to_5s_and_is_capped_at_60s() {
+    assert_eq!(
+        parse(MINIMAL).expect("valid").shutdown_grace,
+        Duration::from_secs(5)
+    );
+    let c = parse(&format!("{MINIMAL}shutdown_grace: 60s\n")).expect("60 s is allowed");
+    assert_eq!(c.shutdown_grace, MAX_SHUTDOWN_GRACE);
+    assert_eq!(MAX_SHUTDOWN_GRACE, Duration::from_secs(60));
+    let c = parse(&format!("{MINIMAL}shutdown_grace: 0\n")).expect("0 is allowed");
+    assert_eq!(c.shutdown_grace, Duration::ZERO);
+    let e = parse(&format!("{MINIMAL}shutdown_grace: 61s\n")).unwrap_err();
+    assert!(
+        e.contains("shutdown_grace (line 5): must be between 0s and 1m, got 1m 1s"),
+        "{e}"
+    );
+}
+
+#[test]
+fn webhook_min_severity_is_parsed_at_load() {
+    let hook = |sev: &str| {
+        format!("{MINIMAL}alert_webhooks:\n  - url: http://127.0.0.1:9/\n    min_severity: {sev}\n")
+    };
+    let e = parse(&hook("critcal")).unwrap_err();
+    assert!(
+        e.contains("min_severity (line 7)")
+            && e.contains("\"critcal\" is not a severity")
+            && e.contains("info, warning (warn), critical (crit, error)"),
+        "{e}"
+    );
+    for (word, want) in [
+        ("info", Severity::Info),
+        ("warning", Severity::Warning),
+        ("WARN", Severity::Warning),
+        ("critical", Severity::Critical),
+        ("error", Severity::Critical),
+    ] {
+        let c = parse(&hook(word)).unwrap_or_else(|e| panic!("{word}: {e}"));
+        assert_eq!(c.alert_webhooks[0].min_severity, Some(want), "{word}");
+    }
+    let c = parse(&format!(
+        "{MINIMAL}alert_webhooks:\n  - url: http://127.0.0.1:9/\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.alert_webhooks[0].min_severity, None);
 }

@@ -411,10 +411,12 @@ enum Stop {
 /// The socket and the writer's queue.
 struct Sink {
     /// The socket (the write side is shut when the writer's handle and this one are
-    /// gone); it also keeps the descriptor open for `direct`.
+    /// gone). The fan-out writes it directly with one non-blocking `send` through
+    /// `socket2::SockRef` (no tokio readiness bookkeeping: three more cache lines per
+    /// client per change, `docs/performance.md`); a write it cannot complete goes to the
+    /// writer, which waits on tokio's readiness (stale at worst: tokio then tries, gets
+    /// `WouldBlock` and waits for the next edge).
     sock: Arc<OwnedWriteHalf>,
-    /// The same socket, written with a plain non-blocking `send` (see [`Direct`]).
-    direct: Direct,
     /// The writer's queue and task: started when a frame first has to wait for the
     /// socket (a client that keeps up never has one). Dropping the sink stops it.
     writer: Option<(mpsc::Sender<Out>, JoinHandle<()>)>,
@@ -434,37 +436,9 @@ enum Push {
     Closed,
 }
 
-/// The client's socket as a plain `std` stream, for the fan-out's direct writes: one
-/// `send` on the descriptor, without tokio's readiness bookkeeping (three more cache
-/// lines per client per change; `docs/performance.md`). A write it cannot complete goes
-/// to the writer, which waits on tokio's readiness (stale at worst: tokio then tries,
-/// gets `WouldBlock` and waits for the next edge).
-struct Direct(std::mem::ManuallyDrop<std::net::TcpStream>);
-
-impl Direct {
-    /// A second handle of `sock`'s descriptor, never closed through itself: it is kept
-    /// beside an `Arc` of `sock` ([`Sink`]), which keeps the descriptor open.
-    fn new(sock: &OwnedWriteHalf) -> Direct {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        let fd = sock.as_ref().as_raw_fd();
-        // SAFETY: `fd` is an open TCP socket owned by the tokio stream behind `sock`. The
-        // `Direct` lives only inside a `Sink` next to an `Arc` of `sock`, so the
-        // descriptor stays open as long as it does, and `ManuallyDrop` never closes it.
-        Direct(std::mem::ManuallyDrop::new(unsafe {
-            std::net::TcpStream::from_raw_fd(fd)
-        }))
-    }
-
-    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        use std::io::Write as _;
-        (&*self.0).write(buf)
-    }
-}
-
 impl Sink {
     fn new(sock: OwnedWriteHalf, queue_len: usize, stall: Duration) -> Sink {
         Sink {
-            direct: Direct::new(&sock),
             sock: Arc::new(sock),
             writer: None,
             pending: Arc::new(AtomicUsize::new(0)),
@@ -499,7 +473,8 @@ impl Sink {
     /// the socket takes it all (the usual case: no task hand-off), else through the queue.
     fn push(&mut self, frame: &Bytes) -> Push {
         if self.pending.load(Ordering::Acquire) == 0 {
-            match self.direct.try_write(frame) {
+            let tcp: &tokio::net::TcpStream = (*self.sock).as_ref();
+            match socket2::SockRef::from(tcp).send(frame) {
                 Ok(n) if n == frame.len() => return Push::Queued,
                 // The rest goes first in the (empty) queue, so order is kept.
                 Ok(n) => return self.enqueue(Out::Frame(frame.slice(n..))),
@@ -711,18 +686,9 @@ fn handshake(
     if let Some(refused) = check_origin(headers, &cfg.allowed_origins) {
         return refused;
     }
-    let resume = match query.get("since").map(|v| v.trim().parse::<u64>()) {
-        None => None,
-        Some(Ok(s)) => Some(Resume {
-            since: s,
-            epoch: query.get("epoch").map(|e| e.trim().to_owned()),
-        }),
-        Some(Err(_)) => {
-            return error_reply(
-                StatusCode::BAD_REQUEST,
-                "invalid since: give the seq of the last message received (a whole number), or leave it out for a snapshot",
-            );
-        }
+    let resume = match resume_of(query) {
+        Ok(r) => r,
+        Err(why) => return error_reply(StatusCode::BAD_REQUEST, why),
     };
     let selection = match Selection::from_query(query, &ctx.app.config) {
         Ok(s) => Selection::within(s, limit.as_deref(), &ctx.app.config).map(Arc::new),
@@ -735,20 +701,7 @@ fn handshake(
         );
     };
     let Some(slot) = Slot::acquire(ctx) else {
-        tracing::warn!(
-            "[WS] refused a client: websocket.max_clients ({}) reached",
-            cfg.max_clients
-        );
-        let mut res = error_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "too many WebSocket clients (websocket.max_clients is {}): try again later",
-                cfg.max_clients
-            ),
-        );
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return res;
+        return too_many_clients(cfg.max_clients);
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let req = Request {
@@ -779,6 +732,35 @@ fn handshake(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    res
+}
+
+/// `?since=N[&epoch=E]`: where a resuming client left off; for a `since` that is not a
+/// whole number, what the 400 answer says.
+fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, &'static str> {
+    match query.get("since").map(|v| v.trim().parse::<u64>()) {
+        None => Ok(None),
+        Some(Ok(s)) => Ok(Some(Resume {
+            since: s,
+            epoch: query.get("epoch").map(|e| e.trim().to_owned()),
+        })),
+        Some(Err(_)) => Err(
+            "invalid since: give the seq of the last message received (a whole number), or leave it out for a snapshot",
+        ),
+    }
+}
+
+/// 503 with `Retry-After` once `websocket.max_clients` are connected.
+fn too_many_clients(max_clients: usize) -> Response {
+    tracing::warn!("[WS] refused a client: websocket.max_clients ({max_clients}) reached");
+    let mut res = error_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "too many WebSocket clients (websocket.max_clients is {max_clients}): try again later"
+        ),
+    );
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     res
 }
 
