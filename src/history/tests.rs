@@ -494,7 +494,7 @@ fn a_full_queue_drops_counts_and_never_blocks() {
     let h = History::open(
         &path,
         &cfg,
-        StateStore::new(16, 16),
+        EngineSender::channel().0,
         metrics.clone(),
         shutdown.clone(),
     )

@@ -70,7 +70,9 @@ impl Inbox {
     pub fn new(cap: usize) -> Arc<Inbox> {
         Arc::new(Inbox {
             lanes: Mutex::new(Lanes {
-                changes: VecDeque::with_capacity(cap.min(4096)),
+                // Grows as it fills: a ring allocated up front is touched slot by slot
+                // as it turns, and most of the time it holds a few changes.
+                changes: VecDeque::new(),
                 commands: VecDeque::new(),
                 waiting: false,
             }),
