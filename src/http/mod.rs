@@ -10,6 +10,7 @@
 //! configuration is serialised (it holds AMI passwords). See `docs/api.md`.
 
 pub mod auth;
+mod body_pool;
 mod control;
 mod dashboard;
 mod errors;
@@ -204,14 +205,15 @@ pub(crate) fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response
 }
 
 /// [`json_reply`] for a body already encoded as JSON (same headers).
-pub(crate) fn json_bytes_reply(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut res = warp::reply::with_status(
-        warp::reply::with_header(body, header::CONTENT_TYPE, "application/json"),
-        status,
-    )
-    .into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+pub(crate) fn json_bytes_reply(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response {
+    let mut res = warp::http::Response::new(body.into()).into_response();
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 

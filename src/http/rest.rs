@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::auth::ReadAccess;
+use super::body_pool::BodyPool;
 use super::errors::{clip, error_reply};
 use super::server::ConnInfo;
 use super::{Ctx, json_bytes_reply, json_reply, openapi, origin};
@@ -330,14 +331,19 @@ fn health(ctx: &Ctx) -> Response {
 /// little more) at once instead of growing a multi-MiB buffer by doubling.
 static NODES_BODY_HINT: AtomicUsize = AtomicUsize::new(0);
 
+/// The `GET /api/nodes` body's buffer, kept a few seconds between requests (`body_pool`).
+static NODES_BODY: LazyLock<BodyPool> = LazyLock::new(BodyPool::default);
+
 fn nodes(ctx: &Ctx, limit: Option<&[String]>) -> Response {
     if let Some(limit) = limit {
         return limited_nodes(ctx, limit);
     }
-    match nodes_body(&ctx.app.state, NODES_BODY_HINT.load(Ordering::Relaxed)) {
+    let hint = NODES_BODY_HINT.load(Ordering::Relaxed);
+    let buf = NODES_BODY.take(hint + hint / 16 + 256);
+    match nodes_body(&ctx.app.state, buf) {
         Ok(body) => {
             NODES_BODY_HINT.store(body.len(), Ordering::Relaxed);
-            json_bytes_reply(StatusCode::OK, body)
+            json_bytes_reply(StatusCode::OK, NODES_BODY.body(body))
         }
         Err(e) => error_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -364,8 +370,7 @@ fn limited_nodes(ctx: &Ctx, limit: &[String]) -> Response {
 /// The body of `GET /api/nodes`: `{"seq":…,"epoch":"…","nodes":[…]}`, byte for byte
 /// what serialising `{seq, epoch, nodes: Vec<NodeView>}` gives (docs/api.md), written in
 /// one pass under one read lock so that `seq` and `nodes` agree (`state::snapshot`).
-fn nodes_body(state: &StateStore, hint: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(hint + hint / 16 + 256);
+fn nodes_body(state: &StateStore, mut out: Vec<u8>) -> std::io::Result<Vec<u8>> {
     let epoch = state.epoch();
     let mut head_err = None;
     state.encode_nodes(&mut out, |out, seq| {
@@ -620,21 +625,23 @@ mod tests {
         // Views hold whole seconds: try again if the two fell on either side of one.
         let (fast, slow) = (0..5)
             .map(|_| {
-                let fast = nodes_body(&state, 0).expect("encodes");
+                let fast = nodes_body(&state, Vec::new()).expect("encodes");
                 (fast, nodes_body_by_views(&state))
             })
             .find(|(a, b)| a == b)
             .unwrap_or_else(|| {
-                let fast = nodes_body(&state, 0).expect("encodes");
+                let fast = nodes_body(&state, Vec::new()).expect("encodes");
                 (fast, nodes_body_by_views(&state))
             });
         assert_eq!(
             String::from_utf8_lossy(&fast),
             String::from_utf8_lossy(&slow)
         );
-        // The size hint only changes the capacity.
+        // A reused buffer only changes the capacity.
         assert_eq!(
-            nodes_body(&state, fast.len()).map(|b| b.len()).ok(),
+            nodes_body(&state, Vec::with_capacity(fast.len() * 2))
+                .map(|b| b.len())
+                .ok(),
             Some(fast.len())
         );
         let v: serde_json::Value = serde_json::from_slice(&fast).expect("valid JSON");
