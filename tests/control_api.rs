@@ -92,12 +92,7 @@ impl T {
 
     /// `rpt cmd … ilink …` commands the simulator received.
     fn ilinks(&self) -> Vec<String> {
-        self.sim
-            .recorded_actions()
-            .iter()
-            .filter_map(|a| a.get("Command").map(str::to_owned))
-            .filter(|c| c.contains("ilink"))
-            .collect()
+        ilinks(&self.sim)
     }
 
     async fn send(

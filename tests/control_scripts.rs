@@ -89,12 +89,7 @@ fn script_dir(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
 
 impl Rig {
     fn ilinks(&self) -> Vec<String> {
-        self.sim
-            .recorded_actions()
-            .iter()
-            .filter_map(|a| a.get("Command").map(str::to_owned))
-            .filter(|c| c.contains("ilink"))
-            .collect()
+        ilinks(&self.sim)
     }
 
     async fn audit(&self, identity: &str) -> Vec<AuditEntry> {

@@ -232,3 +232,12 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// `rpt cmd … ilink …` commands the simulator received, in order.
+pub fn ilinks(sim: &SimHandle) -> Vec<String> {
+    sim.recorded_actions()
+        .iter()
+        .filter_map(|a| a.get("Command").map(str::to_owned))
+        .filter(|c| c.contains("ilink"))
+        .collect()
+}
