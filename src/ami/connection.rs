@@ -662,6 +662,12 @@ impl Session {
     /// Gives back the read and write buffers once nothing is waiting in them: a fleet's
     /// sessions are idle nearly all the time (1,000 × 2.5 KiB). The next frame regrows the
     /// read buffer from a few bytes; events, which come in streams, find it grown.
+    fn quiet(&mut self, book: &mut Book) {
+        self.release_buffers();
+        book.release();
+    }
+
+    /// The read and write buffers, when empty, are freed (the next frame regrows them).
     fn release_buffers(&mut self) {
         let read = self.reader.read_buffer_mut();
         if read.is_empty() && read.capacity() > 0 {
@@ -974,23 +980,7 @@ impl Supervisor {
                     Some(Err(e)) => break self.codec_error(e),
                     Some(Ok(Incoming::Banner(_))) => {}
                     Some(Ok(Incoming::Frame(frame))) => {
-                        ka.heard();
-                        self.rx_seq += 1;
-                        if frame.event().is_some() {
-                            self.forward_event(frame);
-                        } else {
-                            if ka.answers(&frame) {
-                                ka.ping = None;
-                                self.ping_done(ActionResult::Ok);
-                            } else {
-                                self.on_reply(&mut book, frame);
-                            }
-                            // Every action answered: the session goes quiet.
-                            if book.is_empty() && ka.ping.is_none() {
-                                session.release_buffers();
-                                book.release();
-                            }
-                        }
+                        self.on_frame(&mut session, &mut book, &mut ka, frame);
                     }
                 },
                 Some(cmd) = self.commands.recv() => {
@@ -1011,8 +1001,7 @@ impl Supervisor {
                     // Forget actions whose caller gave up (timed out).
                     book.forget_abandoned();
                     if book.is_empty() {
-                        session.release_buffers();
-                        book.release();
+                        session.quiet(&mut book);
                     }
                     let now = Instant::now();
                     match ka.tick(now) {
@@ -1041,6 +1030,32 @@ impl Supervisor {
         }
         self.fail_all(book, &err);
         err
+    }
+
+    /// One frame of a logged-in session: an event goes to the engine, a reply to its caller
+    /// (or to the keepalive); once every action is answered the session goes quiet.
+    fn on_frame(
+        &mut self,
+        session: &mut Session,
+        book: &mut Book,
+        ka: &mut Keepalive,
+        frame: Frame,
+    ) {
+        ka.heard();
+        self.rx_seq += 1;
+        if frame.event().is_some() {
+            self.forward_event(frame);
+            return;
+        }
+        if ka.answers(&frame) {
+            ka.ping = None;
+            self.ping_done(ActionResult::Ok);
+        } else {
+            self.on_reply(book, frame);
+        }
+        if book.is_empty() && ka.ping.is_none() {
+            session.quiet(book);
+        }
     }
 
     /// Counts the keepalive Ping's outcome (`nexus_ami_actions_total{action="Ping"}`).
