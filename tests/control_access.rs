@@ -242,6 +242,16 @@ async fn a_node_limited_token_reads_only_its_nodes_everywhere() {
     assert_eq!((s, v["node_id"].as_str()), (StatusCode::OK, Some("2000")));
     assert!(v.to_string().contains("198.51.x.x"), "still masked: {v}");
 
+    // The dashboard's list of configured nodes: its node only.
+    let (s, v) = t.get("/api/dashboard", Some(READ_2000)).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> = (v["nodes"].as_array().into_iter().flatten())
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["2000"]);
+    let (_, v) = t.get("/api/dashboard", Some(READ)).await;
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2));
+
     // /metrics is a whole-daemon view.
     let (s, v) = t.get("/metrics", Some(READ_2000)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);

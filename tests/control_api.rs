@@ -739,8 +739,10 @@ async fn reads_can_require_a_credential_and_ips_are_masked_below_control() {
         })
     })
     .await;
-    let (s, _, _) = t.send(reqwest::Method::GET, "/api/nodes", None, None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    for path in ["/api/nodes", "/api/dashboard"] {
+        let (s, _, _) = t.send(reqwest::Method::GET, path, None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+    }
     let (s, _, _) = t
         .send(
             reqwest::Method::GET,

@@ -62,9 +62,11 @@ pub(super) fn routes(
             };
             Ok::<_, Rejection>(asset_reply(asset, inm.as_deref()))
         });
+    // Behind the read gate like every read: it names the configured nodes.
     let meta = warp::path!("api" / "dashboard")
         .and(warp::get())
-        .map(move || meta(&ctx));
+        .and(super::auth::guard(ctx.clone()))
+        .map(move |a: super::auth::ReadAccess| meta(&ctx, a.identity.limit()));
     index.or(assets).unify().or(meta).unify()
 }
 
@@ -137,8 +139,9 @@ struct Meta {
     nodes: Vec<MetaNode>,
 }
 
-/// `GET /api/dashboard`: the nodes in configuration order with their astdb names.
-fn meta(ctx: &Ctx) -> Response {
+/// `GET /api/dashboard`: the nodes in configuration order with their astdb names (only
+/// its nodes for an identity limited by `nodes:`).
+fn meta(ctx: &Ctx, limit: Option<&[String]>) -> Response {
     let db = ctx.app.state.read().astdb.clone();
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let nodes = ctx
@@ -147,6 +150,7 @@ fn meta(ctx: &Ctx) -> Response {
         .servers
         .iter()
         .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))
+        .filter(|(_, n)| limit.is_none_or(|l| l.contains(&n.node_id)))
         .map(|(s, n)| {
             let entry = db.get(&n.node_id);
             MetaNode {
