@@ -101,11 +101,6 @@ impl Watch {
         // All of it while still holding `busy`: `end` (which clears the problem, and
         // after which the host disables or reloads the script) waits for this, so a call
         // returning just as it is condemned cannot be overwritten by a stale verdict.
-        self.registry.set_problem(Some(format!(
-            "the Lua thread is stuck in {name} (over {} ms, budget {} ms)",
-            ran.as_millis(),
-            limit.as_millis()
-        )));
         let reason = format!(
             "disabled by the watchdog: one callback ran over {} ms (budget {} ms, lua.callback_budget); the Lua thread was stuck in it",
             ran.as_millis(),
@@ -122,6 +117,12 @@ impl Watch {
             .script_disabled
             .with_label_values(&[&*name])
             .set(1);
+        // Health last: whoever sees the problem finds the status and the metric set.
+        self.registry.set_problem(Some(format!(
+            "the Lua thread is stuck in {name} (over {} ms, budget {} ms)",
+            ran.as_millis(),
+            limit.as_millis()
+        )));
         drop(busy);
         Some(name.to_string())
     }
