@@ -30,6 +30,10 @@ use allstar_nexus::state::StateStore;
 use allstar_nexus::state::engine::{Engine, NodeSpec};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/process.rs"]
+mod process;
+use process::{cpu_secs, memory_mib};
+
 // As the daemon: the body micro-benchmark allocates as it does.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,33 +59,6 @@ fn raise_nofile() -> u64 {
         }
     }
     lim.rlim_cur
-}
-
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
-
-/// VmRSS and VmHWM in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
 /// Starts the daemon and returns it with its HTTP address (read from its log).
@@ -434,10 +411,10 @@ fn main() {
         );
         // Let the first polls (every node, right after its connect) and plugins settle.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let (rss, hwm) = rss_mib(pid);
+        let (rss, hwm) = memory_mib(pid);
         println!("  RSS after connect: {rss:.1} MiB (peak {hwm:.1} MiB)");
         let idle = cpu_over(pid, idle_secs).await;
-        let (rss, hwm) = rss_mib(pid);
+        let (rss, hwm) = memory_mib(pid);
         println!("  idle: {idle:.2} % of a core over {idle_secs} s; RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
         report_http(&http, &base, "idle").await;
         let stop = CancellationToken::new();
@@ -452,7 +429,7 @@ fn main() {
         );
         tokio::time::sleep(Duration::from_secs(5)).await;
         let active = cpu_over(pid, active_secs).await;
-        let (rss, hwm) = rss_mib(pid);
+        let (rss, hwm) = memory_mib(pid);
         println!(
             "  active (1 keyup/min/node, 6 link changes/h/node): {active:.2} % of a core over {active_secs} s; RSS {rss:.1} MiB (peak {hwm:.1} MiB)"
         );
@@ -460,7 +437,7 @@ fn main() {
         stop.cancel();
         let _ = activity.await;
         restart(&fleet, &http, &base, down).await;
-        let (rss, hwm) = rss_mib(pid);
+        let (rss, hwm) = memory_mib(pid);
         println!("  RSS after the restart: {rss:.1} MiB (peak {hwm:.1} MiB)");
         // SAFETY: signalling our own child.
         unsafe {

@@ -12,9 +12,8 @@
 //! (`sustained`, `million`, `audit`); `HISTORY_BENCH_ROWS` sets the keyups filled (default
 //! 1,000,000; fewer for a quick check in the dev profile).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use allstar_nexus::config::HistoryConfig;
@@ -22,6 +21,10 @@ use allstar_nexus::history::{History, RangeQuery, query, schema};
 use allstar_nexus::metrics::Metrics;
 use allstar_nexus::state::{ChangeEvent, ChangeKind, EngineSender, LinkKind, LinkView, Published};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/process.rs"]
+mod process;
+use process::{memory_mib, spawn_and_read};
 
 fn link(name: &str) -> LinkView {
     LinkView {
@@ -292,53 +295,6 @@ fn million(n: u64) {
     daemon_rss(&format!("{n}-keyup database"), state, day);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_allstar-nexus");
-
-/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `BIN args…` with JSON logs; returns it and the first value `pick` finds in a log
-/// line (the log is drained afterwards so the child never blocks on a full pipe).
-fn spawn_logged(args: &[&str], pick: fn(&serde_json::Value) -> Option<String>) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let proc = Proc(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let found = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("{BIN} {args:?} ended before logging what we wait for");
-        };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(f) = pick(v.get("fields").unwrap_or(&v)) {
-            break f;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (proc, found)
-}
-
 /// `GET path` over a fresh connection: (status, body bytes).
 fn http_get(addr: &str, path: &str) -> (u16, usize) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the daemon");
@@ -359,25 +315,12 @@ fn http_get(addr: &str, path: &str) -> (u16, usize) {
     (status, body)
 }
 
-/// (VmRSS, VmHWM) of `pid`, in MiB.
-fn daemon_memory(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
 /// The daemon (release binary, one node on the simulator) started with `state` as its state
 /// folder: RSS once it is up, then after the history and statistics routes have answered.
 fn daemon_rss(label: &str, state: &Path, day: u64) {
-    let (_sim, sim_addr) = spawn_logged(
+    let (_sim, sim_addr) = spawn_and_read(
         &["simulate", "--listen", "127.0.0.1:0", "--nodes", "1999"],
-        |f| f.get("address")?.as_str().map(str::to_owned),
+        "address",
     );
     let port = sim_addr.rsplit(':').next().expect("simulator port");
     // Retention off: the filled day is older than the default 90 days, and pruning a
@@ -391,18 +334,14 @@ fn daemon_rss(label: &str, state: &Path, day: u64) {
     let config = state.join("config.yaml");
     std::fs::write(&config, yaml).expect("write config");
     let config = config.display().to_string();
-    let (daemon, http) = spawn_logged(&["run", "--config", &config], |f| {
-        let msg = f.get("message")?.as_str()?;
-        let rest = msg.split("listening on http://").nth(1)?;
-        Some(rest.split_whitespace().next()?.to_owned())
-    });
-    let pid = daemon.0.id();
+    let (daemon, http) = spawn_and_read(&["run", "--config", &config], "http");
+    let pid = daemon.pid();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&http, "/api/nodes/1999").0 != 200 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2)); // first polls, a heartbeat or two
-    let (up, _) = daemon_memory(pid);
+    let (up, _) = memory_mib(pid);
     let end = day + 86_400_000 - 1;
     let whole = format!("node=1999&since={day}&until={end}");
     let ragged = format!(
@@ -428,7 +367,7 @@ fn daemon_rss(label: &str, state: &Path, day: u64) {
         ));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (after, hwm) = daemon_memory(pid);
+    let (after, hwm) = memory_mib(pid);
     println!(
         "daemon RSS, {label}: {up:.1} MiB once up, {after:.1} MiB after the queries \
          (peak VmHWM {hwm:.1} MiB); first answers: talkers day {}, talkers ragged {}, \

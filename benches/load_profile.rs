@@ -14,17 +14,17 @@
 //! `cargo bench --bench load_profile` (about 2 minutes). `LOAD_PROFILE_SECONDS` sets the
 //! busy window (default 60), `LOAD_PROFILE_ONLY=busy|idle` runs one profile.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allstar_nexus::sim::activity::load_change;
 use futures_util::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_allstar-nexus");
+#[path = "support/process.rs"]
+mod process;
+use process::{Proc, cpu_secs, memory_kib, spawn_and_read};
 
 /// One profile's settings.
 struct Profile {
@@ -45,72 +45,6 @@ struct Figures {
     hwm_kib: u64,
     latencies_us: Vec<u64>,
     events: usize,
-}
-
-/// A child process killed (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: sending a signal to our own child by its pid has no memory effects.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `BIN args…` with JSON logs and returns it with the first log line that has
-/// `field` (its value), e.g. the address it listens on.
-fn spawn_and_read(args: &[String], field: &str) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .arg("--log-format")
-        .arg("json")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let proc = Proc { child };
-    let mut lines = BufReader::new(stderr).lines();
-    let found = loop {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("{BIN} {args:?} ended before logging {field:?}");
-        };
-        if let Some(v) = find_field(&line, field) {
-            break v;
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (proc, found)
-}
-
-/// `field` of a JSON log line (top level or under `fields`), or an address in its message.
-fn find_field(line: &str, field: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields").unwrap_or(&v);
-    if let Some(s) = fields.get(field).and_then(|s| s.as_str()) {
-        return Some(s.to_owned());
-    }
-    let msg = fields.get("message").and_then(|m| m.as_str())?;
-    let rest = msg.split("listening on http://").nth(1)?;
-    (field == "http").then(|| rest.split_whitespace().next().unwrap_or("").to_owned())
 }
 
 fn node_id(i: usize) -> String {
@@ -171,30 +105,6 @@ fn start(p: &Profile, dir: &Path) -> (Proc, Proc, SocketAddr) {
     let (daemon, http) = spawn_and_read(&args, "http");
     let http: SocketAddr = http.parse().expect("daemon address");
     (sim, daemon, http)
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
-}
-
-/// (VmRSS, VmHWM) of `pid` in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let get = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get("VmRSS:"), get("VmHWM:"))
 }
 
 /// When the change this client saw was made (µs since the epoch), from the load clock.
@@ -270,21 +180,19 @@ fn measure(p: Profile) -> Figures {
             .collect();
         tokio::time::sleep_until(tokio::time::Instant::from_std(measure_from)).await;
         out.lock().expect("latency lock").clear();
-        let ticks0 = cpu_ticks(pid);
+        let cpu0 = cpu_secs(pid);
         let t0 = Instant::now();
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
-        let ticks = cpu_ticks(pid).saturating_sub(ticks0);
+        let cpu = cpu_secs(pid) - cpu0;
         let wall = t0.elapsed().as_secs_f64();
         for t in tasks {
             let _ = t.await;
         }
-        // SAFETY: sysconf has no memory effects.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let (rss_kib, hwm_kib) = memory_kib(pid);
         let mut latencies_us = std::mem::take(&mut *out.lock().expect("latency lock"));
         latencies_us.sort_unstable();
         Figures {
-            cpu_share: ticks as f64 / hz / wall,
+            cpu_share: cpu / wall,
             rss_kib,
             hwm_kib,
             events: latencies_us.len(),
