@@ -136,31 +136,6 @@ pub struct ServerPollerParts {
     pub shutdown: CancellationToken,
 }
 
-/// Everything a poller for one node needs (a server with that node only).
-pub struct PollerParts {
-    pub node: String,
-    pub interval: Duration,
-    pub ami: AmiHandle,
-    pub results: mpsc::Sender<PollResult>,
-    pub metrics: Metrics,
-    /// `disable_link_poller`: no automatic polls (poll-now still works).
-    pub automatic: bool,
-    pub shutdown: CancellationToken,
-}
-
-/// Starts a poller for one node (its server's only one).
-pub fn spawn(parts: PollerParts) -> PollerHandle {
-    let mut handles = spawn_server(ServerPollerParts {
-        nodes: vec![(parts.node, parts.interval)],
-        ami: parts.ami,
-        results: parts.results,
-        metrics: parts.metrics,
-        automatic: parts.automatic,
-        shutdown: parts.shutdown,
-    });
-    handles.remove(0)
-}
-
 /// Starts the poller task of one server; returns its nodes' handles, in the order given.
 /// Log lines carry `node` and `server` fields (no span per poller: a fleet has thousands).
 pub fn spawn_server(parts: ServerPollerParts) -> Vec<PollerHandle> {

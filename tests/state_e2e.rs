@@ -524,7 +524,7 @@ async fn actions_past_the_per_server_budget_are_refused_with_a_clear_error() {
 #[tokio::test(start_paused = true)]
 async fn poll_now_is_a_flag_not_a_queue() {
     use allstar_nexus::metrics::Metrics;
-    use allstar_nexus::poller::{self, PollerParts};
+    use allstar_nexus::poller::{self, ServerPollerParts};
     use tokio_util::sync::CancellationToken;
 
     let shutdown = CancellationToken::new();
@@ -532,15 +532,15 @@ async fn poll_now_is_a_flag_not_a_queue() {
         supervise_scripted(vec![Outcome::Sim], settings(), &shutdown);
     wait_connected(&ami, true).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let p = poller::spawn(PollerParts {
-        node: "1999".into(),
-        interval: Duration::from_secs(3600),
+    let handles = poller::spawn_server(ServerPollerParts {
+        nodes: vec![("1999".into(), Duration::from_secs(3600))],
         ami: ami.clone(),
         results: tx,
         metrics: Metrics::default(),
         automatic: false,
         shutdown: shutdown.clone(),
     });
+    let p = &handles[0];
     let count = |rx: &mut tokio::sync::mpsc::Receiver<_>| {
         let mut n = 0;
         while rx.try_recv().is_ok() {
