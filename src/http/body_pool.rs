@@ -4,7 +4,7 @@
 //! every time (p50 10 → 20 ms at 5,000 nodes). A client polling keeps the buffer warm;
 //! once nobody has asked for [`KEEP`], it is freed and the memory goes back.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,30 +22,27 @@ pub struct BodyPool {
 
 #[derive(Default)]
 struct Inner {
-    /// The idle buffer (empty, with its capacity), if any.
-    spare: Mutex<Option<Vec<u8>>>,
-    /// Milliseconds since `origin` when a buffer was last handed back.
-    last_used_ms: AtomicU64,
-    origin: std::sync::OnceLock<Instant>,
-    /// A sweeper task is waiting to free the buffer.
+    spare: Mutex<Spare>,
+    /// A sweeper task is waiting to free the buffer (cleared under the `spare` lock).
     sweeping: AtomicBool,
 }
 
-impl Inner {
-    fn spare(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
-        self.spare.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn now_ms(&self) -> u64 {
-        let origin = *self.origin.get_or_init(Instant::now);
-        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
+#[derive(Default)]
+struct Spare {
+    /// The idle buffer (empty, with its capacity), if any.
+    buf: Option<Vec<u8>>,
+    /// When a buffer was last handed back.
+    last_used: Option<Instant>,
 }
 
 impl BodyPool {
+    fn spare(&self) -> MutexGuard<'_, Spare> {
+        self.inner.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The kept buffer (empty, with room for at least `hint` bytes), or a new one.
     pub fn take(&self, hint: usize) -> Vec<u8> {
-        let mut buf = self.inner.spare().take().unwrap_or_default();
+        let mut buf = self.spare().buf.take().unwrap_or_default();
         buf.reserve(hint);
         buf
     }
@@ -61,51 +58,54 @@ impl BodyPool {
     /// Whether a buffer is kept now.
     #[cfg(test)]
     pub fn holds(&self) -> bool {
-        self.inner.spare().is_some()
+        self.spare().buf.is_some()
     }
 
     fn give_back(&self, mut buf: Vec<u8>) {
         buf.clear();
         {
-            let mut spare = self.inner.spare();
-            if spare.as_ref().is_none_or(|s| s.capacity() < buf.capacity()) {
-                *spare = Some(buf);
+            let mut spare = self.spare();
+            if spare
+                .buf
+                .as_ref()
+                .is_none_or(|s| s.capacity() < buf.capacity())
+            {
+                spare.buf = Some(buf);
             }
+            spare.last_used = Some(Instant::now());
         }
-        let now = self.inner.now_ms();
-        self.inner.last_used_ms.store(now, Ordering::Relaxed);
-        if !self.inner.sweeping.swap(true, Ordering::AcqRel) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(self.clone().sweep());
-                }
-                // No runtime (a test dropping a body outside one): nothing can free it
-                // later, so keep nothing.
-                Err(_) => {
-                    self.inner.spare().take();
-                    self.inner.sweeping.store(false, Ordering::Release);
-                }
+        if self.inner.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(self.clone().sweep());
+            }
+            // No runtime (a body dropped outside one): nothing could free it later, so
+            // keep nothing.
+            Err(_) => {
+                let mut spare = self.spare();
+                spare.buf = None;
+                self.inner.sweeping.store(false, Ordering::Release);
             }
         }
     }
 
     /// Frees the buffer once it has not been used for [`KEEP`].
     async fn sweep(self) {
-        let keep = u64::try_from(KEEP.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let last = self.inner.last_used_ms.load(Ordering::Relaxed);
-            let idle = self.inner.now_ms().saturating_sub(last);
-            if idle >= keep {
-                self.inner.spare().take();
-                self.inner.sweeping.store(false, Ordering::Release);
-                // Handed back while we freed: look again.
-                let again = self.inner.last_used_ms.load(Ordering::Relaxed) != last;
-                if again && !self.inner.sweeping.swap(true, Ordering::AcqRel) {
-                    continue;
+            let wait = {
+                let mut spare = self.spare();
+                let idle = spare.last_used.map_or(KEEP, |t| t.elapsed());
+                if idle >= KEEP {
+                    spare.buf = None;
+                    // Under the lock: a buffer handed back after this starts a new sweeper.
+                    self.inner.sweeping.store(false, Ordering::Release);
+                    return;
                 }
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(keep - idle)).await;
+                KEEP - idle
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
