@@ -149,6 +149,20 @@ impl Rig {
         .await;
     }
 
+    /// Connects 1999 to `target` and expects it to fail with `status` and an error
+    /// message holding `text`.
+    async fn connect_fails(&self, target: &str, status: StatusCode, text: &str) {
+        let (s, v) = self
+            .request(
+                reqwest::Method::POST,
+                "/api/nodes/1999/links",
+                Some(json!({"target": target})),
+            )
+            .await;
+        assert_eq!(s, status, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(text)), "{v}");
+    }
+
     fn failed(&self, action: &str) -> u64 {
         self.d
             .app
@@ -399,20 +413,8 @@ async fn failed_attempts_are_503_and_502_audited_and_counted() {
     let t = rig(&yaml(&temp_dir("failed"), None, true)).await;
     // AMI rejects the command (a manager user without the `command` class).
     t.sim.set_reject_commands(true);
-    let (s, v) = t
-        .request(
-            reqwest::Method::POST,
-            "/api/nodes/1999/links",
-            Some(json!({"target": "2003"})),
-        )
+    t.connect_fails("2003", StatusCode::BAD_GATEWAY, "Permission denied")
         .await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
-    assert!(
-        v["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Permission denied")),
-        "{v}"
-    );
     assert_eq!(t.failed("connect"), 1);
     // AMI not connected.
     t.sim.set_reject_commands(false);
@@ -420,20 +422,8 @@ async fn failed_attempts_are_503_and_502_audited_and_counted() {
     t.sim.drop_sessions();
     let ami = t.d.app.control.ami_for("1999").expect("configured");
     wait_until("AMI down", || !ami.is_connected()).await;
-    let (s, v) = t
-        .request(
-            reqwest::Method::POST,
-            "/api/nodes/1999/links",
-            Some(json!({"target": "2004"})),
-        )
+    t.connect_fails("2004", StatusCode::SERVICE_UNAVAILABLE, "not connected")
         .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
-    assert!(
-        v["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("not connected")),
-        "{v}"
-    );
     assert_eq!(t.failed("connect"), 2);
     let audit = t.audit("op").await;
     let got: Vec<(&str, &str, u16)> = audit
