@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use allstar_nexus::alerts::{AlertRequest, Severity};
 use allstar_nexus::auth::password;
-use allstar_nexus::daemon::Running;
-use allstar_nexus::sim::{SimHandle, SimLink};
+use allstar_nexus::sim::SimLink;
 use allstar_nexus::state::Direction;
 use common::*;
 use futures_util::StreamExt;
@@ -26,18 +25,7 @@ const READ_2000: &str = "read2000-token-0123456789";
 const ALICE_PW: &str = "alice-password-1";
 
 /// The simulator and the daemon; both stop when it is dropped.
-struct T {
-    sim: SimHandle,
-    d: Running,
-    http: reqwest::Client,
-}
-
-impl Drop for T {
-    fn drop(&mut self) {
-        self.d.shutdown.cancel();
-        self.sim.shutdown();
-    }
-}
+type T = TwoNodes;
 
 /// Nodes 1999 and 2000 on one simulated server, a token per role, a `read` token limited
 /// to node 2000 and a user; reads stay anonymous (`anonymous_read` is left at its default).
@@ -50,26 +38,10 @@ async fn setup() -> T {
          - {{name: v2000, token: {READ_2000}, role: read, nodes: [2000]}}\n\
          users:\n  - {{name: alice, password_hash: '{hash}', role: control}}\n"
     );
-    let sim = sim_on_tcp(&["1999", "2000"]).await;
-    let d = start_daemon(sim.addr(), &["1999", "2000"], &yaml).await;
-    wait_until("both nodes polled", || {
-        ["1999", "2000"]
-            .iter()
-            .all(|n| d.app.state.node(n).is_some_and(|v| v.last_poll.is_some()))
-    })
-    .await;
-    T {
-        sim,
-        d,
-        http: reqwest::Client::new(),
-    }
+    TwoNodes::start(&yaml).await
 }
 
 impl T {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.d.http_addr)
-    }
-
     /// `GET path` with an optional bearer token: the status and the JSON body (or the
     /// text as a JSON string when it is not JSON).
     async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {

@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use allstar_nexus::auth::{hex, password, sha256};
-use allstar_nexus::daemon::Running;
-use allstar_nexus::sim::SimHandle;
 use common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -21,17 +19,16 @@ const READ: &str = "read-token-0123456789abc";
 const ONLY_2000: &str = "node2000-token-0123456789";
 const ALICE_PW: &str = "alice-password-1";
 
+/// The two-node rig and the daemon's state folder.
 struct T {
-    sim: SimHandle,
-    d: Running,
-    http: reqwest::Client,
+    rig: TwoNodes,
     dir: PathBuf,
 }
 
-impl Drop for T {
-    fn drop(&mut self) {
-        self.d.shutdown.cancel();
-        self.sim.shutdown();
+impl std::ops::Deref for T {
+    type Target = TwoNodes;
+    fn deref(&self) -> &TwoNodes {
+        &self.rig
     }
 }
 
@@ -60,18 +57,8 @@ fn auth_yaml(dir: &std::path::Path, extra: &str) -> String {
 }
 
 async fn setup_with(dir: PathBuf, yaml: &str) -> T {
-    let sim = sim_on_tcp(&["1999", "2000"]).await;
-    let d = start_daemon(sim.addr(), &["1999", "2000"], yaml).await;
-    wait_until("both nodes polled", || {
-        ["1999", "2000"]
-            .iter()
-            .all(|n| d.app.state.node(n).is_some_and(|v| v.last_poll.is_some()))
-    })
-    .await;
     T {
-        sim,
-        d,
-        http: reqwest::Client::new(),
+        rig: TwoNodes::start(yaml).await,
         dir,
     }
 }
@@ -86,10 +73,6 @@ async fn setup(name: &str, extra: &str) -> T {
 }
 
 impl T {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.d.http_addr)
-    }
-
     /// `rpt cmd … ilink …` commands the simulator received.
     fn ilinks(&self) -> Vec<String> {
         ilinks(&self.sim)
@@ -840,9 +823,11 @@ async fn lua_control_is_audited_under_the_script_name() {
     })
     .await;
     let t = T {
-        sim,
-        d,
-        http: reqwest::Client::new(),
+        rig: TwoNodes {
+            sim,
+            d,
+            http: reqwest::Client::new(),
+        },
         dir,
     };
     assert!(

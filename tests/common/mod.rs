@@ -241,3 +241,41 @@ pub fn ilinks(sim: &SimHandle) -> Vec<String> {
         .filter(|c| c.contains("ilink"))
         .collect()
 }
+
+/// Nodes 1999 and 2000 on one simulated server and the daemon watching both (with
+/// `extra_yaml`), once both have been polled; both stop when it is dropped.
+pub struct TwoNodes {
+    pub sim: SimHandle,
+    pub d: allstar_nexus::daemon::Running,
+    pub http: reqwest::Client,
+}
+
+impl TwoNodes {
+    pub async fn start(extra_yaml: &str) -> TwoNodes {
+        let sim = sim_on_tcp(&["1999", "2000"]).await;
+        let d = start_daemon(sim.addr(), &["1999", "2000"], extra_yaml).await;
+        wait_until("both nodes polled", || {
+            ["1999", "2000"]
+                .iter()
+                .all(|n| d.app.state.node(n).is_some_and(|v| v.last_poll.is_some()))
+        })
+        .await;
+        TwoNodes {
+            sim,
+            d,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The daemon's URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.d.http_addr)
+    }
+}
+
+impl Drop for TwoNodes {
+    fn drop(&mut self) {
+        self.d.shutdown.cancel();
+        self.sim.shutdown();
+    }
+}
